@@ -1,0 +1,55 @@
+// attn/core/math.hpp: vector elementary functions with stated error.
+#pragma once
+
+#include <limits>
+
+#include "attn/core/simd.hpp"
+
+namespace attn {
+namespace simd {
+
+/// Maximum relative error of attn::simd::exp against the correctly rounded
+/// exp, for x in [exp_accurate_min, exp_accurate_max]. Asserted by
+/// tests/test_math.cpp over a dense sweep of that range. (About 2 ulp: a
+/// degree-6 polynomial on the reduced argument plus a two-constant
+/// Cody-Waite reduction.)
+constexpr float exp_max_rel_error = 3.0e-7f;
+
+/// Range over which the error bound holds: from ln(FLT_MIN), where results
+/// stop being normal floats, up to where 2^n would overflow the exponent.
+constexpr float exp_accurate_min = -87.33654f;
+constexpr float exp_accurate_max = 88.3f;
+
+/// e^x per lane. Below exp_accurate_min the result is exactly 0 (the true
+/// value would be subnormal), so exp(-inf) = 0 and exp(-inf - m) = 0; above
+/// exp_accurate_max it is +inf; NaN stays NaN.
+inline packet exp(const packet& x) {
+  const packet lo = broadcast(exp_accurate_min);
+  const packet hi = broadcast(exp_accurate_max);
+  const packet xc = min(max(x, lo), broadcast(88.8f));
+  // x = n ln2 + r, |r| <= ln2 / 2; ln2 split in two so n*ln2_hi is exact.
+  const packet n = round(mul(xc, broadcast(1.44269504088896341f)));
+  packet r = fma(n, broadcast(-0.693359375f), xc);
+  r = fma(n, broadcast(2.12194440e-4f), r);
+  // e^r ~ 1 + r + r^2 (c2 + r (c3 + ...)), minimax coefficients (Cephes).
+  packet p = broadcast(1.9875691500e-4f);
+  p = fma(p, r, broadcast(1.3981999507e-3f));
+  p = fma(p, r, broadcast(8.3334519073e-3f));
+  p = fma(p, r, broadcast(4.1665795894e-2f));
+  p = fma(p, r, broadcast(1.6666665459e-1f));
+  p = fma(p, r, broadcast(5.0000001201e-1f));
+  p = fma(p, mul(r, r), add(r, broadcast(1.0f)));
+  // 2^n: n may reach 128 just below 88.8, which pow2i cannot encode; those
+  // lanes and the ones past exp_accurate_max become +inf below.
+  const packet nn = min(n, broadcast(127.0f));
+  packet y = mul(p, pow2i(nn));
+  y = select(less(x, lo), zero(), y);
+  y = select(less(hi, x), broadcast(std::numeric_limits<float>::infinity()), y);
+  return select(equal(x, x), y, x);  // NaN lanes: return the NaN
+}
+
+/// Scalar e^x with the same arithmetic as the packet version.
+inline float exp_scalar(float x) { return ei::pfirst(exp(broadcast(x))); }
+
+}  // namespace simd
+}  // namespace attn

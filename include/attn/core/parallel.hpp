@@ -1,0 +1,52 @@
+// attn/core/parallel.hpp: a parallel loop over independent tasks.
+//
+// OpenMP when the including translation unit is compiled with it, a plain
+// loop otherwise. Each task must write only its own outputs, so results do
+// not depend on the thread count or on which thread ran which task.
+#pragma once
+
+#include "attn/error.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace attn {
+namespace core {
+
+/// Number of threads parallel_for will use for `requested` (0 = default).
+inline int resolve_threads(int requested) {
+#if defined(_OPENMP)
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+/// Runs body(scratch, t) for t in [0, n). `make_scratch()` is called once per
+/// thread to build that thread's working memory, so the loop itself never
+/// allocates. Tasks are handed out dynamically (they may differ in cost, as
+/// causal tiles do).
+template <class MakeScratch, class Body>
+void parallel_for(index n, int requested_threads, MakeScratch make_scratch, Body body) {
+#if defined(_OPENMP)
+  const int nt = resolve_threads(requested_threads);
+  if (nt > 1 && n > 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      auto scratch = make_scratch();
+#pragma omp for schedule(dynamic, 1)
+      for (index t = 0; t < n; ++t) body(scratch, t);
+    }
+    return;
+  }
+#else
+  (void)requested_threads;
+#endif
+  auto scratch = make_scratch();
+  for (index t = 0; t < n; ++t) body(scratch, t);
+}
+
+}  // namespace core
+}  // namespace attn

@@ -1,0 +1,99 @@
+// attn/core/softmax.hpp: the online softmax and the log-sum-exp merge.
+//
+// A softmax over keys processed block by block keeps, per query row, the
+// running maximum m and the running sum l = sum_j exp(s_j - m). When a new
+// block raises the maximum to m', everything accumulated so far is rescaled
+// by exp(m - m'). A finished partial result is (o = sum_j p_j v_j / l,
+// lse = m + log l); two partial results over disjoint key sets merge exactly
+// by their LSEs. Split-KV decoding, thread reductions and distributed callers
+// all merge through merge_partial().
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "attn/core/math.hpp"
+#include "attn/error.hpp"
+
+namespace attn {
+namespace softmax {
+
+constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+
+/// Running state of one query row.
+struct online_state {
+  float max = neg_inf;  ///< largest score seen so far (-inf: none yet)
+  float sum = 0.0f;     ///< sum of exp(score - max) over the scores seen
+
+  /// Reference point for exp(): the max, or 0 while no key is visible, so a
+  /// row of -inf scores gives exp(-inf - 0) = 0 rather than NaN.
+  float pivot() const { return max == neg_inf ? 0.0f : max; }
+
+  /// Moves to a new maximum m_new >= max and returns the factor
+  /// exp(max - m_new) by which earlier accumulations must be multiplied
+  /// (1 when the maximum did not move, so callers can skip the rescale).
+  float raise_max(float m_new) {
+    if (!(m_new > max)) return 1.0f;
+    const float f = max == neg_inf ? 0.0f : simd::exp_scalar(max - m_new);
+    sum *= f;
+    max = m_new;
+    return f;
+  }
+
+  /// Natural log of the total: max + log(sum); -inf for a row that saw
+  /// nothing (sum == 0).
+  float lse() const { return sum > 0.0f ? max + std::log(sum) : neg_inf; }
+
+  /// 1 / sum, or 0 for a row that saw nothing (its output is 0).
+  float inv_sum() const { return sum > 0.0f ? 1.0f / sum : 0.0f; }
+};
+
+/// Softmax of n scores in place (x[j] <- exp(x[j] - max) / sum); returns the
+/// row's log-sum-exp. A row of only -inf becomes all 0 with LSE -inf.
+inline float row_softmax(float* x, index n) {
+  using namespace simd;
+  packet vmax = broadcast(neg_inf);
+  index j = 0;
+  for (; j + width <= n; j += width) vmax = simd::max(vmax, load(x + j));
+  float m = reduce_max(vmax);
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  online_state st;
+  st.raise_max(m);
+  const packet pivot = broadcast(st.pivot());
+  packet vsum = zero();
+  for (j = 0; j + width <= n; j += width) {
+    const packet e = simd::exp(sub(load(x + j), pivot));
+    store(x + j, e);
+    vsum = add(vsum, e);
+  }
+  float s = reduce_add(vsum);
+  for (; j < n; ++j) {
+    x[j] = exp_scalar(x[j] - st.pivot());
+    s += x[j];
+  }
+  st.sum = s;
+  const float inv = st.inv_sum();
+  for (j = 0; j < n; ++j) x[j] *= inv;
+  return st.lse();
+}
+
+/// Merges partial result b into a, over disjoint key sets: on return
+/// (o_a, lse_a) is the result over both. o_* are normalised outputs of d
+/// values. A side with LSE -inf contributes nothing; both -inf gives o = 0.
+inline void merge_partial(float* o_a, float& lse_a, const float* o_b, float lse_b, index d) {
+  if (lse_b == neg_inf) return;
+  if (lse_a == neg_inf) {
+    for (index i = 0; i < d; ++i) o_a[i] = o_b[i];
+    lse_a = lse_b;
+    return;
+  }
+  const float m = lse_a > lse_b ? lse_a : lse_b;
+  const float wa = simd::exp_scalar(lse_a - m), wb = simd::exp_scalar(lse_b - m);
+  const float total = wa + wb;  // in [1, 2]
+  const float ca = wa / total, cb = wb / total;
+  for (index i = 0; i < d; ++i) o_a[i] = ca * o_a[i] + cb * o_b[i];
+  lse_a = m + std::log(total);
+}
+
+}  // namespace softmax
+}  // namespace attn

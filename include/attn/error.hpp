@@ -1,0 +1,71 @@
+// attn/error.hpp: the one exception type the library throws, and the helpers
+// that build its messages.
+//
+// Every public entry checks its arguments before doing any work and throws
+// attn::error whose message names the function, the argument, what was
+// expected and what came, e.g.
+//   "attn::scaled_dot_product_attention: k: expected dims [2, 100, 4, 64]
+//    ([batch, seq_k, heads_kv, d_qk]), got [2, 100, 3, 64]"
+#pragma once
+
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <array>
+#include <stdexcept>
+#include <string>
+
+namespace attn {
+
+/// Signed index type used for every extent and stride (same as Eigen::Index).
+using index = std::ptrdiff_t;
+
+/// Thrown for every invalid argument: shapes, strides, options, masks.
+/// Derives from std::invalid_argument so generic handlers catch it too.
+class error : public std::invalid_argument {
+ public:
+  explicit error(const std::string& what) : std::invalid_argument(what) {}
+};
+
+namespace detail {
+
+// Writes a value into an error message; arrays of extents print as [a, b, c].
+template <class T>
+void write(std::ostream& os, const T& x) {
+  os << x;
+}
+template <class T, std::size_t N>
+void write(std::ostream& os, const std::array<T, N>& a) {
+  os << '[';
+  for (std::size_t i = 0; i < N; ++i) os << (i ? ", " : "") << a[i];
+  os << ']';
+}
+
+// Formats "fn: arg: expected E, got G" and throws attn::error.
+template <class Expected, class Got>
+[[noreturn]] inline void fail(const char* fn, const char* arg, const Expected& expected,
+                              const Got& got) {
+  std::ostringstream s;
+  s << "attn::" << fn << ": " << arg << ": expected ";
+  write(s, expected);
+  s << ", got ";
+  write(s, got);
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+  throw error(s.str());
+#else
+  // Built with -fno-exceptions: say what went wrong, then stop.
+  std::fprintf(stderr, "%s\n", s.str().c_str());
+  std::abort();
+#endif
+}
+
+// Checks a condition; on failure throws with the standard message format.
+template <class Expected, class Got>
+inline void require(bool ok, const char* fn, const char* arg, const Expected& expected,
+                    const Got& got) {
+  if (!ok) fail(fn, arg, expected, got);
+}
+
+}  // namespace detail
+}  // namespace attn

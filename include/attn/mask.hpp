@@ -1,0 +1,120 @@
+// attn/mask.hpp: what a query may attend to, described without materialising
+// an L x S matrix.
+//
+// Structural masks (causal, sliding window, key lengths) are a band of keys
+// [first(i), last(i)] for each query row i, computed in O(1) per row, so the
+// kernel can skip whole tiles and mask element by element only on the tiles
+// that the band's edges cross. Dense masks (bool, additive) are strided
+// [batch, heads, L, S] views read in place.
+//
+// Conventions (decided in DESIGN.md):
+//  * bool mask: true = may attend (PyTorch's scaled_dot_product_attention;
+//    note nn.MultiheadAttention's key_padding_mask uses the opposite polarity).
+//  * additive mask: added to the scaled scores; -inf means masked.
+//  * causal alignment is always named:
+//      top_left      query i sees keys j <= i            (PyTorch is_causal)
+//      bottom_right  query i sees keys j <= i + S - L    (FlashAttention;
+//                    what KV-cache decoding and chunked prefill need)
+//  * a sliding window (left, right) keeps keys with
+//      diag(i) - left <= j <= diag(i) + right,
+//    where diag(i) is the aligned diagonal (i, or i + S - L).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "attn/error.hpp"
+
+namespace attn {
+
+/// Which diagonal a causal mask or a sliding window is measured from.
+enum class alignment {
+  top_left,      ///< diag(i) = i
+  bottom_right,  ///< diag(i) = i + S - L
+};
+
+/// Causal masking: none, or causal with a named alignment.
+enum class causal {
+  none,
+  top_left,      ///< query i sees keys j <= i (PyTorch's is_causal=True)
+  bottom_right,  ///< query i sees keys j <= i + S - L (FlashAttention, KV caches)
+};
+
+/// Extent that means "no limit on this side" for a sliding window.
+constexpr index unbounded = std::numeric_limits<index>::max() / 4;
+
+/// Local attention: query i sees keys diag(i) - left <= j <= diag(i) + right.
+/// Both sides must be >= 0; use attn::unbounded for an open side. Causal
+/// attention with a window of w previous keys is
+/// {causal::bottom_right, sliding_window{w, 0, alignment::bottom_right}}.
+struct sliding_window {
+  index left = unbounded;
+  index right = unbounded;
+  alignment align = alignment::bottom_right;
+};
+
+namespace detail {
+
+// The band of keys [first, last] (inclusive) that query row i may see, from
+// the structural masks only. Empty when first > last.
+struct key_band {
+  index first;
+  index last;
+};
+
+// Structural mask of one (batch) problem: causal, window and key length
+// folded into two affine limits on j.
+class band_mask {
+ public:
+  // L, S: query and key lengths; key_len: keys that exist for this batch
+  // entry (<= S).
+  band_mask(index L, index S, index key_len, causal c, const sliding_window* w)
+      : key_len_(key_len) {
+    if (c != causal::none) {
+      has_hi_ = true;
+      hi_off_ = c == causal::top_left ? 0 : S - L;
+    }
+    if (w) {
+      const index diag = w->align == alignment::top_left ? 0 : S - L;
+      if (w->left < unbounded) {
+        has_lo_ = true;
+        lo_off_ = diag - w->left;
+      }
+      if (w->right < unbounded) {
+        const index off = diag + w->right;
+        hi_off_ = has_hi_ ? std::min(hi_off_, off) : off;
+        has_hi_ = true;
+      }
+    }
+  }
+
+  key_band row(index i) const {
+    index first = has_lo_ ? std::max<index>(0, i + lo_off_) : 0;
+    index last = key_len_ - 1;
+    if (has_hi_) last = std::min(last, i + hi_off_);
+    return {first, last};
+  }
+
+  // Union of the bands of rows [i0, i1): the keys a query tile may touch.
+  key_band rows(index i0, index i1) const {
+    const key_band a = row(i0), b = row(i1 - 1);  // both limits grow with i
+    return {a.first, b.last};
+  }
+
+  // True when every row in [i0, i1) sees every key in [j0, j1): the tile
+  // needs no element-wise structural masking.
+  bool tile_full(index i0, index i1, index j0, index j1) const {
+    return row(i1 - 1).first <= j0 && j1 - 1 <= row(i0).last;
+  }
+
+  index key_len() const { return key_len_; }
+
+ private:
+  index key_len_;
+  bool has_lo_ = false, has_hi_ = false;
+  index lo_off_ = 0, hi_off_ = 0;
+};
+
+}  // namespace detail
+}  // namespace attn

@@ -1,0 +1,179 @@
+// attn/sdpa.hpp: scaled dot-product attention, softmax(Q Kᵀ · scale + mask) V.
+//
+// Flash-style: queries are processed in tiles against tiles of keys with an
+// online softmax, so memory is O(L + S), never O(L · S). Tiles that the
+// causal / window / key-length masks exclude are skipped.
+//
+// Layout: [batch, seq, heads, dim] views (attn/view.hpp) with a contiguous
+// head dim; [batch, heads, seq, dim], packed QKV and slices are strided views
+// of the same kind. Accumulation is fp32; K and V may be float,
+// Eigen::bfloat16 or Eigen::half.
+#pragma once
+
+#include <cmath>
+#include <sstream>
+#include <type_traits>
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include "attn/detail/flash_forward.hpp"
+#include "attn/mask.hpp"
+#include "attn/sdpa_options.hpp"
+#include "attn/view.hpp"
+
+namespace attn {
+
+namespace detail {
+
+template <class T>
+constexpr bool is_kv_scalar = std::is_same<T, float>::value ||
+                              std::is_same<T, Eigen::bfloat16>::value ||
+                              std::is_same<T, Eigen::half>::value;
+
+template <std::size_t N>
+std::string dims_note(const std::array<index, N>& d, const char* names) {
+  std::ostringstream s;
+  s << "dims ";
+  write(s, d);
+  s << " (" << names << ")";
+  return s.str();
+}
+
+// Checks a [B, H, L, S] mask view; `what` names the argument.
+template <class T>
+void check_mask(const strided<const T, 4>& m, const char* what, index B, index H, index L,
+                index S) {
+  if (m.empty()) return;
+  const std::array<index, 4> want{B, H, L, S};
+  detail::require(m.dims == want, "scaled_dot_product_attention", what,
+                  dims_note(want, "[batch, heads_q, L, S]"), m.dims);
+  for (int r = 0; r < 4; ++r)
+    detail::require(m.strides[r] >= 0, "scaled_dot_product_attention", what,
+                    "non-negative strides", m.strides);
+}
+
+}  // namespace detail
+
+/// Scaled dot-product attention over strided views.
+///
+/// @param q    [B, L, Hq, d_qk] float.
+/// @param k    [B, S, Hkv, d_qk] float, Eigen::bfloat16 or Eigen::half.
+/// @param v    [B, S, Hkv, d_v], same element type as k.
+/// @param out  [B, L, Hq, d_v] float, written (may not alias the inputs).
+/// @param opt  scale, masks, LSE output, threads (attn/sdpa_options.hpp).
+///
+/// Hkv must divide Hq (GQA; Hkv = 1 is MQA): query head h reads KV head
+/// h / (Hq / Hkv). The head dim of every tensor must have stride 1. A query
+/// row with no visible key gets output 0 and LSE -inf.
+///
+/// @throws attn::error on any shape, stride or option mismatch; the message
+///         names the argument, the expected and the actual value.
+template <class KT, class VT>
+void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
+                                  strided<VT, 4> v, strided<float, 4> out,
+                                  const sdpa_options& opt = {}) {
+  using KV = std::remove_const_t<KT>;
+  static_assert(std::is_same<KV, std::remove_const_t<VT>>::value,
+                "attn::scaled_dot_product_attention: k and v must have the same element type");
+  static_assert(detail::is_kv_scalar<KV>,
+                "attn::scaled_dot_product_attention: k/v must be float, Eigen::bfloat16 or "
+                "Eigen::half");
+  constexpr const char* fn = "scaled_dot_product_attention";
+  using detail::require;
+
+  require(!q.empty(), fn, "q", "a non-null view", "null data");
+  require(!k.empty(), fn, "k", "a non-null view", "null data");
+  require(!v.empty(), fn, "v", "a non-null view", "null data");
+  require(!out.empty(), fn, "out", "a non-null view", "null data");
+
+  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], Dqk = q.dims[3];
+  const index S = k.dims[1], Hkv = k.dims[2], Dv = v.dims[3];
+  for (int r = 0; r < 4; ++r) {
+    require(q.dims[r] >= 0, fn, "q", "non-negative dims", q.dims);
+    require(k.dims[r] >= 0, fn, "k", "non-negative dims", k.dims);
+    require(v.dims[r] >= 0, fn, "v", "non-negative dims", v.dims);
+  }
+  require(Dqk >= 1, fn, "q.dims[3] (d_qk)", ">= 1", Dqk);
+  require(Hq >= 1, fn, "q.dims[2] (heads_q)", ">= 1", Hq);
+  require(k.dims[0] == B && k.dims[3] == Dqk, fn, "k",
+          detail::dims_note(std::array<index, 4>{B, S, Hkv, Dqk}, "[batch, S, heads_kv, d_qk]"),
+          k.dims);
+  require(Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)",
+          "a divisor of heads_q = " + std::to_string(Hq), Hkv);
+  require(v.dims[0] == B && v.dims[1] == S && v.dims[2] == Hkv, fn, "v",
+          detail::dims_note(std::array<index, 4>{B, S, Hkv, Dv}, "[batch, S, heads_kv, d_v]"),
+          v.dims);
+  const std::array<index, 4> out_dims{B, L, Hq, Dv};
+  require(out.dims == out_dims, fn, "out",
+          detail::dims_note(out_dims, "[batch, L, heads_q, d_v]"), out.dims);
+  require(q.strides[3] == 1, fn, "q.strides[3]", "1 (contiguous head dim)", q.strides[3]);
+  require(k.strides[3] == 1, fn, "k.strides[3]", "1 (contiguous head dim)", k.strides[3]);
+  require(v.strides[3] == 1 || Dv <= 1, fn, "v.strides[3]", "1 (contiguous head dim)",
+          v.strides[3]);
+  require(out.strides[3] == 1 || Dv <= 1, fn, "out.strides[3]", "1 (contiguous head dim)",
+          out.strides[3]);
+
+  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(Dqk));
+  require(std::isfinite(scale), fn, "scale", "a finite number", scale);
+  if (opt.window) {
+    require(opt.window->left >= 0, fn, "window.left", ">= 0 (attn::unbounded for no limit)",
+            opt.window->left);
+    require(opt.window->right >= 0, fn, "window.right", ">= 0 (attn::unbounded for no limit)",
+            opt.window->right);
+  }
+  require(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B, fn,
+          "key_lengths.size()", "0 or batch = " + std::to_string(B), opt.key_lengths.size());
+  for (index len : opt.key_lengths)
+    require(len >= 0 && len <= S, fn, "key_lengths", "values in [0, S = " + std::to_string(S) + "]",
+            len);
+  detail::check_mask(opt.bool_mask, "bool_mask", B, Hq, L, S);
+  detail::check_mask(opt.additive_mask, "additive_mask", B, Hq, L, S);
+  if (!opt.lse.empty()) {
+    const std::array<index, 3> want{B, Hq, L};
+    require(opt.lse.dims == want, fn, "lse", detail::dims_note(want, "[batch, heads_q, L]"),
+            opt.lse.dims);
+  }
+  require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
+
+  detail::flash_forward<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
+                            opt);
+}
+
+/// Tensor convenience overload: [B, L, Hq, d_qk], [B, S, Hkv, d_qk],
+/// [B, S, Hkv, d_v] row-major tensors in, a new [B, L, Hq, d_v] tensor out.
+template <class KV>
+Eigen::Tensor<float, 4, Eigen::RowMajor> scaled_dot_product_attention(
+    const Eigen::Tensor<float, 4, Eigen::RowMajor>& q,
+    const Eigen::Tensor<KV, 4, Eigen::RowMajor>& k,
+    const Eigen::Tensor<KV, 4, Eigen::RowMajor>& v, const sdpa_options& opt = {}) {
+  Eigen::Tensor<float, 4, Eigen::RowMajor> out(q.dimension(0), q.dimension(1), q.dimension(2),
+                                               v.dimension(3));
+  scaled_dot_product_attention(bshd(q), bshd(k), bshd(v), bshd(out), opt);
+  return out;
+}
+
+/// Single-head convenience overload on matrices whose rows are positions:
+/// q [L, d_qk], k [S, d_qk], v [S, d_v]; returns [L, d_v]. Any Eigen storage
+/// order is accepted (non-row-major inputs are copied once). Masks in `opt`
+/// are viewed as [1, 1, L, S].
+template <class DQ, class DK, class DV>
+Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
+scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                             const Eigen::MatrixBase<DV>& v, const sdpa_options& opt = {}) {
+  using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const row_major qm = q.template cast<float>(), km = k.template cast<float>(),
+                  vm = v.template cast<float>();
+  row_major o(qm.rows(), vm.cols());
+  auto as_view = [](auto* data, index rows, index cols) {
+    using T = std::remove_pointer_t<decltype(data)>;
+    return strided<T, 4>{data, {1, rows, 1, cols}, {rows * cols, cols, cols, 1}};
+  };
+  scaled_dot_product_attention(as_view(qm.data(), qm.rows(), qm.cols()),
+                               as_view(km.data(), km.rows(), km.cols()),
+                               as_view(vm.data(), vm.rows(), vm.cols()),
+                               as_view(o.data(), o.rows(), o.cols()), opt);
+  return o;
+}
+
+}  // namespace attn

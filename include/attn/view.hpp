@@ -1,0 +1,167 @@
+// attn/view.hpp: strided, non-owning views over tensors.
+//
+// A view is a pointer, the extents and the strides (in elements, not bytes)
+// of each dimension. Kernels read every tensor through a view, so layouts that
+// are a permutation or a slice of a dense tensor need no copy:
+//
+//   [batch, seq, heads, dim]   attn::bshd(t)   (the default layout)
+//   [batch, heads, seq, dim]   attn::bhsd(t)   (PyTorch's SDPA layout)
+//   packed QKV [b, s, 3, h, d] attn::packed_qkv(t, 0|1|2)
+//
+// Rule: the innermost (head-dim) stride of Q, K, V and the output must be 1,
+// so head vectors are contiguous and SIMD loads are plain loads. Every other
+// stride is free, including 0 for broadcast dimensions of masks.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <ostream>
+#include <type_traits>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include "attn/error.hpp"
+
+namespace attn {
+
+/// A non-owning strided view of rank `Rank` over elements of type T
+/// (T may be const). dims[r] is the extent, strides[r] the distance in
+/// elements between neighbours along dimension r.
+template <class T, int Rank>
+struct strided {
+  using value_type = T;
+  static constexpr int rank = Rank;
+
+  T* data = nullptr;
+  std::array<index, Rank> dims{};
+  std::array<index, Rank> strides{};
+
+  /// True when the view points at nothing (an absent optional argument).
+  bool empty() const { return data == nullptr; }
+
+  /// Element address for the given coordinates.
+  template <class... I>
+  T* at(I... i) const {
+    static_assert(sizeof...(I) == Rank, "attn::strided::at: one index per dimension");
+    const index idx[] = {static_cast<index>(i)...};
+    index off = 0;
+    for (int r = 0; r < Rank; ++r) off += idx[r] * strides[r];
+    return data + off;
+  }
+
+  /// The same view with const elements.
+  strided<const T, Rank> as_const() const { return {data, dims, strides}; }
+  operator strided<const T, Rank>() const { return {data, dims, strides}; }  // NOLINT
+};
+
+namespace detail {
+
+// Row-major dense strides for the given extents.
+template <std::size_t N>
+std::array<index, N> dense_strides(const std::array<index, N>& dims) {
+  std::array<index, N> s{};
+  index acc = 1;
+  for (std::size_t r = N; r-- > 0;) {
+    s[r] = acc;
+    acc *= dims[r];
+  }
+  return s;
+}
+
+template <class E>
+using tensor_scalar_t = std::remove_reference_t<decltype(*std::declval<E&>().data())>;
+
+template <class E>
+constexpr void check_row_major() {
+  static_assert(static_cast<int>(std::decay_t<E>::Layout) == static_cast<int>(Eigen::RowMajor),
+                "attn: tensors must be row-major (Eigen::RowMajor); wrap column-major data "
+                "with attn::strided and explicit strides instead");
+}
+
+}  // namespace detail
+
+/// View of a dense row-major Eigen::Tensor / TensorMap of any rank, in its own
+/// dimension order.
+template <class E>
+auto view(E& t) {
+  detail::check_row_major<E>();
+  constexpr int R = std::decay_t<E>::NumDimensions;
+  using T = detail::tensor_scalar_t<E>;
+  strided<T, R> v;
+  v.data = t.data();
+  for (int r = 0; r < R; ++r) v.dims[r] = t.dimension(r);
+  v.strides = detail::dense_strides(v.dims);
+  return v;
+}
+
+/// [batch, seq, heads, dim] tensor viewed in attn's order (no permutation).
+template <class E>
+auto bshd(E& t) {
+  static_assert(std::decay_t<E>::NumDimensions == 4, "attn::bshd: needs a rank-4 tensor");
+  return view(t);
+}
+
+/// [batch, heads, seq, dim] tensor (PyTorch's SDPA layout) viewed as
+/// [batch, seq, heads, dim] by swapping strides; no data moves.
+template <class E>
+auto bhsd(E& t) {
+  static_assert(std::decay_t<E>::NumDimensions == 4, "attn::bhsd: needs a rank-4 tensor");
+  auto v = view(t);
+  std::swap(v.dims[1], v.dims[2]);
+  std::swap(v.strides[1], v.strides[2]);
+  return v;
+}
+
+/// One of Q (which = 0), K (1) or V (2) from a packed projection output of
+/// shape [batch, seq, 3, heads, dim], as a [batch, seq, heads, dim] view.
+template <class E>
+auto packed_qkv(E& t, int which) {
+  static_assert(std::decay_t<E>::NumDimensions == 5,
+                "attn::packed_qkv: needs a rank-5 tensor [batch, seq, 3, heads, dim]");
+  auto v = view(t);
+  detail::require(v.dims[2] == 3, "packed_qkv", "t.dimension(2)", 3, v.dims[2]);
+  detail::require(which >= 0 && which < 3, "packed_qkv", "which", "0 (Q), 1 (K) or 2 (V)", which);
+  strided<typename decltype(v)::value_type, 4> out;
+  out.data = v.data + which * v.strides[2];
+  out.dims = {v.dims[0], v.dims[1], v.dims[3], v.dims[4]};
+  out.strides = {v.strides[0], v.strides[1], v.strides[3], v.strides[4]};
+  return out;
+}
+
+/// View of a rank-4 mask of any of the shapes PyTorch broadcasts to
+/// [batch, heads, L, S] — a tensor of rank 2 ([L, S]), 3 ([heads|1, L, S]) or
+/// 4 ([batch|1, heads|1, L|1, S|1]) — as a [batch, heads, L, S] view in which
+/// every broadcast dimension has stride 0. The mask is read in place, never
+/// copied. Throws attn::error when a dimension is neither 1 nor the target.
+template <class E>
+auto broadcast_mask(E& t, index batch, index heads, index L, index S) {
+  auto v = view(t);
+  constexpr int R = decltype(v)::rank;
+  static_assert(R >= 2 && R <= 4, "attn::broadcast_mask: mask rank must be 2, 3 or 4");
+  using T = typename decltype(v)::value_type;
+  const std::array<index, 4> target{batch, heads, L, S};
+  strided<T, 4> out;
+  out.data = v.data;
+  out.dims = target;
+  for (int r = 0; r < 4; ++r) {
+    const int src = r - (4 - R);  // right-aligned, as in NumPy broadcasting
+    if (src < 0) {
+      out.strides[r] = 0;
+      continue;
+    }
+    if (v.dims[src] == target[r]) {
+      out.strides[r] = v.dims[src] == 1 ? 0 : v.strides[src];
+    } else if (v.dims[src] == 1) {
+      out.strides[r] = 0;
+    } else {
+      std::ostringstream exp;
+      exp << "dims broadcastable to ";
+      detail::write(exp, target);
+      exp << " ([batch, heads, L, S])";
+      detail::fail("broadcast_mask", "mask", exp.str(), v.dims);
+    }
+  }
+  return out;
+}
+
+}  // namespace attn

@@ -1,15 +1,15 @@
 // attn/core/microkernel.hpp: register-blocked tile products.
 //
-// The two products of an attention tile are small GEMMs whose operands sit in
-// cache-resident, pre-packed buffers:
-//   scores:      S[rows x cols]  = A[rows x depth] · Bpanel   (A = scaled Q)
-//   accumulate:  C[rows x cols] += P[rows x depth] · Bpanel   (C = O, P = probs)
-// The right operand is packed in panels of `panel_cols` columns: element
-// (d, c) of panel p lives at p * depth * panel_cols + d * panel_cols + c, so
-// the inner loop reads one contiguous stream. A register tile keeps
-// rows x (panel_cols / width) accumulators live; rows and panel width are
-// chosen so that they, the panel loads and one broadcast fit the register
-// file (32 on AVX-512: 8 x 2 = 16 accumulators).
+// Both products of an attention tile are small GEMMs over cache-resident
+// operands:
+//   scores      Sᵀ[keys x queries]  = K[keys x d] · Qᵀ[d x queries]
+//   accumulate  O[queries x d_v]   += Pᵀᵀ[queries x keys] · V[keys x d_v]
+// so the micro-kernel takes the left operand A with a stride per row and per
+// depth step (K is read row by row; Pᵀ is read down its columns) and the
+// right operand B with its rows contiguous over the tile's columns (Qᵀ, V).
+// A register tile keeps tile_rows x tile_packets accumulators live
+// (8 x 2 = 16 of AVX-512's 32 registers), loads tile_packets vectors of B and
+// broadcasts one element of A per row at each depth step.
 #pragma once
 
 #include "attn/core/simd.hpp"
@@ -18,28 +18,43 @@
 namespace attn {
 namespace core {
 
-/// Register tile: rows of the left operand per micro-kernel call.
+/// Register tile: rows of A per micro-kernel call.
 constexpr int tile_rows = simd::registers >= 32 ? 8 : 4;
-/// Packets per panel row, and the panel width in floats.
+/// Packets per row of the register tile, and the tile width in floats.
 constexpr int tile_packets = 2;
-constexpr int panel_cols = tile_packets * simd::width;
+constexpr int tile_cols = tile_packets * simd::width;
 
-/// C[r][c] (=|+=) sum_d A[r][d] * B[d][c] for tile_rows rows and one panel.
-/// a: row-major, row stride lda. b: one packed panel (depth x panel_cols).
-/// c: row-major, row stride ldc. Accumulate selects += over =.
+/// Left operand: element (r, d) at data[r * row_stride + d * depth_stride].
+struct lhs {
+  const float* data;
+  index row_stride;
+  index depth_stride;
+};
+
+/// Right operand: element (d, c) at data[d * row_stride + c].
+struct rhs {
+  const float* data;
+  index row_stride;
+};
+
+/// C[r][c] (=|+=) sum_{d < depth} A(r, d) B(d, c) for a tile_rows x tile_cols
+/// tile. c is row-major with row stride ldc. Accumulate selects += over =.
 template <bool Accumulate>
-inline void gemm_tile(const float* a, index lda, const float* b, index depth, float* c,
-                      index ldc) {
+inline void gemm_tile(const lhs& a, const rhs& b, index depth, float* c, index ldc) {
   using namespace simd;
   packet acc[tile_rows][tile_packets];
   for (int r = 0; r < tile_rows; ++r)
     for (int p = 0; p < tile_packets; ++p)
       acc[r][p] = Accumulate ? load(c + r * ldc + p * width) : zero();
-  for (index d = 0; d < depth; ++d) {
+  const float* arow[tile_rows];
+  for (int r = 0; r < tile_rows; ++r) arow[r] = a.data + r * a.row_stride;
+  const float* bp = b.data;
+  for (index d = 0; d < depth; ++d, bp += b.row_stride) {
     packet bv[tile_packets];
-    for (int p = 0; p < tile_packets; ++p) bv[p] = load(b + d * panel_cols + p * width);
+    for (int p = 0; p < tile_packets; ++p) bv[p] = load(bp + p * width);
+    const index ad = d * a.depth_stride;
     for (int r = 0; r < tile_rows; ++r) {
-      const packet av = broadcast(a[r * lda + d]);
+      const packet av = broadcast(arow[r][ad]);
       for (int p = 0; p < tile_packets; ++p) acc[r][p] = fma(av, bv[p], acc[r][p]);
     }
   }
@@ -47,15 +62,16 @@ inline void gemm_tile(const float* a, index lda, const float* b, index depth, fl
     for (int p = 0; p < tile_packets; ++p) store(c + r * ldc + p * width, acc[r][p]);
 }
 
-/// C (=|+=) A · B over a block: rows a multiple of tile_rows, cols a multiple
-/// of panel_cols, B packed as consecutive panels of `depth` rows.
+/// C (=|+=) A · B over rows x cols, rows a multiple of tile_rows and cols a
+/// multiple of tile_cols. Each row block of A is reused across all column
+/// blocks while it is hot in L1.
 template <bool Accumulate>
-inline void gemm_block(const float* a, index lda, const float* b_panels, index depth, float* c,
-                       index ldc, index rows, index cols) {
-  for (index c0 = 0; c0 < cols; c0 += panel_cols) {
-    const float* panel = b_panels + (c0 / panel_cols) * depth * panel_cols;
-    for (index r0 = 0; r0 < rows; r0 += tile_rows)
-      gemm_tile<Accumulate>(a + r0 * lda, lda, panel, depth, c + r0 * ldc + c0, ldc);
+inline void gemm_block(const lhs& a, const rhs& b, index depth, float* c, index ldc, index rows,
+                       index cols) {
+  for (index r0 = 0; r0 < rows; r0 += tile_rows) {
+    const lhs ar{a.data + r0 * a.row_stride, a.row_stride, a.depth_stride};
+    for (index c0 = 0; c0 < cols; c0 += tile_cols)
+      gemm_tile<Accumulate>(ar, rhs{b.data + c0, b.row_stride}, depth, c + r0 * ldc + c0, ldc);
   }
 }
 

@@ -48,6 +48,23 @@ struct online_state {
   float inv_sum() const { return sum > 0.0f ? 1.0f / sum : 0.0f; }
 };
 
+/// One online-softmax step for simd::width rows at once (one row per lane),
+/// as the flash kernel needs it: the rows' running maxima and this block's
+/// maxima give the new maxima, the factor that rescales what was accumulated
+/// before (exactly 1 where the max did not move, 0 where nothing was seen
+/// yet) and the pivot to subtract before exp (0 while a row has seen only
+/// -inf, so exp(-inf - pivot) = 0, never NaN).
+struct packet_step {
+  simd::packet max, factor, pivot;
+};
+
+inline packet_step online_step(const simd::packet& running_max, const simd::packet& block_max) {
+  using namespace simd;
+  const packet m = simd::max(running_max, block_max);
+  const packet pivot = select(equal(m, broadcast(neg_inf)), zero(), m);
+  return {m, simd::exp(sub(running_max, pivot)), pivot};
+}
+
 /// Softmax of n scores in place (x[j] <- exp(x[j] - max) / sum); returns the
 /// row's log-sum-exp. A row of only -inf becomes all 0 with LSE -inf.
 inline float row_softmax(float* x, index n) {

@@ -1,16 +1,22 @@
 // attn/detail/flash_forward.hpp: the tiled forward pass behind
 // attn::scaled_dot_product_attention. Arguments arrive validated.
 //
-// One task = one (batch, query head, tile of q_tile_rows queries). A task
-// walks the key tiles its rows can see (the band from attn/mask.hpp), and
-// for each one:
-//   1. packs K (transposed, converted to float) and V into panels,
-//   2. S = (scale · Q) · Kᵀ with the register-blocked micro-kernel,
-//   3. masks S and takes each row's max (one pass), updates the online
-//      softmax state and rescales O's row only if its max moved,
-//   4. P = exp(S - max), row sums (second pass),
-//   5. O += P · V.
-// Tasks share nothing, so the result is the same for any thread count.
+// One task = one (batch, query head, tile of q_tile queries). The task packs
+// its queries once, transposed and pre-scaled (Qᵀ), then walks the key tiles
+// its rows can see (the band from attn/mask.hpp). For each key tile:
+//   1. Sᵀ = K · Qᵀ with the register-blocked micro-kernel. Scores are kept
+//      transposed, [keys][queries], so each query's softmax runs down a
+//      column: maxima, exp and sums are plain vector ops across lanes, with
+//      no horizontal reductions. K rows are read in place when they are
+//      float; bf16/half (and a ragged last tile) are converted into a small
+//      buffer first.
+//   2. Masks: whole tiles inside the band need none; edge tiles get -inf
+//      outside each column's band, then the dense bool/additive masks.
+//   3. Column maxima, the online-softmax step, rescaling of O rows whose
+//      max moved, P = exp(Sᵀ - max) and column sums.
+//   4. O += P · V, reading Pᵀ down its columns and V rows in place.
+// Tasks share nothing and each always runs the same operations in the same
+// order, so the output is bit-identical for any thread count.
 #pragma once
 
 #include <algorithm>
@@ -34,112 +40,74 @@ namespace detail {
 
 inline index round_up(index x, index m) { return (x + m - 1) / m * m; }
 
-/// Tile sizes of the flash forward pass (multiples of the micro-kernel's
-/// register tile and panel width).
+/// Tile sizes of the flash forward pass: queries per task (a multiple of the
+/// micro-kernel's tile width) and keys per step (a multiple of its rows).
 struct flash_tiles {
-  static constexpr index q_rows = 8 * core::tile_rows;
-  static constexpr index kv_cols = 4 * core::panel_cols;
+  static constexpr index q_tile = 2 * core::tile_cols;
+  static constexpr index kv_tile = 16 * core::tile_rows;
 };
 
 /// One thread's working memory; sized once per call, reused by every task.
 struct flash_scratch {
-  std::vector<float> q;  // [q_rows][d_qk]     scaled queries
-  std::vector<float> k;  // Kᵀ panels          [kv_cols / panel][d_qk][panel]
-  std::vector<float> v;  // V panels           [d_v_pad / panel][kv_cols][panel]
-  std::vector<float> s;  // [q_rows][kv_cols]  scores, then probabilities
-  std::vector<float> o;  // [q_rows][d_v_pad]  unnormalised output rows
-  std::vector<softmax::online_state> state;  // [q_rows]
+  std::vector<float> qt;   // [d_qk][q_tile]     scaled queries, transposed
+  std::vector<float> k;    // [kv_tile][d_qk]    converted / padded keys
+  std::vector<float> v;    // [kv_tile][d_v_pad] converted / padded values
+  std::vector<float> st;   // [kv_tile][q_tile]  scores, then probabilities
+  std::vector<float> o;    // [q_tile][d_v_pad]  unnormalised output rows
+  std::vector<float> max;  // [q_tile]           running max per query
+  std::vector<float> sum;  // [q_tile]           running sum per query
+  std::vector<float> factor;  // [q_tile]        this step's rescale factors
 
   flash_scratch(index d_qk, index d_v_pad)
-      : q(flash_tiles::q_rows * d_qk),
-        k(flash_tiles::kv_cols * d_qk),
-        v(flash_tiles::kv_cols * d_v_pad),
-        s(flash_tiles::q_rows * flash_tiles::kv_cols),
-        o(flash_tiles::q_rows * d_v_pad),
-        state(flash_tiles::q_rows) {}
+      : qt(d_qk * flash_tiles::q_tile),
+        k(flash_tiles::kv_tile * d_qk),
+        v(flash_tiles::kv_tile * d_v_pad),
+        st(flash_tiles::kv_tile * flash_tiles::q_tile),
+        o(flash_tiles::q_tile * d_v_pad),
+        max(flash_tiles::q_tile),
+        sum(flash_tiles::q_tile),
+        factor(flash_tiles::q_tile) {}
 };
 
-// Packs keys [j0, j0 + n) of one head as Kᵀ panels, zero-padded to npad
-// columns, converting to float.
+// Copies rows [j0, j0 + n) of one head into dst as float, row stride `cols`;
+// rows n..rows_pad and columns width..cols are zero.
 template <class KV>
-void pack_k_panels(const strided<const KV, 4>& k, index b, index h, index j0, index n,
-                   index npad, index d_qk, float* dst) {
-  constexpr index pc = core::panel_cols;
-  for (index jj = 0; jj < npad; ++jj) {
-    float* col = dst + (jj / pc) * d_qk * pc + (jj % pc);
-    if (jj < n) {
-      const KV* src = k.at(b, j0 + jj, h, 0);
-      for (index d = 0; d < d_qk; ++d) col[d * pc] = static_cast<float>(src[d]);
-    } else {
-      for (index d = 0; d < d_qk; ++d) col[d * pc] = 0.0f;
+void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n,
+               index rows_pad, index width, index cols, float* dst) {
+  for (index r = 0; r < rows_pad; ++r) {
+    float* row = dst + r * cols;
+    index c = 0;
+    if (r < n) {
+      const KV* src = t.at(b, j0 + r, h, 0);
+      for (; c < width; ++c) row[c] = static_cast<float>(src[c]);
     }
+    for (; c < cols; ++c) row[c] = 0.0f;
   }
 }
 
-// Packs values [j0, j0 + n) of one head as panels of d_v columns, each panel
-// npad rows deep; rows >= n and columns >= d_v are zero (so P = 0 there
-// never meets garbage).
+// Rows [j0, j0 + n) of one head as a micro-kernel operand: in place when the
+// storage is already float and shaped as the kernel needs, else converted
+// and zero-padded into `buffer`.
 template <class KV>
-void pack_v_panels(const strided<const KV, 4>& v, index b, index h, index j0, index n,
-                   index npad, index d_v, index d_v_pad, float* dst) {
-  constexpr index pc = core::panel_cols;
-  for (index p0 = 0; p0 < d_v_pad; p0 += pc) {
-    float* panel = dst + (p0 / pc) * npad * pc;
-    const index cols = std::min(pc, d_v - p0);
-    for (index jj = 0; jj < npad; ++jj) {
-      float* row = panel + jj * pc;
-      index c = 0;
-      if (jj < n) {
-        const KV* src = v.at(b, j0 + jj, h, p0);
-        for (; c < cols; ++c) row[c] = static_cast<float>(src[c]);
-      }
-      for (; c < pc; ++c) row[c] = 0.0f;
-    }
+core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, index j0, index n,
+                            index rows_pad, index width, index cols, float* buffer) {
+  if constexpr (std::is_same<KV, float>::value) {
+    if (n == rows_pad && width == cols) return {t.at(b, j0, h, 0), t.strides[1]};
   }
-}
-
-// Fills x[from, to) with -inf.
-inline void mask_range(float* x, index from, index to) {
-  for (index j = from; j < to; ++j) x[j] = softmax::neg_inf;
-}
-
-// Largest of x[0, n), n a multiple of the packet width.
-inline float row_max(const float* x, index n) {
-  using namespace simd;
-  packet m = broadcast(softmax::neg_inf);
-  for (index j = 0; j < n; j += width) m = simd::max(m, load(x + j));
-  return reduce_max(m);
-}
-
-// x[j] <- exp(x[j] - pivot) for j in [0, n), n a multiple of the packet
-// width; returns the sum of the results.
-inline float exp_and_sum(float* x, index n, float pivot) {
-  using namespace simd;
-  const packet pv = broadcast(pivot);
-  packet sum = zero();
-  for (index j = 0; j < n; j += width) {
-    const packet e = simd::exp(sub(load(x + j), pv));
-    store(x + j, e);
-    sum = add(sum, e);
-  }
-  return reduce_add(sum);
-}
-
-inline void scale_row(float* x, index n, float f) {
-  using namespace simd;
-  const packet pf = broadcast(f);
-  for (index j = 0; j < n; j += width) store(x + j, mul(load(x + j), pf));
+  pack_rows(t, b, h, j0, n, rows_pad, width, cols, buffer);
+  return {buffer, cols};
 }
 
 template <class KV>
 void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>& k,
                    const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
                    const sdpa_options& opt) {
+  using namespace simd;
+  constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
-  const index d_v_pad = round_up(d_v, core::panel_cols);
+  const index d_v_pad = round_up(d_v, core::tile_cols);
   const index group = Hq / Hkv;
-  constexpr index BQ = flash_tiles::q_rows, BK = flash_tiles::kv_cols;
   const index q_tiles = (L + BQ - 1) / BQ;
   const index tasks = B * Hq * q_tiles;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
@@ -149,30 +117,26 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
     const index hk = h / group;
     const index i0 = qt * BQ, rows = std::min(BQ, L - i0);
-    const index rows_pad = round_up(rows, core::tile_rows);
+    const index cols = round_up(rows, core::tile_cols);  // query columns computed
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const band_mask band(L, S, key_len, opt.causal, window);
 
-    // Scaled queries; padding rows are zero.
-    for (index r = 0; r < rows_pad; ++r) {
-      float* dst = ws.q.data() + r * d_qk;
-      if (r < rows) {
-        const float* src = q.at(b, i0 + r, h, 0);
-        for (index d = 0; d < d_qk; ++d) dst[d] = src[d] * scale;
-      } else {
-        std::fill(dst, dst + d_qk, 0.0f);
-      }
-      ws.state[r] = softmax::online_state{};
+    // Qᵀ, pre-scaled; padding columns are zero (their results are dropped).
+    for (index r = 0; r < cols; ++r) {
+      const float* src = r < rows ? q.at(b, i0 + r, h, 0) : nullptr;
+      for (index d = 0; d < d_qk; ++d) ws.qt[d * BQ + r] = src ? src[d] * scale : 0.0f;
     }
-    std::fill(ws.o.begin(), ws.o.begin() + rows_pad * d_v_pad, 0.0f);
+    std::fill(ws.o.begin(), ws.o.begin() + cols * d_v_pad, 0.0f);
+    std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
+    std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
     const key_band span = band.rows(i0, i0 + rows);
     for (index j0 = std::max<index>(span.first, 0); j0 <= span.last; j0 += BK) {
       const index n = std::min(BK, span.last + 1 - j0);
-      const index npad = round_up(n, core::panel_cols);
+      const index n_pad = round_up(n, core::tile_rows);
 
-      // Per-row visible columns [lo, hi] of this tile from the band; skip the
-      // tile when no row sees any of it (or a bool mask hides all of it).
+      // Skip the tile when no row sees any key of it through the band, or a
+      // bool mask hides all of those keys.
       bool any = false;
       for (index r = 0; r < rows && !any; ++r) {
         const key_band kb = band.row(i0 + r);
@@ -184,61 +148,80 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
         }
         const bool* m = opt.bool_mask.at(b, h, i0 + r, 0);
         const index ms = opt.bool_mask.strides[3];
-        for (index j = lo; j <= hi; ++j)
-          if (m[j * ms]) {
-            any = true;
-            break;
-          }
+        for (index j = lo; j <= hi && !any; ++j) any = m[j * ms];
       }
       if (!any) continue;
 
-      pack_k_panels(k, b, hk, j0, n, npad, d_qk, ws.k.data());
-      pack_v_panels(v, b, hk, j0, n, npad, d_v, d_v_pad, ws.v.data());
-      core::gemm_block<false>(ws.q.data(), d_qk, ws.k.data(), d_qk, ws.s.data(), BK, rows_pad,
-                              npad);
+      // 1. Sᵀ = K · Qᵀ.
+      const core::rhs kt =
+          tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, ws.k.data());
+      core::gemm_block<false>(core::lhs{kt.data, kt.row_stride, 1},
+                              core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(), BQ, n_pad, cols);
 
-      const bool full = !has_bool && !has_add && n == npad && band.tile_full(i0, i0 + rows, j0, j0 + n);
-      for (index r = 0; r < rows_pad; ++r) {
-        float* srow = ws.s.data() + r * BK;
-        if (!full) {
-          const key_band kb = r < rows ? band.row(i0 + r) : key_band{0, -1};
+      // 2. Masks. Padding key rows (n..n_pad) never count.
+      for (index j = n; j < n_pad; ++j)
+        std::fill(ws.st.begin() + j * BQ, ws.st.begin() + (j + 1) * BQ, softmax::neg_inf);
+      const bool full = !has_bool && !has_add && band.tile_full(i0, i0 + rows, j0, j0 + n);
+      if (!full) {
+        for (index r = 0; r < rows; ++r) {
+          float* col = ws.st.data() + r;
+          const key_band kb = band.row(i0 + r);
           const index lo = std::max<index>(kb.first - j0, 0);
           const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
-          if (lo > hi) {
-            mask_range(srow, 0, npad);
-          } else {
-            mask_range(srow, 0, lo);
-            mask_range(srow, hi + 1, npad);
-            if (has_bool) {
-              const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
-              const index ms = opt.bool_mask.strides[3];
-              for (index j = lo; j <= hi; ++j)
-                if (!m[j * ms]) srow[j] = softmax::neg_inf;
-            }
-            if (has_add) {
-              const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
-              const index as = opt.additive_mask.strides[3];
-              for (index j = lo; j <= hi; ++j) srow[j] += a[j * as];
-            }
+          for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = softmax::neg_inf;
+          for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = softmax::neg_inf;
+          if (has_bool) {
+            const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
+            const index ms = opt.bool_mask.strides[3];
+            for (index j = lo; j <= hi; ++j)
+              if (!m[j * ms]) col[j * BQ] = softmax::neg_inf;
+          }
+          if (has_add) {
+            const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
+            const index as = opt.additive_mask.strides[3];
+            for (index j = lo; j <= hi; ++j) col[j * BQ] += a[j * as];
           }
         }
-        softmax::online_state& st = ws.state[r];
-        const float f = st.raise_max(row_max(srow, npad));
-        if (f != 1.0f) scale_row(ws.o.data() + r * d_v_pad, d_v_pad, f);
-        st.sum += exp_and_sum(srow, npad, st.pivot());
       }
 
-      core::gemm_block<true>(ws.s.data(), BK, ws.v.data(), npad, ws.o.data(), d_v_pad, rows_pad,
+      // 3. Online softmax down each column, width queries at a time.
+      for (index c0 = 0; c0 < cols; c0 += width) {
+        float* s = ws.st.data() + c0;
+        packet m = broadcast(softmax::neg_inf);
+        for (index j = 0; j < n; ++j) m = simd::max(m, load(s + j * BQ));
+        const softmax::packet_step step = softmax::online_step(load(&ws.max[c0]), m);
+        store(&ws.max[c0], step.max);
+        store(&ws.factor[c0], step.factor);
+        packet sum = zero();
+        for (index j = 0; j < n_pad; ++j) {
+          const packet e = simd::exp(sub(load(s + j * BQ), step.pivot));
+          store(s + j * BQ, e);
+          sum = add(sum, e);
+        }
+        store(&ws.sum[c0], fma(load(&ws.sum[c0]), step.factor, sum));
+      }
+      for (index r = 0; r < rows; ++r) {
+        const float f = ws.factor[r];
+        if (f == 1.0f) continue;  // the max did not move: nothing to rescale
+        float* o = ws.o.data() + r * d_v_pad;
+        const packet pf = broadcast(f);
+        for (index d = 0; d < d_v_pad; d += width) store(o + d, mul(load(o + d), pf));
+      }
+
+      // 4. O += P · V (P read as the transpose of Sᵀ).
+      const core::rhs vt = tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data());
+      core::gemm_block<true>(core::lhs{ws.st.data(), 1, BQ}, vt, n, ws.o.data(), d_v_pad, cols,
                              d_v_pad);
     }
 
     for (index r = 0; r < rows; ++r) {
-      const softmax::online_state& st = ws.state[r];
-      const float inv = st.inv_sum();
+      const float l = ws.sum[r];
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
       const float* src = ws.o.data() + r * d_v_pad;
       float* dst = out.at(b, i0 + r, h, 0);
       for (index d = 0; d < d_v; ++d) dst[d] = src[d] * inv;
-      if (!opt.lse.empty()) *opt.lse.at(b, h, i0 + r) = st.lse();
+      if (!opt.lse.empty())
+        *opt.lse.at(b, h, i0 + r) = l > 0.0f ? ws.max[r] + std::log(l) : softmax::neg_inf;
     }
   };
 

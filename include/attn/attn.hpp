@@ -1,0 +1,30 @@
+// attn/attn.hpp: the whole public API in one include.
+//
+//   #include <attn/attn.hpp>
+//
+// attn is header-only: link the CMake target attn::attn (which brings
+// Eigen 3.4+ and, when available, OpenMP) or add include/ and Eigen's include
+// directory to the compiler's search path. Each header below can also be
+// included on its own.
+#pragma once
+
+// Errors and argument checking: attn::error (an std::invalid_argument).
+#include "attn/error.hpp"
+
+// Strided tensor views: attn::strided, attn::bshd, attn::bhsd,
+// attn::packed_qkv, attn::broadcast_mask.
+#include "attn/view.hpp"
+
+// Mask descriptions: attn::causal, attn::alignment, attn::sliding_window.
+#include "attn/mask.hpp"
+
+// Scaled dot-product attention: attn::sdpa_options,
+// attn::scaled_dot_product_attention.
+#include "attn/sdpa_options.hpp"
+#include "attn/sdpa.hpp"
+
+// The shared SIMD core (knows nothing of attention): packets, vector exp,
+// online softmax and log-sum-exp merging.
+#include "attn/core/simd.hpp"
+#include "attn/core/math.hpp"
+#include "attn/core/softmax.hpp"

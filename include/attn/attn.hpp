@@ -20,11 +20,11 @@
 
 // Scaled dot-product attention: attn::sdpa_options,
 // attn::scaled_dot_product_attention.
-#include "attn/sdpa_options.hpp"
 #include "attn/sdpa.hpp"
+#include "attn/sdpa_options.hpp"
 
 // The shared SIMD core (knows nothing of attention): packets, vector exp,
 // online softmax and log-sum-exp merging.
-#include "attn/core/simd.hpp"
 #include "attn/core/math.hpp"
+#include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"

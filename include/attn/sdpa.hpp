@@ -18,6 +18,7 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "attn/detail/flash_forward.hpp"
+#include "attn/detail/split_kv_decode.hpp"
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
@@ -136,8 +137,13 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
   }
   require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
 
-  detail::flash_forward<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
-                            opt);
+  if (B == 0 || L == 0 || Hq == 0) return;
+  if (detail::split_kv_policy::applies(L, Hq / Hkv))
+    detail::split_kv_decode<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
+                                opt);
+  else
+    detail::flash_forward<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
+                              opt);
 }
 
 /// Tensor convenience overload: [B, L, Hq, d_qk], [B, S, Hkv, d_qk],

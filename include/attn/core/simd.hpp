@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -50,6 +51,7 @@ inline packet fma(const packet& a, const packet& b, const packet& c) { return ei
 inline packet add(const packet& a, const packet& b) { return ei::padd(a, b); }
 inline packet sub(const packet& a, const packet& b) { return ei::psub(a, b); }
 inline packet mul(const packet& a, const packet& b) { return ei::pmul(a, b); }
+/// Lane-wise max; a NaN in `a` propagates (Eigen follows std::max).
 inline packet max(const packet& a, const packet& b) { return ei::pmax(a, b); }
 inline packet min(const packet& a, const packet& b) { return ei::pmin(a, b); }
 /// Round to nearest, ties to even (the current rounding mode).
@@ -63,7 +65,8 @@ inline packet select(const packet& mask, const packet& a, const packet& b) {
 inline packet less(const packet& a, const packet& b) { return ei::pcmp_lt(a, b); }
 inline packet equal(const packet& a, const packet& b) { return ei::pcmp_eq(a, b); }
 
-/// 2^n for packets holding integral n in [-126, 127] (exact; no range check).
+/// 2^n for packets holding integral n in [-127, 127], exact; n = -127 gives
+/// 0 (a zero exponent field). No range check.
 template <class P>
 inline P pow2i(const P& n) {
   using packet_i = typename ei::unpacket_traits<P>::integer_packet;
@@ -72,10 +75,39 @@ inline P pow2i(const P& n) {
 }
 /// The scalar fallback of pow2i.
 inline float pow2i(const float& n) {
+  if (!(n == n)) return n;  // NaN: the int conversion below would be undefined
   const std::uint32_t bits = static_cast<std::uint32_t>(static_cast<int>(n) + 127) << 23;
   float out;
   std::memcpy(&out, &bits, sizeof out);
   return out;
+}
+
+/// Loads `width` consecutive values of T as one float packet. bf16 and half
+/// are widened in registers (AVX-512: vpmovzxwd + shift / vcvtph2ps; AVX2:
+/// the same at 256 bits), never through a temporary copy of the source;
+/// other builds convert lane by lane.
+template <class T>
+inline packet load_as_float(const T* p) {
+  if constexpr (std::is_same<T, float>::value) {
+    return load(p);
+  } else {
+#if defined(__AVX512F__)
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (std::is_same<T, Eigen::bfloat16>::value)
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    else if constexpr (std::is_same<T, Eigen::half>::value)
+      return _mm512_cvtph_ps(raw);
+#elif defined(__AVX2__) && defined(__F16C__)
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same<T, Eigen::bfloat16>::value)
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+    else if constexpr (std::is_same<T, Eigen::half>::value)
+      return _mm256_cvtph_ps(raw);
+#endif
+    alignas(64) float tmp[width];
+    for (int i = 0; i < width; ++i) tmp[i] = static_cast<float>(p[i]);
+    return load(tmp);
+  }
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

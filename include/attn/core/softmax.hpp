@@ -49,11 +49,12 @@ struct online_state {
 };
 
 /// One online-softmax step for simd::width rows at once (one row per lane),
-/// as the flash kernel needs it: the rows' running maxima and this block's
-/// maxima give the new maxima, the factor that rescales what was accumulated
-/// before (exactly 1 where the max did not move, 0 where nothing was seen
-/// yet) and the pivot to subtract before exp (0 while a row has seen only
-/// -inf, so exp(-inf - pivot) = 0, never NaN).
+/// as the flash kernel needs it, with scores in log2 units (pre-multiplied
+/// by log2 e, so exp2_nonpositive serves): the rows' running maxima and this
+/// block's maxima give the new maxima, the factor that rescales what was
+/// accumulated before (exactly 1 where the max did not move, 0 where nothing
+/// was seen yet) and the pivot to subtract before exp2 (0 while a row has
+/// seen only -inf, so 2^(-inf - pivot) = 0, never NaN).
 struct packet_step {
   simd::packet max, factor, pivot;
 };
@@ -62,7 +63,7 @@ inline packet_step online_step(const simd::packet& running_max, const simd::pack
   using namespace simd;
   const packet m = simd::max(running_max, block_max);
   const packet pivot = select(equal(m, broadcast(neg_inf)), zero(), m);
-  return {m, simd::exp(sub(running_max, pivot)), pivot};
+  return {m, simd::exp2_nonpositive(sub(running_max, pivot)), pivot};
 }
 
 /// Softmax of n scores in place (x[j] <- exp(x[j] - max) / sum); returns the

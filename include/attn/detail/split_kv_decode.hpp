@@ -1,0 +1,221 @@
+// attn/detail/split_kv_decode.hpp: attention for few query rows against a
+// long key sequence (token-by-token decoding), behind
+// attn::scaled_dot_product_attention. Arguments arrive validated.
+//
+// Decoding reads every K and V element once and does O(1) work with it, so
+// it is bound by memory bandwidth, and one (batch, head) is too little work
+// to share between threads. So:
+//  * the key axis is split into chunks; one task = (batch entry, chunk) over
+//    all heads, visiting keys in memory order (in [batch, seq, heads, dim]
+//    one head's consecutive keys sit heads·dim apart, a page or more: per-
+//    head walks measured 5-10 GB/s, TLB- and prefetch-bound). Each K/V row
+//    serves every query head of its GQA group, so it is loaded once;
+//  * K and V stay where they are: bf16/half values are widened to float in
+//    registers as they are loaded (simd::load_as_float); accumulation is fp32;
+//  * each task leaves a normalised partial output and its LSE, and the
+//    partials of one row are merged in chunk order with
+//    softmax::merge_partial.
+// The chunking depends only on the shapes, never on the thread count, and
+// the merge order is fixed, so results are bit-identical for any thread
+// count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "attn/core/math.hpp"
+#include "attn/core/parallel.hpp"
+#include "attn/core/simd.hpp"
+#include "attn/core/softmax.hpp"
+#include "attn/mask.hpp"
+#include "attn/sdpa_options.hpp"
+#include "attn/view.hpp"
+
+namespace attn {
+namespace detail {
+
+/// When the split-KV path runs instead of the tiled one: few query rows per
+/// KV head (L · group), where the tiled kernel would mostly compute padding.
+struct split_kv_policy {
+  static constexpr index max_rows = 32;       // L · (Hq / Hkv) per KV head
+  static constexpr index key_block = 64;      // keys scored before a softmax step
+  static constexpr index min_chunk = 512;     // keys per task, at least
+  static constexpr index target_tasks = 128;  // enough to balance 2+ threads
+
+  static bool applies(index L, index group) { return L * group <= max_rows; }
+
+  // Chunks per batch entry: enough tasks overall, each chunk not tiny.
+  static index chunks(index B, index S) {
+    const index by_tasks = (target_tasks + B - 1) / std::max<index>(B, 1);
+    const index by_size = std::max<index>((S + min_chunk - 1) / min_chunk, 1);
+    return std::max<index>(std::min(by_tasks, by_size), 1);
+  }
+};
+
+// s[j] = sum_d q[d] * k[d] for one query row and one key: d_qk floats of q
+// against the widened key row.
+template <class KV>
+inline float dot_row(const float* q, const KV* k, index d) {
+  using namespace simd;
+  packet acc0 = zero(), acc1 = zero();
+  index i = 0;
+  for (; i + 2 * width <= d; i += 2 * width) {
+    acc0 = fma(load(q + i), load_as_float(k + i), acc0);
+    acc1 = fma(load(q + i + width), load_as_float(k + i + width), acc1);
+  }
+  for (; i + width <= d; i += width) acc0 = fma(load(q + i), load_as_float(k + i), acc0);
+  float s = reduce_add(add(acc0, acc1));
+  for (; i < d; ++i) s += q[i] * static_cast<float>(k[i]);
+  return s;
+}
+
+inline float exp2_scalar(float x) { return simd::ei::pfirst(simd::exp2_nonpositive(simd::broadcast(x))); }
+
+// o[d] += p * v[d] for d < n.
+template <class KV>
+inline void axpy_row(float* o, float p, const KV* v, index n) {
+  using namespace simd;
+  const packet pp = broadcast(p);
+  index i = 0;
+  for (; i + width <= n; i += width) store(o + i, fma(pp, load_as_float(v + i), load(o + i)));
+  for (; i < n; ++i) o[i] += p * static_cast<float>(v[i]);
+}
+
+template <class KV>
+void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4>& k,
+                     const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
+                     const sdpa_options& opt) {
+  using policy = split_kv_policy;
+  constexpr float log2e = 1.44269504088896341f, ln2 = 0.693147180559945309f;
+  constexpr index KB = policy::key_block;
+  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
+  const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
+  // Rows of one task: every (query head, position) of the batch entry, row
+  // r = h * L + i, so the rows of KV head hk are [hk·group·L, (hk+1)·group·L).
+  const index group = Hq / Hkv, R = Hq * L, rows_per_kv = group * L;
+  const index n_chunks = policy::chunks(B, S);
+  const index chunk = (S + n_chunks - 1) / n_chunks;
+  const index tasks = B * n_chunks;
+  const sliding_window* window = opt.window ? &*opt.window : nullptr;
+  const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
+  const float scale2 = scale * log2e;
+
+  // Partial results of every task: R rows of d_v outputs and R LSEs.
+  std::vector<float> part_o(static_cast<std::size_t>(tasks * R * d_v));
+  std::vector<float> part_lse(static_cast<std::size_t>(tasks * R));
+
+  struct scratch {
+    std::vector<float> q, s, o, max, sum;
+  };
+  auto make_scratch = [&] {
+    return scratch{std::vector<float>(R * d_qk), std::vector<float>(R * KB),
+                   std::vector<float>(R * d_v), std::vector<float>(R),
+                   std::vector<float>(R)};
+  };
+
+  auto run_task = [&](scratch& ws, index t) {
+    const index c = t % n_chunks, b = t / n_chunks;
+    const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
+    const band_mask band(L, S, key_len, opt.causal, window);
+    for (index r = 0; r < R; ++r) {
+      const float* src = q.at(b, r % L, r / L, 0);
+      for (index d = 0; d < d_qk; ++d) ws.q[r * d_qk + d] = src[d] * scale2;
+    }
+    std::fill(ws.o.begin(), ws.o.end(), 0.0f);
+    std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
+    std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
+
+    const key_band span = band.rows(0, L);
+    const index c0 = std::max(c * chunk, span.first);
+    const index c1 = std::min((c + 1) * chunk, span.last + 1);
+    for (index j0 = c0; j0 < c1; j0 += KB) {
+      const index n = std::min(KB, c1 - j0);
+      // Scores. Keys are visited in memory order (all heads of key j, then
+      // key j + 1), and each K row serves every query row of its group.
+      for (index jj = 0; jj < n; ++jj)
+        for (index hk = 0; hk < Hkv; ++hk) {
+          const KV* kr = k.at(b, j0 + jj, hk, 0);
+          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r)
+            ws.s[r * KB + jj] = dot_row(&ws.q[r * d_qk], kr, d_qk);
+        }
+      // Masks, then one online-softmax step per row.
+      for (index r = 0; r < R; ++r) {
+        float* s = &ws.s[r * KB];
+        const index i = r % L, h = r / L;
+        const key_band kb = band.row(i);
+        for (index jj = 0; jj < n; ++jj) {
+          const index j = j0 + jj;
+          if (j < kb.first || j > kb.last || (has_bool && !*opt.bool_mask.at(b, h, i, j)))
+            s[jj] = softmax::neg_inf;
+          else if (has_add)
+            s[jj] += *opt.additive_mask.at(b, h, i, j) * log2e;
+        }
+        float m = softmax::neg_inf;
+        for (index jj = 0; jj < n; ++jj) m = s[jj] > m ? s[jj] : m;
+        if (m == softmax::neg_inf) {  // nothing visible in this block
+          for (index jj = 0; jj < n; ++jj) s[jj] = 0.0f;
+          continue;
+        }
+        const float m_old = ws.max[r];
+        if (m > m_old) {
+          const float f = m_old == softmax::neg_inf ? 0.0f : exp2_scalar(m_old - m);
+          ws.sum[r] *= f;
+          for (index d = 0; d < d_v; ++d) ws.o[r * d_v + d] *= f;
+          ws.max[r] = m;
+        }
+        const simd::packet pivot = simd::broadcast(ws.max[r]);
+        simd::packet sum = simd::zero();
+        index jj = 0;
+        for (; jj + simd::width <= n; jj += simd::width) {
+          const simd::packet e = simd::exp2_nonpositive(simd::sub(simd::load(s + jj), pivot));
+          simd::store(s + jj, e);
+          sum = simd::add(sum, e);
+        }
+        float total = simd::reduce_add(sum);
+        for (; jj < n; ++jj) {
+          s[jj] = exp2_scalar(s[jj] - ws.max[r]);
+          total += s[jj];
+        }
+        ws.sum[r] += total;
+      }
+      // O += P · V, again in memory order.
+      for (index jj = 0; jj < n; ++jj)
+        for (index hk = 0; hk < Hkv; ++hk) {
+          const KV* vr = v.at(b, j0 + jj, hk, 0);
+          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
+            const float p = ws.s[r * KB + jj];
+            if (p != 0.0f) axpy_row(&ws.o[r * d_v], p, vr, d_v);
+          }
+        }
+    }
+
+    for (index r = 0; r < R; ++r) {
+      const float l = ws.sum[r];
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      float* dst = &part_o[(t * R + r) * d_v];
+      for (index d = 0; d < d_v; ++d) dst[d] = ws.o[r * d_v + d] * inv;
+      part_lse[t * R + r] = l > 0.0f ? (ws.max[r] + std::log2(l)) * ln2 : softmax::neg_inf;
+    }
+  };
+  core::parallel_for(tasks, opt.num_threads, make_scratch, run_task);
+
+  // Merge the chunks of each row in chunk order, then write it out.
+  auto merge_row = [&](int, index row) {
+    const index r = row % R, b = row / R;
+    const index first = b * n_chunks;
+    float* o = &part_o[(first * R + r) * d_v];
+    float lse = part_lse[first * R + r];
+    for (index c = 1; c < n_chunks; ++c)
+      softmax::merge_partial(o, lse, &part_o[((first + c) * R + r) * d_v],
+                             part_lse[(first + c) * R + r], d_v);
+    const index i = r % L, h = r / L;
+    float* dst = out.at(b, i, h, 0);
+    for (index d = 0; d < d_v; ++d) dst[d] = lse == softmax::neg_inf ? 0.0f : o[d];
+    if (!opt.lse.empty()) *opt.lse.at(b, h, i) = lse;
+  };
+  core::parallel_for(B * R, opt.num_threads, [] { return 0; }, merge_row);
+}
+
+}  // namespace detail
+}  // namespace attn

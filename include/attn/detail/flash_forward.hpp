@@ -45,7 +45,7 @@ inline index round_up(index x, index m) { return (x + m - 1) / m * m; }
 /// Tile sizes of the flash forward pass: queries per task (a multiple of the
 /// micro-kernel's tile width) and keys per step (a multiple of its rows).
 struct flash_tiles {
-  static constexpr index q_tile = 2 * core::tile_cols;
+  static constexpr index q_tile = 4 * core::tile_cols;
   static constexpr index kv_tile = 16 * core::tile_rows;
 };
 
@@ -85,6 +85,23 @@ void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index 
     }
     for (; c < cols; ++c) row[c] = 0.0f;
   }
+}
+
+// Asks the cache for rows [j0, j0 + n) of one head ahead of use. In
+// [batch, seq, heads, dim] one head's rows sit heads·dim apart, often a page
+// or more, where hardware prefetchers stop following the stream.
+template <class KV>
+void prefetch_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n,
+                   index width) {
+#if defined(__GNUC__)
+  const index bytes = width * static_cast<index>(sizeof(KV));
+  for (index r = 0; r < n; ++r) {
+    const char* row = reinterpret_cast<const char*>(t.at(b, j0 + r, h, 0));
+    for (index off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+  }
+#else
+  (void)t, (void)b, (void)h, (void)j0, (void)n, (void)width;
+#endif
 }
 
 // Rows [j0, j0 + n) of one head as a micro-kernel operand: in place when the
@@ -157,6 +174,13 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
         for (index j = lo; j <= hi && !any; ++j) any = m[j * ms];
       }
       if (!any) continue;
+
+      // Next tile's K and V start moving towards L2 while this one computes.
+      if (j0 + BK <= span.last) {
+        const index n_next = std::min(BK, span.last + 1 - (j0 + BK));
+        prefetch_rows(k, b, hk, j0 + BK, n_next, d_qk);
+        prefetch_rows(v, b, hk, j0 + BK, n_next, d_v);
+      }
 
       // 1. Sᵀ = K · Qᵀ.
       const core::rhs kt =

@@ -41,6 +41,13 @@ std::string dims_note(const std::array<index, N>& d, const char* names) {
   return s.str();
 }
 
+template <class T, int R>
+bool has_zero_extent(const strided<T, R>& v) {
+  for (int r = 0; r < R; ++r)
+    if (v.dims[r] == 0) return true;
+  return false;
+}
+
 // Checks a [B, H, L, S] mask view; `what` names the argument.
 template <class T>
 void check_mask(const strided<const T, 4>& m, const char* what, index B, index H, index L,
@@ -83,10 +90,13 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
   constexpr const char* fn = "scaled_dot_product_attention";
   using detail::require;
 
-  require(!q.empty(), fn, "q", "a non-null view", "null data");
-  require(!k.empty(), fn, "k", "a non-null view", "null data");
-  require(!v.empty(), fn, "v", "a non-null view", "null data");
-  require(!out.empty(), fn, "out", "a non-null view", "null data");
+  // A view of zero elements may have null data (Eigen gives zero-size tensors
+  // none); any other view must point somewhere.
+  require(!q.empty() || detail::has_zero_extent(q), fn, "q", "a non-null view", "null data");
+  require(!k.empty() || detail::has_zero_extent(k), fn, "k", "a non-null view", "null data");
+  require(!v.empty() || detail::has_zero_extent(v), fn, "v", "a non-null view", "null data");
+  require(!out.empty() || detail::has_zero_extent(out), fn, "out", "a non-null view",
+          "null data");
 
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], Dqk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], Dv = v.dims[3];

@@ -24,6 +24,17 @@ inline int resolve_threads(int requested) {
 #endif
 }
 
+/// Below this many floating-point operations in a whole call, starting a
+/// parallel region costs more than it saves (waking threads takes
+/// microseconds, and on a loaded machine spinning workers can stall for
+/// milliseconds), so callers run such calls on one thread.
+constexpr double min_parallel_flops = 4.0e6;
+
+/// Thread count for a call of `flops` operations: 1 below min_parallel_flops.
+inline int threads_for_work(int requested, double flops) {
+  return flops < min_parallel_flops ? 1 : requested;
+}
+
 /// Runs body(scratch, t) for t in [0, n). `make_scratch()` is called once per
 /// thread to build that thread's working memory, so the loop itself never
 /// allocates. Tasks are handed out dynamically (they may differ in cost, as

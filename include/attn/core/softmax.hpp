@@ -97,7 +97,9 @@ inline float row_softmax(float* x, index n) {
 
 /// Merges partial result b into a, over disjoint key sets: on return
 /// (o_a, lse_a) is the result over both. o_* are normalised outputs of d
-/// values. A side with LSE -inf contributes nothing; both -inf gives o = 0.
+/// values. A side with LSE -inf contributes nothing: if b is empty, a is
+/// left as it is; if only a is empty, a becomes b. (An empty partial's
+/// output is 0 when it comes from the kernels, so two empty ones give 0.)
 inline void merge_partial(float* o_a, float& lse_a, const float* o_b, float lse_b, index d) {
   if (lse_b == neg_inf) return;
   if (lse_a == neg_inf) {

@@ -87,6 +87,13 @@ void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index 
   }
 }
 
+// True when some query in [i, i + rows) may see some key in [j, j + keys)
+// through the band (whose both limits grow with i).
+inline bool band_block_visible(const band_mask& band, index i, index rows, index j, index keys) {
+  if (rows <= 0) return false;
+  return band.row(i + rows - 1).last >= j && band.row(i).first <= j + keys - 1;
+}
+
 // Asks the cache for rows [j0, j0 + n) of one head ahead of use. In
 // [batch, seq, heads, dim] one head's rows sit heads·dim apart, often a page
 // or more, where hardware prefetchers stop following the stream.
@@ -143,6 +150,14 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const band_mask band(L, S, key_len, opt.causal, window);
 
+    // The first key tile starts loading while Q is packed.
+    const key_band span = band.rows(i0, i0 + rows);
+    if (span.first <= span.last) {
+      const index n_first = std::min(BK, span.last + 1 - std::max<index>(span.first, 0));
+      prefetch_rows(k, b, hk, std::max<index>(span.first, 0), n_first, d_qk);
+      prefetch_rows(v, b, hk, std::max<index>(span.first, 0), n_first, d_v);
+    }
+
     // Qᵀ, pre-scaled by scale·log2(e) so scores come out in log2 units and
     // the softmax can use exp2; padding columns are zero (results dropped).
     for (index r = 0; r < cols; ++r) {
@@ -153,7 +168,6 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
-    const key_band span = band.rows(i0, i0 + rows);
     for (index j0 = std::max<index>(span.first, 0); j0 <= span.last; j0 += BK) {
       const index n = std::min(BK, span.last + 1 - j0);
       const index n_pad = round_up(n, core::tile_rows);
@@ -185,13 +199,28 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       // 1. Sᵀ = K · Qᵀ.
       const core::rhs kt =
           tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, ws.k.data(), true);
-      core::gemm_block<false>(core::lhs{kt.data, kt.row_stride, 1},
-                              core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(), BQ, n_pad, cols);
+      const bool in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
+      if (in_band) {
+        core::gemm_block<false>(core::lhs{kt.data, kt.row_stride, 1},
+                                core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(), BQ, n_pad, cols);
+      } else {
+        // An edge tile: skip register tiles whose keys no query of theirs
+        // can see (the mask pass below writes -inf there).
+        for (index kb = 0; kb < n_pad; kb += core::tile_rows)
+          for (index c0 = 0; c0 < cols; c0 += core::tile_cols) {
+            if (!band_block_visible(band, i0 + c0, std::min(c0 + core::tile_cols, rows) - c0,
+                                    j0 + kb, core::tile_rows))
+              continue;
+            core::gemm_tile<false>(
+                core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
+                core::rhs{ws.qt.data() + c0, BQ}, d_qk, ws.st.data() + kb * BQ + c0, BQ);
+          }
+      }
 
       // 2. Masks. Padding key rows (n..n_pad) never count.
       for (index j = n; j < n_pad; ++j)
         std::fill(ws.st.begin() + j * BQ, ws.st.begin() + (j + 1) * BQ, softmax::neg_inf);
-      const bool full = !has_bool && !has_add && band.tile_full(i0, i0 + rows, j0, j0 + n);
+      const bool full = !has_bool && !has_add && in_band;
       if (!full) {
         for (index r = 0; r < rows; ++r) {
           float* col = ws.st.data() + r;
@@ -244,8 +273,22 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       // them all to one L1 set (measured: 194 vs 235 GFLOP/s for this GEMM).
       const core::rhs vt =
           tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
-      core::gemm_block<true>(core::lhs{ws.st.data(), 1, BQ}, vt, n, ws.o.data(), d_v_pad, cols,
-                             d_v_pad);
+      if (in_band) {
+        core::gemm_block<true>(core::lhs{ws.st.data(), 1, BQ}, vt, n, ws.o.data(), d_v_pad, cols,
+                               d_v_pad);
+      } else {
+        // Edge tile: each block of query rows only runs over the keys its
+        // band reaches; P is exactly 0 outside, so the sums are unchanged.
+        for (index r0 = 0; r0 < rows; r0 += core::tile_rows) {
+          const index ra = i0 + r0, rz = i0 + std::min(r0 + core::tile_rows, rows) - 1;
+          const index lo = std::max<index>(band.row(ra).first - j0, 0);
+          const index hi = std::min<index>(band.row(rz).last - j0 + 1, n);
+          if (lo >= hi) continue;
+          core::gemm_block<true>(core::lhs{ws.st.data() + r0 + lo * BQ, 1, BQ},
+                                 core::rhs{vt.data + lo * vt.row_stride, vt.row_stride}, hi - lo,
+                                 ws.o.data() + r0 * d_v_pad, d_v_pad, core::tile_rows, d_v_pad);
+        }
+      }
     }
 
     for (index r = 0; r < rows; ++r) {
@@ -260,8 +303,10 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     }
   };
 
+  const double flops = 2.0 * B * Hq * static_cast<double>(L) * S * (d_qk + d_v);
   core::parallel_for(
-      tasks, opt.num_threads, [&] { return flash_scratch(d_qk, d_v_pad); }, run_task);
+      tasks, core::threads_for_work(opt.num_threads, flops),
+      [&] { return flash_scratch(d_qk, d_v_pad); }, run_task);
 }
 
 }  // namespace detail

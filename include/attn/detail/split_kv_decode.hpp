@@ -198,7 +198,9 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
       part_lse[t * R + r] = l > 0.0f ? (ws.max[r] + std::log2(l)) * ln2 : softmax::neg_inf;
     }
   };
-  core::parallel_for(tasks, opt.num_threads, make_scratch, run_task);
+  const int threads = core::threads_for_work(
+      opt.num_threads, 2.0 * B * Hq * static_cast<double>(L) * S * (d_qk + d_v));
+  core::parallel_for(tasks, threads, make_scratch, run_task);
 
   // Merge the chunks of each row in chunk order, then write it out.
   auto merge_row = [&](int, index row) {
@@ -214,7 +216,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     for (index d = 0; d < d_v; ++d) dst[d] = lse == softmax::neg_inf ? 0.0f : o[d];
     if (!opt.lse.empty()) *opt.lse.at(b, h, i) = lse;
   };
-  core::parallel_for(B * R, opt.num_threads, [] { return 0; }, merge_row);
+  core::parallel_for(B * R, threads, [] { return 0; }, merge_row);
 }
 
 }  // namespace detail

@@ -71,6 +71,11 @@ struct memory_case {
   attn::causal causal;
 };
 
+void PrintTo(const memory_case& c, std::ostream* os) {
+  *os << "L=" << c.L << " S=" << c.S << " heads=" << c.heads << " d=" << c.d
+      << " threads=" << c.threads;
+}
+
 class KernelMemory : public ::testing::TestWithParam<memory_case> {};
 
 TEST_P(KernelMemory, StaysWithinOneMiBPerThread) {

@@ -16,10 +16,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace attn {
+#include "attn/core/index.hpp"
 
-/// Signed index type used for every extent and stride (same as Eigen::Index).
-using index = std::ptrdiff_t;
+namespace attn {
 
 /// Thrown for every invalid argument: shapes, strides, options, masks.
 /// Derives from std::invalid_argument so generic handlers catch it too.

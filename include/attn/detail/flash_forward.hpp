@@ -40,8 +40,6 @@
 namespace attn {
 namespace detail {
 
-inline index round_up(index x, index m) { return (x + m - 1) / m * m; }
-
 /// Tile sizes of the flash forward pass: queries per task (a multiple of the
 /// micro-kernel's tile width) and keys per step (a multiple of its rows).
 struct flash_tiles {
@@ -133,7 +131,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
   constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
-  const index d_v_pad = round_up(d_v, core::tile_cols);
+  const index d_v_pad = core::round_up(d_v, core::tile_cols);
   const index group = Hq / Hkv;
   const index q_tiles = (L + BQ - 1) / BQ;
   const index tasks = B * Hq * q_tiles;
@@ -146,7 +144,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
     const index hk = h / group;
     const index i0 = qt * BQ, rows = std::min(BQ, L - i0);
-    const index cols = round_up(rows, core::tile_cols);  // query columns computed
+    const index cols = core::round_up(rows, core::tile_cols);  // query columns computed
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const band_mask band(L, S, key_len, opt.causal, window);
 
@@ -170,7 +168,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
 
     for (index j0 = std::max<index>(span.first, 0); j0 <= span.last; j0 += BK) {
       const index n = std::min(BK, span.last + 1 - j0);
-      const index n_pad = round_up(n, core::tile_rows);
+      const index n_pad = core::round_up(n, core::tile_rows);
 
       // Skip the tile when no row sees any key of it through the band, or a
       // bool mask hides all of those keys.

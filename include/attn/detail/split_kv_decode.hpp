@@ -38,8 +38,9 @@ namespace detail {
 /// When the split-KV path runs instead of the tiled one: few query rows per
 /// KV head (L · group), where the tiled kernel would mostly compute padding.
 struct split_kv_policy {
-  static constexpr index max_rows = 32;       // L · (Hq / Hkv) per KV head
-  static constexpr index key_block = 64;      // keys scored before a softmax step
+  static constexpr index max_rows = 32;   // L · (Hq / Hkv) per KV head
+  static constexpr index key_block = 64;  // keys per online-softmax step
+  static_assert(key_block % simd::width == 0, "key_block must hold whole packets");
   static constexpr index min_chunk = 512;     // keys per task, at least
   static constexpr index target_tasks = 128;  // enough to balance 2+ threads
 
@@ -70,7 +71,9 @@ inline float dot_row(const float* q, const KV* k, index d) {
   return s;
 }
 
-inline float exp2_scalar(float x) { return simd::ei::pfirst(simd::exp2_nonpositive(simd::broadcast(x))); }
+inline float exp2_scalar(float x) {
+  return simd::ei::pfirst(simd::exp2_nonpositive(simd::broadcast(x)));
+}
 
 // o[d] += p * v[d] for d < n.
 template <class KV>
@@ -110,8 +113,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   };
   auto make_scratch = [&] {
     return scratch{std::vector<float>(R * d_qk), std::vector<float>(R * KB),
-                   std::vector<float>(R * d_v), std::vector<float>(R),
-                   std::vector<float>(R)};
+                   std::vector<float>(R * d_v), std::vector<float>(R), std::vector<float>(R)};
   };
 
   auto run_task = [&](scratch& ws, index t) {
@@ -126,35 +128,38 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
-    const key_band span = band.rows(0, L);
-    const index c0 = std::max(c * chunk, span.first);
-    const index c1 = std::min((c + 1) * chunk, span.last + 1);
-    for (index j0 = c0; j0 < c1; j0 += KB) {
-      const index n = std::min(KB, c1 - j0);
-      // Scores. Keys are visited in memory order (all heads of key j, then
-      // key j + 1), and each K row serves every query row of its group.
-      for (index jj = 0; jj < n; ++jj)
-        for (index hk = 0; hk < Hkv; ++hk) {
-          const KV* kr = k.at(b, j0 + jj, hk, 0);
-          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r)
-            ws.s[r * KB + jj] = dot_row(&ws.q[r * d_qk], kr, d_qk);
-        }
-      // Masks, then one online-softmax step per row.
+    // Masks, then one online-softmax step per row, turning the block's
+    // scores sb (R rows of KB) into probabilities relative to the rows'
+    // running maxima.
+    auto softmax_block = [&](index j0, index n, float* sb) {
+      // Rows are padded with -inf to whole packets (key_block is a multiple
+      // of the width) so every pass below is a vector loop.
+      const index n_vec = core::round_up(n, simd::width);
       for (index r = 0; r < R; ++r) {
-        float* s = &ws.s[r * KB];
+        float* s = sb + r * KB;
         const index i = r % L, h = r / L;
         const key_band kb = band.row(i);
-        for (index jj = 0; jj < n; ++jj) {
-          const index j = j0 + jj;
-          if (j < kb.first || j > kb.last || (has_bool && !*opt.bool_mask.at(b, h, i, j)))
-            s[jj] = softmax::neg_inf;
-          else if (has_add)
-            s[jj] += *opt.additive_mask.at(b, h, i, j) * log2e;
+        const index lo = std::min(std::max<index>(kb.first - j0, 0), n);  // visible: [lo, hi)
+        const index hi = std::max(std::min<index>(kb.last - j0 + 1, n), lo);
+        std::fill(s, s + lo, softmax::neg_inf);
+        std::fill(s + hi, s + n_vec, softmax::neg_inf);
+        if (has_bool) {
+          const bool* m = opt.bool_mask.at(b, h, i, j0);
+          const index ms = opt.bool_mask.strides[3];
+          for (index jj = lo; jj < hi; ++jj)
+            if (!m[jj * ms]) s[jj] = softmax::neg_inf;
         }
-        float m = softmax::neg_inf;
-        for (index jj = 0; jj < n; ++jj) m = s[jj] > m ? s[jj] : m;
+        if (has_add) {
+          const float* a = opt.additive_mask.at(b, h, i, j0);
+          const index as = opt.additive_mask.strides[3];
+          for (index jj = lo; jj < hi; ++jj) s[jj] += a[jj * as] * log2e;
+        }
+        simd::packet block_max = simd::broadcast(softmax::neg_inf);
+        for (index jj = 0; jj < n_vec; jj += simd::width)
+          block_max = simd::max(block_max, simd::load(s + jj));
+        const float m = simd::reduce_max(block_max);
         if (m == softmax::neg_inf) {  // nothing visible in this block
-          for (index jj = 0; jj < n; ++jj) s[jj] = 0.0f;
+          std::fill(s, s + n, 0.0f);
           continue;
         }
         const float m_old = ws.max[r];
@@ -166,28 +171,46 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
         }
         const simd::packet pivot = simd::broadcast(ws.max[r]);
         simd::packet sum = simd::zero();
-        index jj = 0;
-        for (; jj + simd::width <= n; jj += simd::width) {
+        for (index jj = 0; jj < n_vec; jj += simd::width) {
           const simd::packet e = simd::exp2_nonpositive(simd::sub(simd::load(s + jj), pivot));
           simd::store(s + jj, e);
           sum = simd::add(sum, e);
         }
-        float total = simd::reduce_add(sum);
-        for (; jj < n; ++jj) {
-          s[jj] = exp2_scalar(s[jj] - ws.max[r]);
-          total += s[jj];
-        }
-        ws.sum[r] += total;
+        ws.sum[r] += simd::reduce_add(sum);
       }
-      // O += P · V, again in memory order.
+    };
+
+    const key_band span = band.rows(0, L);
+    const index c0 = std::max(c * chunk, span.first);
+    const index c1 = std::min((c + 1) * chunk, span.last + 1);
+
+    // Both passes below walk the block in memory order (key j: every head's
+    // row, then key j + 1), and each K or V row serves every query row of
+    // its GQA group.
+    auto score_block = [&](index j0, index n, float* sb) {
+      for (index jj = 0; jj < n; ++jj)
+        for (index hk = 0; hk < Hkv; ++hk) {
+          const KV* kr = k.at(b, j0 + jj, hk, 0);
+          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r)
+            sb[r * KB + jj] = dot_row(&ws.q[r * d_qk], kr, d_qk);
+        }
+    };
+    auto accumulate_block = [&](index j0, index n, const float* pb) {
       for (index jj = 0; jj < n; ++jj)
         for (index hk = 0; hk < Hkv; ++hk) {
           const KV* vr = v.at(b, j0 + jj, hk, 0);
           for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
-            const float p = ws.s[r * KB + jj];
+            const float p = pb[r * KB + jj];
             if (p != 0.0f) axpy_row(&ws.o[r * d_v], p, vr, d_v);
           }
         }
+    };
+
+    for (index j0 = c0; j0 < c1; j0 += KB) {
+      const index n = std::min(KB, c1 - j0);
+      score_block(j0, n, ws.s.data());
+      softmax_block(j0, n, ws.s.data());
+      accumulate_block(j0, n, ws.s.data());
     }
 
     for (index r = 0; r < R; ++r) {
@@ -216,7 +239,8 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     for (index d = 0; d < d_v; ++d) dst[d] = lse == softmax::neg_inf ? 0.0f : o[d];
     if (!opt.lse.empty()) *opt.lse.at(b, h, i) = lse;
   };
-  core::parallel_for(B * R, threads, [] { return 0; }, merge_row);
+  core::parallel_for(
+      B * R, threads, [] { return 0; }, merge_row);
 }
 
 }  // namespace detail

@@ -21,12 +21,12 @@
 // order, so the output is bit-identical for any thread count.
 #pragma once
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "attn/core/math.hpp"
 #include "attn/core/microkernel.hpp"
@@ -43,19 +43,23 @@ namespace detail {
 /// Tile sizes of the flash forward pass: queries per task (a multiple of the
 /// micro-kernel's tile width) and keys per step (a multiple of its rows).
 struct flash_tiles {
-  static constexpr index q_tile = 4 * core::tile_cols;
-  static constexpr index kv_tile = 16 * core::tile_rows;
+  // Queries computed together: a whole number of score-tile columns and of
+  // accumulate-tile rows.
+  static constexpr index q_step =
+      std::lcm(core::score_tile::cols, static_cast<index>(core::accumulate_tile::rows));
+  static constexpr index q_tile = core::round_up(192, q_step);
+  static constexpr index kv_tile = 16 * core::score_tile::rows;
 };
 
 /// One thread's working memory; sized once per call, reused by every task.
 struct flash_scratch {
-  std::vector<float> qt;   // [d_qk][q_tile]     scaled queries, transposed
-  std::vector<float> k;    // [kv_tile][d_qk]    converted / padded keys
-  std::vector<float> v;    // [kv_tile][d_v_pad] converted / padded values
-  std::vector<float> st;   // [kv_tile][q_tile]  scores, then probabilities
-  std::vector<float> o;    // [q_tile][d_v_pad]  unnormalised output rows
-  std::vector<float> max;  // [q_tile]           running max per query
-  std::vector<float> sum;  // [q_tile]           running sum per query
+  std::vector<float> qt;      // [d_qk][q_tile]     scaled queries, transposed
+  std::vector<float> k;       // [kv_tile][d_qk]    converted / padded keys
+  std::vector<float> v;       // [kv_tile][d_v_pad] converted / padded values
+  std::vector<float> st;      // [kv_tile][q_tile]  scores, then probabilities
+  std::vector<float> o;       // [q_tile][d_v_pad]  unnormalised output rows
+  std::vector<float> max;     // [q_tile]           running max per query
+  std::vector<float> sum;     // [q_tile]           running sum per query
   std::vector<float> factor;  // [q_tile]        this step's rescale factors
 
   flash_scratch(index d_qk, index d_v_pad)
@@ -72,8 +76,8 @@ struct flash_scratch {
 // Copies rows [j0, j0 + n) of one head into dst as float, row stride `cols`;
 // rows n..rows_pad and columns width..cols are zero.
 template <class KV>
-void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n,
-               index rows_pad, index width, index cols, float* dst) {
+void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n, index rows_pad,
+               index width, index cols, float* dst) {
   for (index r = 0; r < rows_pad; ++r) {
     float* row = dst + r * cols;
     index c = 0;
@@ -114,8 +118,7 @@ void prefetch_rows(const strided<const KV, 4>& t, index b, index h, index j0, in
 // allowed), else converted and zero-padded into `buffer`.
 template <class KV>
 core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, index j0, index n,
-                            index rows_pad, index width, index cols, float* buffer,
-                            bool in_place) {
+                            index rows_pad, index width, index cols, float* buffer, bool in_place) {
   if constexpr (std::is_same<KV, float>::value) {
     if (in_place && n == rows_pad && width == cols) return {t.at(b, j0, h, 0), t.strides[1]};
   }
@@ -131,7 +134,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
   constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
-  const index d_v_pad = core::round_up(d_v, core::tile_cols);
+  const index d_v_pad = core::round_up(d_v, core::accumulate_tile::cols);
   const index group = Hq / Hkv;
   const index q_tiles = (L + BQ - 1) / BQ;
   const index tasks = B * Hq * q_tiles;
@@ -144,7 +147,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
     const index hk = h / group;
     const index i0 = qt * BQ, rows = std::min(BQ, L - i0);
-    const index cols = core::round_up(rows, core::tile_cols);  // query columns computed
+    const index cols = core::round_up(rows, flash_tiles::q_step);  // query columns computed
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const band_mask band(L, S, key_len, opt.causal, window);
 
@@ -168,7 +171,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
 
     for (index j0 = std::max<index>(span.first, 0); j0 <= span.last; j0 += BK) {
       const index n = std::min(BK, span.last + 1 - j0);
-      const index n_pad = core::round_up(n, core::tile_rows);
+      const index n_pad = core::round_up(n, core::score_tile::rows);
 
       // Skip the tile when no row sees any key of it through the band, or a
       // bool mask hides all of those keys.
@@ -195,23 +198,24 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       }
 
       // 1. Sᵀ = K · Qᵀ.
-      const core::rhs kt =
-          tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, ws.k.data(), true);
+      const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, ws.k.data(), true);
       const bool in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
       if (in_band) {
-        core::gemm_block<false>(core::lhs{kt.data, kt.row_stride, 1},
-                                core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(), BQ, n_pad, cols);
+        core::gemm_block<core::score_tile, false>(core::lhs{kt.data, kt.row_stride, 1},
+                                                  core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(),
+                                                  BQ, n_pad, cols);
       } else {
         // An edge tile: skip register tiles whose keys no query of theirs
         // can see (the mask pass below writes -inf there).
-        for (index kb = 0; kb < n_pad; kb += core::tile_rows)
-          for (index c0 = 0; c0 < cols; c0 += core::tile_cols) {
-            if (!band_block_visible(band, i0 + c0, std::min(c0 + core::tile_cols, rows) - c0,
-                                    j0 + kb, core::tile_rows))
+        using shape = core::score_tile;
+        for (index kb = 0; kb < n_pad; kb += shape::rows)
+          for (index c0 = 0; c0 < cols; c0 += shape::cols) {
+            if (!band_block_visible(band, i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
+                                    shape::rows))
               continue;
-            core::gemm_tile<false>(
-                core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
-                core::rhs{ws.qt.data() + c0, BQ}, d_qk, ws.st.data() + kb * BQ + c0, BQ);
+            core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
+                                          core::rhs{ws.qt.data() + c0, BQ}, d_qk,
+                                          ws.st.data() + kb * BQ + c0, BQ);
           }
       }
 
@@ -269,22 +273,23 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       // every query row block re-reads the tile's V rows, and in place they
       // sit heads·d_v floats apart, typically a multiple of 4 KiB, which maps
       // them all to one L1 set (measured: 194 vs 235 GFLOP/s for this GEMM).
-      const core::rhs vt =
-          tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
+      const core::rhs vt = tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
       if (in_band) {
-        core::gemm_block<true>(core::lhs{ws.st.data(), 1, BQ}, vt, n, ws.o.data(), d_v_pad, cols,
-                               d_v_pad);
+        core::gemm_block<core::accumulate_tile, true>(core::lhs{ws.st.data(), 1, BQ}, vt, n,
+                                                      ws.o.data(), d_v_pad, cols, d_v_pad);
       } else {
         // Edge tile: each block of query rows only runs over the keys its
         // band reaches; P is exactly 0 outside, so the sums are unchanged.
-        for (index r0 = 0; r0 < rows; r0 += core::tile_rows) {
-          const index ra = i0 + r0, rz = i0 + std::min(r0 + core::tile_rows, rows) - 1;
+        using shape = core::accumulate_tile;
+        for (index r0 = 0; r0 < rows; r0 += shape::rows) {
+          const index ra = i0 + r0, rz = i0 + std::min<index>(r0 + shape::rows, rows) - 1;
           const index lo = std::max<index>(band.row(ra).first - j0, 0);
           const index hi = std::min<index>(band.row(rz).last - j0 + 1, n);
           if (lo >= hi) continue;
-          core::gemm_block<true>(core::lhs{ws.st.data() + r0 + lo * BQ, 1, BQ},
-                                 core::rhs{vt.data + lo * vt.row_stride, vt.row_stride}, hi - lo,
-                                 ws.o.data() + r0 * d_v_pad, d_v_pad, core::tile_rows, d_v_pad);
+          core::gemm_block<shape, true>(core::lhs{ws.st.data() + r0 + lo * BQ, 1, BQ},
+                                        core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},
+                                        hi - lo, ws.o.data() + r0 * d_v_pad, d_v_pad, shape::rows,
+                                        d_v_pad);
         }
       }
     }
@@ -296,8 +301,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       float* dst = out.at(b, i0 + r, h, 0);
       for (index d = 0; d < d_v; ++d) dst[d] = src[d] * inv;
       if (!opt.lse.empty())
-        *opt.lse.at(b, h, i0 + r) =
-            l > 0.0f ? (ws.max[r] + std::log2(l)) * ln2 : softmax::neg_inf;
+        *opt.lse.at(b, h, i0 + r) = l > 0.0f ? (ws.max[r] + std::log2(l)) * ln2 : softmax::neg_inf;
     }
   };
 

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# tools/bench.sh: build and run attn's benchmarks, then print a summary.
+#
+#   tools/bench.sh                  full run (< 5 min on 2 cores)
+#   tools/bench.sh --quick          about a minute: prefill N=2048, decode KV 4096
+#   tools/bench.sh --filter REGEX   only benchmarks matching REGEX (Google
+#                                   Benchmark's --benchmark_filter, e.g.
+#                                   'prefill/.*/D128/N2048' or 'decode/attn/bf16')
+#   tools/bench.sh -- ARGS...       extra arguments for both benchmark programs,
+#                                   e.g. --benchmark_repetitions=5 (given
+#                                   without "--" they are passed on too)
+#
+# On a fresh Debian/Ubuntu machine it first installs what is missing
+# (cmake g++ make libeigen3-dev libbenchmark-dev; with sudo unless root).
+# Builds in build/bench (Release, -march=native), writes the raw results to
+# build/bench/results/{prefill,decode}.json (Google Benchmark JSON), the
+# console output to *.log there, and the summary to summary.txt.
+#
+# Every figure is also reported as a share of the machine's fp32 FMA peak or
+# read bandwidth, which each program measures at its start, in the same run:
+# on a shared or noisy machine compare ratios within one run, not absolute
+# numbers across runs.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+quick=0
+filter=""
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --filter) [[ $# -ge 2 ]] || { echo "bench.sh: --filter needs a REGEX" >&2; exit 2; }
+              filter="$2"; shift ;;
+    --filter=*) filter="${1#--filter=}" ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; extra+=("$@"); break ;;
+    *) extra+=("$1") ;;
+  esac
+  shift
+done
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="$root/build/bench"
+results="$build/results"
+start=$(date +%s)
+
+# --- dependencies -----------------------------------------------------------
+packages=(cmake g++ make libeigen3-dev libbenchmark-dev)
+if command -v dpkg >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "bench.sh: installing ${missing[*]}"
+    if [[ $(id -u) -eq 0 ]]; then
+      sudo=()
+    elif command -v sudo >/dev/null 2>&1; then
+      sudo=(sudo)
+    else
+      echo "bench.sh: need root or sudo to install: ${missing[*]}" >&2
+      exit 1
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+else
+  for c in cmake c++ make; do
+    command -v "$c" >/dev/null 2>&1 || {
+      echo "bench.sh: not a Debian system and '$c' is missing; install cmake, a C++17" \
+           "compiler, make, Eigen 3.4 and Google Benchmark" >&2
+      exit 1
+    }
+  done
+fi
+
+# --- build ------------------------------------------------------------------
+jobs=$(nproc 2>/dev/null || echo 2)
+cmake -S "$root" -B "$build" \
+  -DCMAKE_BUILD_TYPE=Release -DATTN_NATIVE=ON \
+  -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_EXAMPLES=OFF -DATTN_BUILD_BENCHMARKS=ON >/dev/null
+cmake --build "$build" -j "$jobs" --target bench_prefill bench_decode bench_summary
+bindir="$build/bench"
+
+# --- run --------------------------------------------------------------------
+# Default: 3 repetitions of >= 0.3 s each, medians reported. The largest
+# cases (N = 8192) take longer than min_time per call, so they run one
+# iteration per repetition. Repetitions are randomly interleaved across all
+# cases of a program, so a slow spell of a shared machine hits attn and the
+# naive baseline (and 1 and 2 threads) alike instead of a few cases in a row.
+if [[ $quick -eq 1 ]]; then
+  min_time=0.2
+  reps=3
+  prefill_filter='^machine/|/N2048/'
+  decode_filter='^machine/|/S4096/'
+else
+  min_time=0.3
+  reps=3
+  prefill_filter=''
+  decode_filter=''
+fi
+if [[ -n "$filter" ]]; then
+  prefill_filter="$filter"
+  decode_filter="$filter"
+fi
+
+mkdir -p "$results"
+rm -f "$results"/prefill.json "$results"/decode.json "$results"/summary.txt
+
+run() {  # run NAME FILTER
+  local name="$1" filt="$2"
+  local args=(--benchmark_out="$results/$name.json" --benchmark_out_format=json
+              --benchmark_min_time="$min_time" --benchmark_repetitions="$reps"
+              --benchmark_display_aggregates_only=true
+              --benchmark_enable_random_interleaving=true)
+  if [[ -n "$filt" ]]; then
+    args+=(--benchmark_filter="$filt")
+    # Skip a program none of whose benchmarks match (it would still spend
+    # seconds measuring the machine).
+    if ! "$bindir/bench_$name" --benchmark_list_tests --benchmark_filter="$filt" 2>/dev/null \
+         | grep -q .; then
+      echo
+      echo "== bench_$name: no benchmark matches '$filt', skipped"
+      return 0
+    fi
+  fi
+  echo
+  echo "== bench_$name (full console output: $results/$name.log)"
+  # Show one line per case on the terminal: the medians, or every record when
+  # there are no aggregates (a single repetition).
+  set +e
+  "$bindir/bench_$name" "${args[@]}" ${extra[@]+"${extra[@]}"} 2>&1 \
+    | tee "$results/$name.log" \
+    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode)/[^ ]*/real_time |rror|atal'
+  local status=${PIPESTATUS[0]}
+  set -e
+  if [[ $status -ne 0 ]]; then
+    echo "bench.sh: bench_$name failed (status $status); see $results/$name.log" >&2
+    failed=1
+  fi
+}
+
+failed=0
+run prefill "$prefill_filter"
+run decode "$decode_filter"
+
+echo
+files=()
+for f in "$results"/prefill.json "$results"/decode.json; do
+  [[ -s "$f" ]] && files+=("$f")
+done
+if [[ ${#files[@]} -eq 0 ]]; then
+  echo "bench.sh: no results to summarise" >&2
+  exit 1
+fi
+"$bindir/bench_summary" "${files[@]}" | tee "$results/summary.txt"
+echo "bench.sh: done in $(( $(date +%s) - start )) s; results in $results"
+exit $failed

@@ -8,13 +8,14 @@
 //    ([batch, seq_k, heads_kv, d_qk]), got [2, 100, 3, 64]"
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
-#include <array>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "attn/core/index.hpp"
 
@@ -29,10 +30,15 @@ class error : public std::invalid_argument {
 
 namespace detail {
 
-// Writes a value into an error message; arrays of extents print as [a, b, c].
+// Writes a value into an error message; arrays of extents print as
+// [a, b, c], and a callable is called first, so a message part that costs an
+// allocation to build is only built when the check fails.
 template <class T>
 void write(std::ostream& os, const T& x) {
-  os << x;
+  if constexpr (std::is_invocable<const T&>::value)
+    write(os, x());
+  else
+    os << x;
 }
 template <class T, std::size_t N>
 void write(std::ostream& os, const std::array<T, N>& a) {
@@ -60,6 +66,8 @@ template <class Expected, class Got>
 }
 
 // Checks a condition; on failure throws with the standard message format.
+// Pass message parts that need building (dims_note, to_string) as lambdas:
+// a passing check then costs a comparison, nothing more.
 template <class Expected, class Got>
 inline void require(bool ok, const char* fn, const char* arg, const Expected& expected,
                     const Got& got) {

@@ -44,10 +44,12 @@ enum class causal {
 /// Extent that means "no limit on this side" for a sliding window.
 constexpr index unbounded = std::numeric_limits<index>::max() / 4;
 
-/// Local attention: query i sees keys diag(i) - left <= j <= diag(i) + right.
-/// Both sides must be >= 0; use attn::unbounded for an open side. Causal
-/// attention with a window of w previous keys is
-/// {causal::bottom_right, sliding_window{w, 0, alignment::bottom_right}}.
+/// Local attention: query i sees keys diag(i) - left <= j <= diag(i) + right,
+/// diag from `align`. Both sides must be >= 0; use attn::unbounded for an
+/// open side. Causal attention over the w previous keys is
+/// sliding_window{w, 0, alignment::bottom_right} alone (right = 0 already
+/// makes it causal). When combined with `causal`, each keeps its own
+/// alignment; they only differ when L != S.
 struct sliding_window {
   index left = unbounded;
   index right = unbounded;
@@ -108,7 +110,11 @@ class band_mask {
     return row(i1 - 1).first <= j0 && j1 - 1 <= row(i0).last;
   }
 
-  index key_len() const { return key_len_; }
+  // True when some row in [i, i + rows) sees some key in [j, j + keys).
+  bool block_visible(index i, index rows, index j, index keys) const {
+    if (rows <= 0) return false;
+    return row(i + rows - 1).last >= j && row(i).first <= j + keys - 1;
+  }
 
  private:
   index key_len_;

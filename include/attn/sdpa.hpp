@@ -10,13 +10,15 @@
 // Eigen::bfloat16 or Eigen::half.
 #pragma once
 
+#include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <type_traits>
-
-#include <Eigen/Core>
 #include <unsupported/Eigen/CXX11/Tensor>
+#include <utility>
 
+#include "attn/core/abi.hpp"
 #include "attn/detail/flash_forward.hpp"
 #include "attn/detail/split_kv_decode.hpp"
 #include "attn/mask.hpp"
@@ -28,9 +30,9 @@ namespace attn {
 namespace detail {
 
 template <class T>
-constexpr bool is_kv_scalar = std::is_same<T, float>::value ||
-                              std::is_same<T, Eigen::bfloat16>::value ||
-                              std::is_same<T, Eigen::half>::value;
+constexpr bool is_kv_scalar =
+    std::is_same<T, float>::value || std::is_same<T, Eigen::bfloat16>::value ||
+    std::is_same<T, Eigen::half>::value;
 
 template <std::size_t N>
 std::string dims_note(const std::array<index, N>& d, const char* names) {
@@ -41,11 +43,34 @@ std::string dims_note(const std::array<index, N>& d, const char* names) {
   return s.str();
 }
 
+
 template <class T, int R>
 bool has_zero_extent(const strided<T, R>& v) {
   for (int r = 0; r < R; ++r)
     if (v.dims[r] == 0) return true;
   return false;
+}
+
+// True when no two elements of an output view share an address: with the
+// dimensions of extent > 1 ordered by stride, each stride must step past
+// everything the inner dimensions cover. (Sufficient, and what every dense,
+// permuted or sliced layout satisfies.) Overlapping outputs would make the
+// result depend on which thread wrote last.
+template <class T, int R>
+bool non_overlapping(const strided<T, R>& v) {
+  if (has_zero_extent(v)) return true;  // no elements, nothing to overlap
+  std::array<std::pair<index, index>, R> dim{};
+  int n = 0;
+  for (int r = 0; r < R; ++r)
+    if (v.dims[r] > 1) dim[n++] = {v.strides[r] < 0 ? -v.strides[r] : v.strides[r], v.dims[r]};
+  for (int i = 1; i < n; ++i)  // insertion sort of at most R entries
+    for (int j = i; j > 0 && dim[j] < dim[j - 1]; --j) std::swap(dim[j], dim[j - 1]);
+  index covered = 1;  // elements spanned by the dimensions so far
+  for (int i = 0; i < n; ++i) {
+    if (dim[i].first < covered) return false;
+    covered += dim[i].first * (dim[i].second - 1);
+  }
+  return true;
 }
 
 // Checks a [B, H, L, S] mask view; `what` names the argument.
@@ -54,14 +79,17 @@ void check_mask(const strided<const T, 4>& m, const char* what, index B, index H
                 index S) {
   if (m.empty()) return;
   const std::array<index, 4> want{B, H, L, S};
-  detail::require(m.dims == want, "scaled_dot_product_attention", what,
-                  dims_note(want, "[batch, heads_q, L, S]"), m.dims);
+  detail::require(
+      m.dims == want, "scaled_dot_product_attention", what,
+      [&] { return dims_note(want, "[batch, heads_q, L, S]"); }, m.dims);
   for (int r = 0; r < 4; ++r)
-    detail::require(m.strides[r] >= 0, "scaled_dot_product_attention", what,
-                    "non-negative strides", m.strides);
+    detail::require(m.strides[r] >= 0, "scaled_dot_product_attention", what, "non-negative strides",
+                    m.strides);
 }
 
 }  // namespace detail
+
+inline namespace ATTN_ABI {
 
 /// Scaled dot-product attention over strided views.
 ///
@@ -78,9 +106,8 @@ void check_mask(const strided<const T, 4>& m, const char* what, index B, index H
 /// @throws attn::error on any shape, stride or option mismatch; the message
 ///         names the argument, the expected and the actual value.
 template <class KT, class VT>
-void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
-                                  strided<VT, 4> v, strided<float, 4> out,
-                                  const sdpa_options& opt = {}) {
+void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, strided<VT, 4> v,
+                                  strided<float, 4> out, const sdpa_options& opt = {}) {
   using KV = std::remove_const_t<KT>;
   static_assert(std::is_same<KV, std::remove_const_t<VT>>::value,
                 "attn::scaled_dot_product_attention: k and v must have the same element type");
@@ -95,8 +122,7 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
   require(!q.empty() || detail::has_zero_extent(q), fn, "q", "a non-null view", "null data");
   require(!k.empty() || detail::has_zero_extent(k), fn, "k", "a non-null view", "null data");
   require(!v.empty() || detail::has_zero_extent(v), fn, "v", "a non-null view", "null data");
-  require(!out.empty() || detail::has_zero_extent(out), fn, "out", "a non-null view",
-          "null data");
+  require(!out.empty() || detail::has_zero_extent(out), fn, "out", "a non-null view", "null data");
 
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], Dqk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], Dv = v.dims[3];
@@ -107,17 +133,26 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
   }
   require(Dqk >= 1, fn, "q.dims[3] (d_qk)", ">= 1", Dqk);
   require(Hq >= 1, fn, "q.dims[2] (heads_q)", ">= 1", Hq);
-  require(k.dims[0] == B && k.dims[3] == Dqk, fn, "k",
-          detail::dims_note(std::array<index, 4>{B, S, Hkv, Dqk}, "[batch, S, heads_kv, d_qk]"),
-          k.dims);
-  require(Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)",
-          "a divisor of heads_q = " + std::to_string(Hq), Hkv);
-  require(v.dims[0] == B && v.dims[1] == S && v.dims[2] == Hkv, fn, "v",
-          detail::dims_note(std::array<index, 4>{B, S, Hkv, Dv}, "[batch, S, heads_kv, d_v]"),
-          v.dims);
+  require(
+      k.dims[0] == B && k.dims[3] == Dqk, fn, "k",
+      [&] {
+        return detail::dims_note(std::array<index, 4>{B, S, Hkv, Dqk},
+                                 "[batch, S, heads_kv, d_qk]");
+      },
+      k.dims);
+  require(
+      Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)",
+      [&] { return "a divisor of heads_q = " + std::to_string(Hq); }, Hkv);
+  require(
+      v.dims[0] == B && v.dims[1] == S && v.dims[2] == Hkv, fn, "v",
+      [&] {
+        return detail::dims_note(std::array<index, 4>{B, S, Hkv, Dv}, "[batch, S, heads_kv, d_v]");
+      },
+      v.dims);
   const std::array<index, 4> out_dims{B, L, Hq, Dv};
-  require(out.dims == out_dims, fn, "out",
-          detail::dims_note(out_dims, "[batch, L, heads_q, d_v]"), out.dims);
+  require(
+      out.dims == out_dims, fn, "out",
+      [&] { return detail::dims_note(out_dims, "[batch, L, heads_q, d_v]"); }, out.dims);
   require(q.strides[3] == 1, fn, "q.strides[3]", "1 (contiguous head dim)", q.strides[3]);
   require(k.strides[3] == 1, fn, "k.strides[3]", "1 (contiguous head dim)", k.strides[3]);
   require(v.strides[3] == 1 || Dv <= 1, fn, "v.strides[3]", "1 (contiguous head dim)",
@@ -126,34 +161,45 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
           out.strides[3]);
 
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(Dqk));
-  require(std::isfinite(scale), fn, "scale", "a finite number", scale);
+  // Scores are kept in log2 units (scale · log2 e), which must stay finite.
+  require(std::isfinite(scale) && std::isfinite(scale * softmax::log2e), fn, "scale",
+          "a finite number below FLT_MAX / log2(e)", scale);
   if (opt.window) {
     require(opt.window->left >= 0, fn, "window.left", ">= 0 (attn::unbounded for no limit)",
             opt.window->left);
     require(opt.window->right >= 0, fn, "window.right", ">= 0 (attn::unbounded for no limit)",
             opt.window->right);
   }
-  require(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B, fn,
-          "key_lengths.size()", "0 or batch = " + std::to_string(B), opt.key_lengths.size());
-  for (index len : opt.key_lengths)
-    require(len >= 0 && len <= S, fn, "key_lengths", "values in [0, S = " + std::to_string(S) + "]",
-            len);
+  require(
+      opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B, fn,
+      "key_lengths.size()", [&] { return "0 or batch = " + std::to_string(B); },
+      opt.key_lengths.size());
+  for (std::size_t i = 0; i < opt.key_lengths.size(); ++i) {
+    const index len = opt.key_lengths[i];
+    if (len < 0 || len > S)
+      detail::fail(fn, ("key_lengths[" + std::to_string(i) + "]").c_str(),
+                   "a value in [0, S = " + std::to_string(S) + "]", len);
+  }
   detail::check_mask(opt.bool_mask, "bool_mask", B, Hq, L, S);
   detail::check_mask(opt.additive_mask, "additive_mask", B, Hq, L, S);
   if (!opt.lse.empty()) {
     const std::array<index, 3> want{B, Hq, L};
-    require(opt.lse.dims == want, fn, "lse", detail::dims_note(want, "[batch, heads_q, L]"),
-            opt.lse.dims);
+    require(
+        opt.lse.dims == want, fn, "lse",
+        [&] { return detail::dims_note(want, "[batch, heads_q, L]"); }, opt.lse.dims);
   }
+  require(detail::non_overlapping(out), fn, "out.strides",
+          "strides under which no two elements overlap", out.strides);
+  require(opt.lse.empty() || detail::non_overlapping(opt.lse), fn, "lse.strides",
+          "strides under which no two elements overlap", opt.lse.strides);
   require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
 
-  if (B == 0 || L == 0 || Hq == 0) return;
-  if (detail::split_kv_policy::applies(L, Hq / Hkv))
-    detail::split_kv_decode<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
+  if (B == 0 || L == 0) return;
+  if (kernel::split_kv_policy::applies(L, Hq / Hkv))
+    kernel::split_kv_decode<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
                                 opt);
   else
-    detail::flash_forward<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
-                              opt);
+    kernel::flash_forward<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale, opt);
 }
 
 /// Tensor convenience overload: [B, L, Hq, d_qk], [B, S, Hkv, d_qk],
@@ -161,8 +207,8 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k,
 template <class KV>
 Eigen::Tensor<float, 4, Eigen::RowMajor> scaled_dot_product_attention(
     const Eigen::Tensor<float, 4, Eigen::RowMajor>& q,
-    const Eigen::Tensor<KV, 4, Eigen::RowMajor>& k,
-    const Eigen::Tensor<KV, 4, Eigen::RowMajor>& v, const sdpa_options& opt = {}) {
+    const Eigen::Tensor<KV, 4, Eigen::RowMajor>& k, const Eigen::Tensor<KV, 4, Eigen::RowMajor>& v,
+    const sdpa_options& opt = {}) {
   Eigen::Tensor<float, 4, Eigen::RowMajor> out(q.dimension(0), q.dimension(1), q.dimension(2),
                                                v.dimension(3));
   scaled_dot_product_attention(bshd(q), bshd(k), bshd(v), bshd(out), opt);
@@ -171,12 +217,12 @@ Eigen::Tensor<float, 4, Eigen::RowMajor> scaled_dot_product_attention(
 
 /// Single-head convenience overload on matrices whose rows are positions:
 /// q [L, d_qk], k [S, d_qk], v [S, d_v]; returns [L, d_v]. Any Eigen storage
-/// order is accepted (non-row-major inputs are copied once). Masks in `opt`
+/// order is accepted (the inputs are copied once into row-major float). Masks in `opt`
 /// are viewed as [1, 1, L, S].
 template <class DQ, class DK, class DV>
-Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
-scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
-                             const Eigen::MatrixBase<DV>& v, const sdpa_options& opt = {}) {
+Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> scaled_dot_product_attention(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+    const sdpa_options& opt = {}) {
   using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const row_major qm = q.template cast<float>(), km = k.template cast<float>(),
                   vm = v.template cast<float>();
@@ -185,11 +231,11 @@ scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::Matrix
     using T = std::remove_pointer_t<decltype(data)>;
     return strided<T, 4>{data, {1, rows, 1, cols}, {rows * cols, cols, cols, 1}};
   };
-  scaled_dot_product_attention(as_view(qm.data(), qm.rows(), qm.cols()),
-                               as_view(km.data(), km.rows(), km.cols()),
-                               as_view(vm.data(), vm.rows(), vm.cols()),
-                               as_view(o.data(), o.rows(), o.cols()), opt);
+  scaled_dot_product_attention(
+      as_view(qm.data(), qm.rows(), qm.cols()), as_view(km.data(), km.rows(), km.cols()),
+      as_view(vm.data(), vm.rows(), vm.cols()), as_view(o.data(), o.rows(), o.cols()), opt);
   return o;
 }
 
+}  // namespace ATTN_ABI
 }  // namespace attn

@@ -28,10 +28,14 @@ struct sdpa_options {
   std::optional<sliding_window> window;
 
   /// Per-batch number of valid keys, each in [0, S]; keys j >= key_lengths[b]
-  /// are masked. Empty = all S keys valid. Size must be B.
+  /// are masked. Empty = all S keys valid. Size must be B. This is key
+  /// padding: it does not move the bottom-right diagonal, which stays at
+  /// S - L as in PyTorch (FlashAttention's varlen mode instead aligns each
+  /// sequence on its own length).
   std::vector<index> key_lengths;
 
-  /// Dense bool mask viewed as [B, Hq, L, S], true = may attend. Broadcast
+  /// Dense bool mask viewed as [B, Hq, L, S], true = may attend (each byte
+  /// must hold 0 or 1, as a C++ bool does). Broadcast
   /// dimensions have stride 0 (make it with attn::broadcast_mask). Empty view
   /// = none.
   strided<const bool, 4> bool_mask;

@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <ostream>
 #include <type_traits>
-
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "attn/error.hpp"

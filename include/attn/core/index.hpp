@@ -8,7 +8,7 @@ namespace attn {
 /// Signed index type used for every extent and stride (same as Eigen::Index).
 using index = std::ptrdiff_t;
 
-namespace core {
+namespace detail {
 
 /// Smallest multiple of m that is >= x (x >= 0, m > 0).
 constexpr index round_up(index x, index m) { return (x + m - 1) / m * m; }
@@ -16,5 +16,5 @@ constexpr index round_up(index x, index m) { return (x + m - 1) / m * m; }
 /// ceil(x / m) for x >= 0, m > 0.
 constexpr index ceil_div(index x, index m) { return (x + m - 1) / m; }
 
-}  // namespace core
+}  // namespace detail
 }  // namespace attn

@@ -3,9 +3,11 @@
 
 #include <limits>
 
+#include "attn/core/abi.hpp"
 #include "attn/core/simd.hpp"
 
 namespace attn {
+inline namespace ATTN_ABI {
 namespace simd {
 
 /// Maximum relative error of attn::simd::exp against the correctly rounded
@@ -22,7 +24,9 @@ constexpr float exp_accurate_max = 88.3f;
 
 /// e^x per lane. Below exp_accurate_min the result is exactly 0 (the true
 /// value would be subnormal), so exp(-inf) = 0 and exp(-inf - m) = 0; above
-/// exp_accurate_max it is +inf; NaN stays NaN.
+/// exp_accurate_max it is +inf (a little early: e^x is finite up to 88.72,
+/// but the error bound is only claimed up to exp_accurate_max); NaN stays
+/// NaN.
 inline packet exp(const packet& x) {
   const packet lo = broadcast(exp_accurate_min);
   const packet hi = broadcast(exp_accurate_max);
@@ -58,10 +62,11 @@ constexpr float exp2_nonpositive_max_rel_error = 1.5e-7f;
 /// 2^x per lane for the softmax's arguments, x = score - running max <= 0,
 /// in log2 units. Cheaper than exp(): no Cody-Waite reduction and no
 /// range selects. x <= -127 (including -inf) gives exactly 0, because the
-/// clamped 2^-127 has a zero exponent field; NaN stays NaN. Results for
-/// x > 0 are not specified.
+/// clamped 2^-127 has a zero exponent field; x >= 0 (including +inf, from
+/// a score that overflowed) gives 1; NaN stays NaN.
 inline packet exp2_nonpositive(const packet& x) {
-  const packet xc = max(x, broadcast(-127.0f));  // keeps a NaN x (see simd::max)
+  // Clamp to [-127, 0]; both keep a NaN x (see simd::max / simd::min).
+  const packet xc = min(max(x, broadcast(-127.0f)), zero());
   const packet n = round(xc);
   const packet r = sub(xc, n);  // exact, in [-1/2, 1/2]
   packet p = broadcast(1.5353362028719744e-4f);
@@ -74,8 +79,12 @@ inline packet exp2_nonpositive(const packet& x) {
   return mul(p, pow2i(n));
 }
 
+/// Scalar 2^x with the arithmetic of exp2_nonpositive.
+inline float exp2_nonpositive_scalar(float x) { return ei::pfirst(exp2_nonpositive(broadcast(x))); }
+
 /// Scalar e^x with the same arithmetic as the packet version.
 inline float exp_scalar(float x) { return ei::pfirst(exp(broadcast(x))); }
 
 }  // namespace simd
+}  // namespace ATTN_ABI
 }  // namespace attn

@@ -12,10 +12,12 @@
 // step.
 #pragma once
 
+#include "attn/core/abi.hpp"
 #include "attn/core/index.hpp"
 #include "attn/core/simd.hpp"
 
 namespace attn {
+inline namespace ATTN_ABI {
 namespace core {
 
 /// A register tile shape: Rows rows of A by Packets vectors of columns.
@@ -27,15 +29,14 @@ struct tile_shape {
 };
 
 /// Shape for Sᵀ = K · Qᵀ (rows = keys, columns = queries). With AVX-512's 32
-/// registers: 16 accumulators, 2 loads and a broadcast per depth step, at
+/// registers: 16 accumulators, 2 loads and 8 broadcasts per depth step, at
 /// the FMA peak in isolation (measured 250-268 GFLOP/s of 266).
 using score_tile = tile_shape<simd::registers >= 32 ? 8 : 4, 2>;
 
 /// Shape for O += P · V (rows = queries, columns = d_v). 6 x 4 keeps 24
 /// accumulators and needs 10 loads per 24 FMAs instead of 10 per 16
 /// (measured 247 vs 229 GFLOP/s for 8 x 2 on this product).
-using accumulate_tile =
-    tile_shape<simd::registers >= 32 ? 6 : 4, simd::registers >= 32 ? 4 : 2>;
+using accumulate_tile = tile_shape<simd::registers >= 32 ? 6 : 4, simd::registers >= 32 ? 4 : 2>;
 
 /// Left operand: element (r, d) at data[r * row_stride + d * depth_stride].
 struct lhs {
@@ -91,4 +92,5 @@ inline void gemm_block(const lhs& a, const rhs& b, index depth, float* c, index 
 }
 
 }  // namespace core
+}  // namespace ATTN_ABI
 }  // namespace attn

@@ -5,6 +5,9 @@
 // not depend on the thread count or on which thread ran which task.
 #pragma once
 
+#include <algorithm>
+
+#include "attn/core/abi.hpp"
 #include "attn/error.hpp"
 
 #if defined(_OPENMP)
@@ -12,12 +15,16 @@
 #endif
 
 namespace attn {
+inline namespace ATTN_ABI {
 namespace core {
 
-/// Number of threads parallel_for will use for `requested` (0 = default).
+/// Number of threads parallel_for will use for `requested` (0 = default),
+/// never more than the OpenMP thread limit.
 inline int resolve_threads(int requested) {
 #if defined(_OPENMP)
-  return requested > 0 ? requested : omp_get_max_threads();
+  const int limit = omp_get_thread_limit();
+  const int n = requested > 0 ? requested : omp_get_max_threads();
+  return n < limit ? n : limit;
 #else
   (void)requested;
   return 1;
@@ -35,6 +42,11 @@ inline int threads_for_work(int requested, double flops) {
   return flops < min_parallel_flops ? 1 : requested;
 }
 
+/// Runs body(t) for t in [0, n): parallel_for for tasks that need no
+/// working memory.
+template <class Body>
+void parallel_for(index n, int requested_threads, Body body);
+
 /// Runs body(scratch, t) for t in [0, n). `make_scratch()` is called once per
 /// thread to build that thread's working memory, so the loop itself never
 /// allocates. Tasks are handed out dynamically (they may differ in cost, as
@@ -42,8 +54,9 @@ inline int threads_for_work(int requested, double flops) {
 template <class MakeScratch, class Body>
 void parallel_for(index n, int requested_threads, MakeScratch make_scratch, Body body) {
 #if defined(_OPENMP)
-  const int nt = resolve_threads(requested_threads);
-  if (nt > 1 && n > 1) {
+  // No more threads than tasks: each thread builds its own scratch.
+  const int nt = static_cast<int>(std::min<index>(resolve_threads(requested_threads), n));
+  if (nt > 1) {
 #pragma omp parallel num_threads(nt)
     {
       auto scratch = make_scratch();
@@ -59,5 +72,13 @@ void parallel_for(index n, int requested_threads, MakeScratch make_scratch, Body
   for (index t = 0; t < n; ++t) body(scratch, t);
 }
 
+template <class Body>
+void parallel_for(index n, int requested_threads, Body body) {
+  struct none {};
+  parallel_for(
+      n, requested_threads, [] { return none{}; }, [&](none&, index t) { body(t); });
+}
+
 }  // namespace core
+}  // namespace ATTN_ABI
 }  // namespace attn

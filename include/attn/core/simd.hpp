@@ -4,14 +4,19 @@
 // user compiles with. Nothing here knows about attention.
 #pragma once
 
+#include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
-#include <Eigen/Core>
+#include "attn/core/abi.hpp"
+#if defined(EIGEN_VECTORIZE_AVX512) || defined(EIGEN_VECTORIZE_AVX2)
+#include <immintrin.h>
+#endif
 
 namespace attn {
+inline namespace ATTN_ABI {
 namespace simd {
 
 namespace ei = Eigen::internal;
@@ -29,9 +34,6 @@ using packet = typename ei::packet_traits<float>::type;
 
 /// Floats per packet: 16 with AVX-512, 8 with AVX, 4 with SSE/NEON, 1 scalar.
 constexpr int width = ei::unpacket_traits<packet>::size;
-
-/// True when `packet` is a real vector (not the scalar fallback).
-constexpr bool vectorized = width > 1;
 
 /// Architectural vector registers, used to size register tiles.
 #if defined(__AVX512F__)
@@ -53,6 +55,7 @@ inline packet sub(const packet& a, const packet& b) { return ei::psub(a, b); }
 inline packet mul(const packet& a, const packet& b) { return ei::pmul(a, b); }
 /// Lane-wise max; a NaN in `a` propagates (Eigen follows std::max).
 inline packet max(const packet& a, const packet& b) { return ei::pmax(a, b); }
+/// Lane-wise min; a NaN in `a` propagates (Eigen follows std::min).
 inline packet min(const packet& a, const packet& b) { return ei::pmin(a, b); }
 /// Round to nearest, ties to even (the current rounding mode).
 inline packet round(const packet& a) { return ei::print(a); }
@@ -91,13 +94,15 @@ inline packet load_as_float(const T* p) {
   if constexpr (std::is_same<T, float>::value) {
     return load(p);
   } else {
-#if defined(__AVX512F__)
+#if defined(EIGEN_VECTORIZE_AVX512)
+    static_assert(width == 16, "Eigen's AVX-512 float packet has 16 lanes");
     const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     if constexpr (std::is_same<T, Eigen::bfloat16>::value)
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
     else if constexpr (std::is_same<T, Eigen::half>::value)
       return _mm512_cvtph_ps(raw);
-#elif defined(__AVX2__) && defined(__F16C__)
+#elif defined(EIGEN_VECTORIZE_AVX2) && defined(__F16C__)
+    static_assert(width == 8, "Eigen's AVX float packet has 8 lanes");
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     if constexpr (std::is_same<T, Eigen::bfloat16>::value)
       return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
@@ -115,4 +120,5 @@ inline packet load_as_float(const T* p) {
 #endif
 
 }  // namespace simd
+}  // namespace ATTN_ABI
 }  // namespace attn

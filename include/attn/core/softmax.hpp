@@ -12,13 +12,46 @@
 #include <cmath>
 #include <limits>
 
+#include "attn/core/abi.hpp"
 #include "attn/core/math.hpp"
 #include "attn/error.hpp"
 
 namespace attn {
+inline namespace ATTN_ABI {
 namespace softmax {
 
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+
+// The kernels keep scores in log2 units: scale·log2(e)·q·k, so that the
+// softmax's exponentials are the cheap simd::exp2_nonpositive. These convert.
+constexpr float log2e = 1.44269504088896341f;
+constexpr float ln2 = 0.693147180559945309f;
+
+/// An additive mask value in log2 units: -inf stays -inf (masked); finite
+/// values saturate at +-FLT_MAX instead of overflowing to a mask (-FLT_MAX,
+/// a common "masked" value in the wild, still weighs 2^-FLT_MAX = 0).
+inline float additive_to_log2(float a) {
+  const float big = std::numeric_limits<float>::max();
+  const float x = a * log2e;
+  if (a == neg_inf) return neg_inf;
+  return x > big ? big : (x < -big ? -big : x);
+}
+
+/// Largest finite float: row maxima are clamped to it, so a score that
+/// overflowed to +inf gives weight 1 (2^min(inf - max, 0)) instead of NaN.
+constexpr float max_finite = std::numeric_limits<float>::max();
+
+/// Result of one finished row in log2 units (running max m, sum l): the
+/// output scale 1/l and the natural-log LSE; an empty row (l = 0) gives
+/// scale 0 (output 0) and LSE -inf.
+struct row_result {
+  float inv_sum;
+  float lse;
+};
+inline row_result finish_row_log2(float m, float l) {
+  if (!(l > 0.0f)) return {0.0f, neg_inf};
+  return {1.0f / l, (m + std::log2(l)) * ln2};
+}
 
 /// Running state of one query row.
 struct online_state {
@@ -54,14 +87,15 @@ struct online_state {
 /// block's maxima give the new maxima, the factor that rescales what was
 /// accumulated before (exactly 1 where the max did not move, 0 where nothing
 /// was seen yet) and the pivot to subtract before exp2 (0 while a row has
-/// seen only -inf, so 2^(-inf - pivot) = 0, never NaN).
+/// seen only -inf, so 2^(-inf - pivot) = 0, never NaN). Maxima are clamped
+/// to max_finite (see there).
 struct packet_step {
   simd::packet max, factor, pivot;
 };
 
 inline packet_step online_step(const simd::packet& running_max, const simd::packet& block_max) {
   using namespace simd;
-  const packet m = simd::max(running_max, block_max);
+  const packet m = simd::min(simd::max(running_max, block_max), broadcast(max_finite));
   const packet pivot = select(equal(m, broadcast(neg_inf)), zero(), m);
   return {m, simd::exp2_nonpositive(sub(running_max, pivot)), pivot};
 }
@@ -116,4 +150,5 @@ inline void merge_partial(float* o_a, float& lse_a, const float* o_b, float lse_
 }
 
 }  // namespace softmax
+}  // namespace ATTN_ABI
 }  // namespace attn

@@ -28,6 +28,7 @@
 #include <numeric>
 #include <vector>
 
+#include "attn/core/abi.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/microkernel.hpp"
 #include "attn/core/parallel.hpp"
@@ -38,7 +39,8 @@
 #include "attn/view.hpp"
 
 namespace attn {
-namespace detail {
+inline namespace ATTN_ABI {
+namespace kernel {
 
 /// Tile sizes of the flash forward pass: queries per task (a multiple of the
 /// micro-kernel's tile width) and keys per step (a multiple of its rows).
@@ -47,7 +49,7 @@ struct flash_tiles {
   // accumulate-tile rows.
   static constexpr index q_step =
       std::lcm(core::score_tile::cols, static_cast<index>(core::accumulate_tile::rows));
-  static constexpr index q_tile = core::round_up(192, q_step);
+  static constexpr index q_tile = detail::round_up(192, q_step);
   static constexpr index kv_tile = 16 * core::score_tile::rows;
 };
 
@@ -89,13 +91,6 @@ void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index 
   }
 }
 
-// True when some query in [i, i + rows) may see some key in [j, j + keys)
-// through the band (whose both limits grow with i).
-inline bool band_block_visible(const band_mask& band, index i, index rows, index j, index keys) {
-  if (rows <= 0) return false;
-  return band.row(i + rows - 1).last >= j && band.row(i).first <= j + keys - 1;
-}
-
 // Asks the cache for rows [j0, j0 + n) of one head ahead of use. In
 // [batch, seq, heads, dim] one head's rows sit heads·dim apart, often a page
 // or more, where hardware prefetchers stop following the stream.
@@ -134,25 +129,24 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
   constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
-  const index d_v_pad = core::round_up(d_v, core::accumulate_tile::cols);
+  const index d_v_pad = detail::round_up(d_v, core::accumulate_tile::cols);
   const index group = Hq / Hkv;
-  const index q_tiles = (L + BQ - 1) / BQ;
+  const index q_tiles = detail::ceil_div(L, BQ);
   const index tasks = B * Hq * q_tiles;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  constexpr float log2e = 1.44269504088896341f, ln2 = 0.693147180559945309f;
-  const float scale2 = scale * log2e;
+  const float scale2 = scale * softmax::log2e;
 
   auto run_task = [&](flash_scratch& ws, index t) {
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
     const index hk = h / group;
     const index i0 = qt * BQ, rows = std::min(BQ, L - i0);
-    const index cols = core::round_up(rows, flash_tiles::q_step);  // query columns computed
+    const index cols = detail::round_up(rows, flash_tiles::q_step);  // query columns computed
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
-    const band_mask band(L, S, key_len, opt.causal, window);
+    const detail::band_mask band(L, S, key_len, opt.causal, window);
 
     // The first key tile starts loading while Q is packed.
-    const key_band span = band.rows(i0, i0 + rows);
+    const detail::key_band span = band.rows(i0, i0 + rows);
     if (span.first <= span.last) {
       const index n_first = std::min(BK, span.last + 1 - std::max<index>(span.first, 0));
       prefetch_rows(k, b, hk, std::max<index>(span.first, 0), n_first, d_qk);
@@ -171,13 +165,13 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
 
     for (index j0 = std::max<index>(span.first, 0); j0 <= span.last; j0 += BK) {
       const index n = std::min(BK, span.last + 1 - j0);
-      const index n_pad = core::round_up(n, core::score_tile::rows);
+      const index n_pad = detail::round_up(n, core::score_tile::rows);
 
       // Skip the tile when no row sees any key of it through the band, or a
       // bool mask hides all of those keys.
       bool any = false;
       for (index r = 0; r < rows && !any; ++r) {
-        const key_band kb = band.row(i0 + r);
+        const detail::key_band kb = band.row(i0 + r);
         const index lo = std::max(kb.first, j0), hi = std::min(kb.last, j0 + n - 1);
         if (lo > hi) continue;
         if (!has_bool) {
@@ -210,7 +204,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
         using shape = core::score_tile;
         for (index kb = 0; kb < n_pad; kb += shape::rows)
           for (index c0 = 0; c0 < cols; c0 += shape::cols) {
-            if (!band_block_visible(band, i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
+            if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
                                     shape::rows))
               continue;
             core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
@@ -226,7 +220,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       if (!full) {
         for (index r = 0; r < rows; ++r) {
           float* col = ws.st.data() + r;
-          const key_band kb = band.row(i0 + r);
+          const detail::key_band kb = band.row(i0 + r);
           const index lo = std::max<index>(kb.first - j0, 0);
           const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
           for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = softmax::neg_inf;
@@ -240,7 +234,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
           if (has_add) {
             const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
             const index as = opt.additive_mask.strides[3];
-            for (index j = lo; j <= hi; ++j) col[j * BQ] += a[j * as] * log2e;
+            for (index j = lo; j <= hi; ++j) col[j * BQ] += softmax::additive_to_log2(a[j * as]);
           }
         }
       }
@@ -261,6 +255,8 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
         }
         store(&ws.sum[c0], fma(load(&ws.sum[c0]), step.factor, sum));
       }
+      // Padding query columns (rows..cols) are never rescaled: their O rows
+      // are never written out.
       for (index r = 0; r < rows; ++r) {
         const float f = ws.factor[r];
         if (f == 1.0f) continue;  // the max did not move: nothing to rescale
@@ -295,13 +291,11 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     }
 
     for (index r = 0; r < rows; ++r) {
-      const float l = ws.sum[r];
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const softmax::row_result res = softmax::finish_row_log2(ws.max[r], ws.sum[r]);
       const float* src = ws.o.data() + r * d_v_pad;
       float* dst = out.at(b, i0 + r, h, 0);
-      for (index d = 0; d < d_v; ++d) dst[d] = src[d] * inv;
-      if (!opt.lse.empty())
-        *opt.lse.at(b, h, i0 + r) = l > 0.0f ? (ws.max[r] + std::log2(l)) * ln2 : softmax::neg_inf;
+      for (index d = 0; d < d_v; ++d) dst[d] = src[d] * res.inv_sum;
+      if (!opt.lse.empty()) *opt.lse.at(b, h, i0 + r) = res.lse;
     }
   };
 
@@ -311,5 +305,6 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       [&] { return flash_scratch(d_qk, d_v_pad); }, run_task);
 }
 
-}  // namespace detail
+}  // namespace kernel
+}  // namespace ATTN_ABI
 }  // namespace attn

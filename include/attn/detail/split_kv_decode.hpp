@@ -24,6 +24,7 @@
 #include <cmath>
 #include <vector>
 
+#include "attn/core/abi.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
@@ -33,7 +34,8 @@
 #include "attn/view.hpp"
 
 namespace attn {
-namespace detail {
+inline namespace ATTN_ABI {
+namespace kernel {
 
 /// When the split-KV path runs instead of the tiled one: few query rows per
 /// KV head (L · group), where the tiled kernel would mostly compute padding.
@@ -46,11 +48,15 @@ struct split_kv_policy {
 
   static bool applies(index L, index group) { return L * group <= max_rows; }
 
-  // Chunks per batch entry: enough tasks overall, each chunk not tiny.
-  static index chunks(index B, index S) {
-    const index by_tasks = (target_tasks + B - 1) / std::max<index>(B, 1);
-    const index by_size = std::max<index>((S + min_chunk - 1) / min_chunk, 1);
-    return std::max<index>(std::min(by_tasks, by_size), 1);
+  static constexpr index max_partial_floats = 1 << 21;  // 8 MiB of partial results
+
+  // Chunks per batch entry: enough tasks overall, each chunk not tiny, and
+  // the partial results (B · chunks · row_floats) bounded.
+  static index chunks(index B, index S, index row_floats) {
+    const index by_tasks = detail::ceil_div(target_tasks, B);
+    const index by_size = detail::ceil_div(S, min_chunk);
+    const index by_memory = max_partial_floats / std::max<index>(B * row_floats, 1);
+    return std::max<index>(std::min({by_tasks, by_size, by_memory}), 1);
   }
 };
 
@@ -71,10 +77,6 @@ inline float dot_row(const float* q, const KV* k, index d) {
   return s;
 }
 
-inline float exp2_scalar(float x) {
-  return simd::ei::pfirst(simd::exp2_nonpositive(simd::broadcast(x)));
-}
-
 // o[d] += p * v[d] for d < n.
 template <class KV>
 inline void axpy_row(float* o, float p, const KV* v, index n) {
@@ -90,19 +92,18 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
                      const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
                      const sdpa_options& opt) {
   using policy = split_kv_policy;
-  constexpr float log2e = 1.44269504088896341f, ln2 = 0.693147180559945309f;
   constexpr index KB = policy::key_block;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
   // Rows of one task: every (query head, position) of the batch entry, row
   // r = h * L + i, so the rows of KV head hk are [hk·group·L, (hk+1)·group·L).
   const index group = Hq / Hkv, R = Hq * L, rows_per_kv = group * L;
-  const index n_chunks = policy::chunks(B, S);
-  const index chunk = (S + n_chunks - 1) / n_chunks;
+  const index n_chunks = policy::chunks(B, S, R * (d_v + 1));
+  const index chunk = detail::ceil_div(S, n_chunks);
   const index tasks = B * n_chunks;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  const float scale2 = scale * log2e;
+  const float scale2 = scale * softmax::log2e;
 
   // Partial results of every task: R rows of d_v outputs and R LSEs.
   std::vector<float> part_o(static_cast<std::size_t>(tasks * R * d_v));
@@ -119,7 +120,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   auto run_task = [&](scratch& ws, index t) {
     const index c = t % n_chunks, b = t / n_chunks;
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
-    const band_mask band(L, S, key_len, opt.causal, window);
+    const detail::band_mask band(L, S, key_len, opt.causal, window);
     for (index r = 0; r < R; ++r) {
       const float* src = q.at(b, r % L, r / L, 0);
       for (index d = 0; d < d_qk; ++d) ws.q[r * d_qk + d] = src[d] * scale2;
@@ -134,11 +135,11 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     auto softmax_block = [&](index j0, index n, float* sb) {
       // Rows are padded with -inf to whole packets (key_block is a multiple
       // of the width) so every pass below is a vector loop.
-      const index n_vec = core::round_up(n, simd::width);
+      const index n_vec = detail::round_up(n, simd::width);
       for (index r = 0; r < R; ++r) {
         float* s = sb + r * KB;
         const index i = r % L, h = r / L;
-        const key_band kb = band.row(i);
+        const detail::key_band kb = band.row(i);
         const index lo = std::min(std::max<index>(kb.first - j0, 0), n);  // visible: [lo, hi)
         const index hi = std::max(std::min<index>(kb.last - j0 + 1, n), lo);
         std::fill(s, s + lo, softmax::neg_inf);
@@ -152,19 +153,20 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
         if (has_add) {
           const float* a = opt.additive_mask.at(b, h, i, j0);
           const index as = opt.additive_mask.strides[3];
-          for (index jj = lo; jj < hi; ++jj) s[jj] += a[jj * as] * log2e;
+          for (index jj = lo; jj < hi; ++jj) s[jj] += softmax::additive_to_log2(a[jj * as]);
         }
         simd::packet block_max = simd::broadcast(softmax::neg_inf);
         for (index jj = 0; jj < n_vec; jj += simd::width)
           block_max = simd::max(block_max, simd::load(s + jj));
-        const float m = simd::reduce_max(block_max);
+        const float m = std::min(simd::reduce_max(block_max), softmax::max_finite);
         if (m == softmax::neg_inf) {  // nothing visible in this block
           std::fill(s, s + n, 0.0f);
           continue;
         }
         const float m_old = ws.max[r];
         if (m > m_old) {
-          const float f = m_old == softmax::neg_inf ? 0.0f : exp2_scalar(m_old - m);
+          const float f =
+              m_old == softmax::neg_inf ? 0.0f : simd::exp2_nonpositive_scalar(m_old - m);
           ws.sum[r] *= f;
           for (index d = 0; d < d_v; ++d) ws.o[r * d_v + d] *= f;
           ws.max[r] = m;
@@ -180,7 +182,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
       }
     };
 
-    const key_band span = band.rows(0, L);
+    const detail::key_band span = band.rows(0, L);
     const index c0 = std::max(c * chunk, span.first);
     const index c1 = std::min((c + 1) * chunk, span.last + 1);
 
@@ -192,7 +194,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
         for (index hk = 0; hk < Hkv; ++hk) {
           const KV* kr = k.at(b, j0 + jj, hk, 0);
           for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r)
-            sb[r * KB + jj] = dot_row(&ws.q[r * d_qk], kr, d_qk);
+            sb[r * KB + jj] = dot_row(ws.q.data() + r * d_qk, kr, d_qk);
         }
     };
     auto accumulate_block = [&](index j0, index n, const float* pb) {
@@ -201,7 +203,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
           const KV* vr = v.at(b, j0 + jj, hk, 0);
           for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
             const float p = pb[r * KB + jj];
-            if (p != 0.0f) axpy_row(&ws.o[r * d_v], p, vr, d_v);
+            if (p != 0.0f) axpy_row(ws.o.data() + r * d_v, p, vr, d_v);
           }
         }
     };
@@ -214,11 +216,10 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     }
 
     for (index r = 0; r < R; ++r) {
-      const float l = ws.sum[r];
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      float* dst = &part_o[(t * R + r) * d_v];
-      for (index d = 0; d < d_v; ++d) dst[d] = ws.o[r * d_v + d] * inv;
-      part_lse[t * R + r] = l > 0.0f ? (ws.max[r] + std::log2(l)) * ln2 : softmax::neg_inf;
+      const softmax::row_result res = softmax::finish_row_log2(ws.max[r], ws.sum[r]);
+      float* dst = part_o.data() + (t * R + r) * d_v;
+      for (index d = 0; d < d_v; ++d) dst[d] = ws.o[r * d_v + d] * res.inv_sum;
+      part_lse[t * R + r] = res.lse;
     }
   };
   const int threads = core::threads_for_work(
@@ -226,22 +227,22 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   core::parallel_for(tasks, threads, make_scratch, run_task);
 
   // Merge the chunks of each row in chunk order, then write it out.
-  auto merge_row = [&](int, index row) {
+  auto merge_row = [&](index row) {
     const index r = row % R, b = row / R;
     const index first = b * n_chunks;
-    float* o = &part_o[(first * R + r) * d_v];
+    float* o = part_o.data() + (first * R + r) * d_v;
     float lse = part_lse[first * R + r];
     for (index c = 1; c < n_chunks; ++c)
-      softmax::merge_partial(o, lse, &part_o[((first + c) * R + r) * d_v],
+      softmax::merge_partial(o, lse, part_o.data() + ((first + c) * R + r) * d_v,
                              part_lse[(first + c) * R + r], d_v);
     const index i = r % L, h = r / L;
     float* dst = out.at(b, i, h, 0);
     for (index d = 0; d < d_v; ++d) dst[d] = lse == softmax::neg_inf ? 0.0f : o[d];
     if (!opt.lse.empty()) *opt.lse.at(b, h, i) = lse;
   };
-  core::parallel_for(
-      B * R, threads, [] { return 0; }, merge_row);
+  core::parallel_for(B * R, threads, merge_row);
 }
 
-}  // namespace detail
+}  // namespace kernel
+}  // namespace ATTN_ABI
 }  // namespace attn

@@ -1,0 +1,211 @@
+// attn/kv_cache.hpp: a key/value cache for incremental decoding.
+//
+// Keys and values of the tokens seen so far, per batch entry, in
+// [batch, capacity, kv_heads, dim] row-major storage of float,
+// Eigen::bfloat16 or Eigen::half. The capacity is fixed at creation, so
+// appending never reallocates and views handed out stay valid. Each batch
+// entry has its own length: sequences of a batch may be at different
+// positions.
+//
+// attend() runs attention of new queries over the cache with bottom-right
+// causal alignment on each sequence's own length (query t of a chunk of T
+// new tokens at length n sees cached keys j <= n - T + t), which is what
+// prefill, token-by-token decoding and chunked prefill all need.
+#pragma once
+
+#include <algorithm>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "attn/error.hpp"
+#include "attn/sdpa.hpp"
+#include "attn/view.hpp"
+
+namespace attn {
+
+/// Growing K/V storage for incremental decoding (see the file comment).
+/// Storage: the element type, float, Eigen::bfloat16 or Eigen::half; values are
+/// rounded to it on append. Not thread-safe for concurrent appends; attend()
+/// only reads.
+template <class Storage>
+class kv_cache {
+  static_assert(std::is_same<Storage, float>::value ||
+                    std::is_same<Storage, Eigen::bfloat16>::value ||
+                    std::is_same<Storage, Eigen::half>::value,
+                "attn::kv_cache: storage must be float, Eigen::bfloat16 or Eigen::half");
+
+ public:
+  /// @param batch     sequences held.
+  /// @param capacity  tokens each sequence can hold (fixed).
+  /// @param kv_heads  K/V heads.
+  /// @param head_dim  key head dim d_qk.
+  /// @param v_head_dim value head dim d_v; -1 = head_dim.
+  /// @throws attn::error for negative sizes or head_dim < 1.
+  kv_cache(index batch, index capacity, index kv_heads, index head_dim, index v_head_dim = -1)
+      : batch_(batch),
+        capacity_(capacity),
+        kv_heads_(kv_heads),
+        head_dim_(head_dim),
+        v_head_dim_(v_head_dim < 0 ? head_dim : v_head_dim) {
+    constexpr const char* fn = "kv_cache";
+    detail::require(batch >= 0, fn, "batch", ">= 0", batch);
+    detail::require(capacity >= 0, fn, "capacity", ">= 0", capacity);
+    detail::require(kv_heads >= 1, fn, "kv_heads", ">= 1", kv_heads);
+    detail::require(head_dim >= 1, fn, "head_dim", ">= 1", head_dim);
+    keys_.resize(static_cast<std::size_t>(batch * capacity * kv_heads * head_dim));
+    values_.resize(static_cast<std::size_t>(batch * capacity * kv_heads * v_head_dim_));
+    lengths_.assign(static_cast<std::size_t>(batch), 0);
+  }
+
+  index batch() const { return batch_; }
+  index capacity() const { return capacity_; }
+  index kv_heads() const { return kv_heads_; }
+  index head_dim() const { return head_dim_; }
+  index v_head_dim() const { return v_head_dim_; }
+  /// Tokens held by each sequence.
+  const std::vector<index>& lengths() const { return lengths_; }
+  /// Bytes of K and V storage (the whole capacity).
+  std::size_t bytes() const { return (keys_.size() + values_.size()) * sizeof(Storage); }
+
+  /// All stored keys / values as [batch, capacity, kv_heads, dim] views;
+  /// positions at or past lengths()[b] hold nothing meaningful.
+  strided<const Storage, 4> keys() const { return view_of(keys_.data(), head_dim_); }
+  strided<const Storage, 4> values() const { return view_of(values_.data(), v_head_dim_); }
+
+  /// Forgets every sequence's tokens (capacity stays).
+  void clear() { std::fill(lengths_.begin(), lengths_.end(), 0); }
+
+  /// Appends new tokens' keys and values: k_new [batch, T, kv_heads,
+  /// head_dim], v_new [batch, T, kv_heads, v_head_dim]. counts[b] (<= T) of
+  /// them are taken for sequence b; empty counts = T for every sequence.
+  /// @throws attn::error on any shape mismatch or if a sequence would pass
+  ///         the capacity; the cache is then left exactly as it was.
+  void append(strided<const float, 4> k_new, strided<const float, 4> v_new,
+              const std::vector<index>& counts = {}) {
+    const std::vector<index> n = checked_counts(k_new, v_new, counts);
+    for (index b = 0; b < batch_; ++b) {
+      for (index t = 0; t < n[b]; ++t)
+        for (index h = 0; h < kv_heads_; ++h) {
+          copy_row(k_new.at(b, t, h, 0), key_row(b, lengths_[b] + t, h), head_dim_);
+          copy_row(v_new.at(b, t, h, 0), value_row(b, lengths_[b] + t, h), v_head_dim_);
+        }
+      lengths_[b] += n[b];
+    }
+  }
+
+  /// Attention of q [batch, T, heads_q, head_dim] over the cache into
+  /// out [batch, T, heads_q, v_head_dim], after append() has added these T
+  /// tokens (or counts[b] of them; rows past counts[b] are left untouched).
+  /// Bottom-right causal on each sequence's own length; opt may add a
+  /// scale, a sliding window (measured from that diagonal), an LSE output
+  /// and threads. Dense masks, key_lengths and opt.causal are set by the
+  /// cache and must be left empty / none.
+  /// @throws attn::error on shape mismatches or a mask option given.
+  void attend(strided<const float, 4> q, strided<float, 4> out, const sdpa_options& opt = {},
+              const std::vector<index>& counts = {}) const {
+    constexpr const char* fn = "kv_cache::attend";
+    detail::require(q.dims[0] == batch_, fn, "q.dims[0] (batch)", batch_, q.dims[0]);
+    detail::require(q.dims[3] == head_dim_, fn, "q.dims[3] (head_dim)", head_dim_, q.dims[3]);
+    detail::require(opt.causal == causal::none, fn, "opt.causal",
+                    "causal::none (the cache applies bottom-right causal itself)", "another value");
+    detail::require(opt.key_lengths.empty() && opt.bool_mask.empty() && opt.additive_mask.empty(),
+                    fn, "opt", "no key_lengths or dense masks", "some given");
+    const index T = q.dims[1];
+    for (index b = 0; b < batch_; ++b) {
+      const index n = counts.empty() ? T : counts[static_cast<std::size_t>(b)];
+      detail::require(n >= 0 && n <= T && n <= lengths_[b], fn, "counts",
+                      "0 <= counts[b] <= min(T, lengths()[b])", n);
+      if (n == 0) continue;
+      sdpa_options o = opt;
+      o.causal = causal::bottom_right;
+      if (!opt.lse.empty()) o.lse = slice(opt.lse, b, n);
+      scaled_dot_product_attention(slice(q, b, n), prefix(keys(), b, lengths_[b]),
+                                   prefix(values(), b, lengths_[b]), slice(out, b, n), o);
+    }
+  }
+
+ private:
+  strided<const Storage, 4> view_of(const Storage* data, index dim) const {
+    strided<const Storage, 4> v;
+    v.data = data;
+    v.dims = {batch_, capacity_, kv_heads_, dim};
+    v.strides = detail::dense_strides(v.dims);
+    return v;
+  }
+  Storage* key_row(index b, index t, index h) {
+    return keys_.data() + ((b * capacity_ + t) * kv_heads_ + h) * head_dim_;
+  }
+  Storage* value_row(index b, index t, index h) {
+    return values_.data() + ((b * capacity_ + t) * kv_heads_ + h) * v_head_dim_;
+  }
+  static void copy_row(const float* src, Storage* dst, index n) {
+    for (index i = 0; i < n; ++i) dst[i] = static_cast<Storage>(src[i]);
+  }
+
+  // Batch entry b, first n positions of a [batch, seq, ...] view, as a
+  // batch-1 view.
+  template <class U>
+  static strided<U, 4> prefix(strided<U, 4> v, index b, index n) {
+    v.data = v.data + b * v.strides[0];
+    v.dims[0] = 1;
+    v.dims[1] = n;
+    return v;
+  }
+  template <class U>
+  static strided<U, 4> slice(strided<U, 4> v, index b, index n) {
+    return prefix(v, b, n);
+  }
+  // LSE [batch, heads, T] -> batch entry b, first n positions.
+  static strided<float, 3> slice(strided<float, 3> v, index b, index n) {
+    v.data = v.data + b * v.strides[0];
+    v.dims[0] = 1;
+    v.dims[2] = n;
+    return v;
+  }
+
+  // Validates an append completely before anything is written.
+  std::vector<index> checked_counts(const strided<const float, 4>& k,
+                                    const strided<const float, 4>& v,
+                                    const std::vector<index>& counts) const {
+    constexpr const char* fn = "kv_cache::append";
+    const index T = k.dims[1];
+    const std::array<index, 4> kd{batch_, T, kv_heads_, head_dim_},
+        vd{batch_, T, kv_heads_, v_head_dim_};
+    detail::require(k.dims == kd, fn, "k_new", [&] { return "dims " + dims_text(kd); }, k.dims);
+    detail::require(v.dims == vd, fn, "v_new", [&] { return "dims " + dims_text(vd); }, v.dims);
+    detail::require(k.strides[3] == 1 && v.strides[3] == 1, fn, "k_new/v_new strides[3]",
+                    "1 (contiguous head dim)", k.strides[3] != 1 ? k.strides[3] : v.strides[3]);
+    detail::require(T == 0 || (k.data && v.data), fn, "k_new/v_new", "non-null views",
+                    "null data");
+    detail::require(counts.empty() || static_cast<index>(counts.size()) == batch_, fn,
+                    "counts.size()", [&] { return "0 or batch = " + std::to_string(batch_); },
+                    counts.size());
+    std::vector<index> n(static_cast<std::size_t>(batch_), T);
+    for (index b = 0; b < batch_; ++b) {
+      if (!counts.empty()) n[b] = counts[static_cast<std::size_t>(b)];
+      if (n[b] < 0 || n[b] > T)
+        detail::fail(fn, ("counts[" + std::to_string(b) + "]").c_str(),
+                     "a value in [0, T = " + std::to_string(T) + "]", n[b]);
+      if (lengths_[b] + n[b] > capacity_)
+        detail::fail(fn, ("sequence " + std::to_string(b)).c_str(),
+                     "at most capacity = " + std::to_string(capacity_) + " tokens after append",
+                     std::to_string(lengths_[b]) + " + " + std::to_string(n[b]));
+    }
+    return n;
+  }
+  template <std::size_t N>
+  static std::string dims_text(const std::array<index, N>& d) {
+    std::ostringstream s;
+    detail::write(s, d);
+    return s.str();
+  }
+
+  index batch_, capacity_, kv_heads_, head_dim_, v_head_dim_;
+  std::vector<Storage> keys_, values_;
+  std::vector<index> lengths_;
+};
+
+}  // namespace attn

@@ -20,6 +20,10 @@
 
 // Scaled dot-product attention: attn::sdpa_options,
 // attn::scaled_dot_product_attention.
+#include "attn/attention_weights.hpp"
+#include "attn/kv_cache.hpp"
+#include "attn/multi_head.hpp"
+#include "attn/rope.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_options.hpp"
 

@@ -13,12 +13,11 @@
 // prefill, token-by-token decoding and chunked prefill all need.
 #pragma once
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <string>
 #include <type_traits>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "attn/error.hpp"
 #include "attn/sdpa.hpp"
@@ -77,6 +76,19 @@ class kv_cache {
 
   /// Forgets every sequence's tokens (capacity stays).
   void clear() { std::fill(lengths_.begin(), lengths_.end(), 0); }
+
+  /// Forgets sequence b's tokens from position `length` on (speculative
+  /// decoding rolls back this way).
+  /// @throws attn::error unless 0 <= b < batch and 0 <= length <= lengths()[b].
+  void truncate(index b, index length) {
+    detail::require(
+        b >= 0 && b < batch_, "kv_cache::truncate", "b",
+        [&] { return "in [0, " + std::to_string(batch_) + ")"; }, b);
+    detail::require(
+        length >= 0 && length <= lengths_[b], "kv_cache::truncate", "length",
+        [&] { return "in [0, lengths()[b] = " + std::to_string(lengths_[b]) + "]"; }, length);
+    lengths_[b] = length;
+  }
 
   /// Appends new tokens' keys and values: k_new [batch, T, kv_heads,
   /// head_dim], v_new [batch, T, kv_heads, v_head_dim]. counts[b] (<= T) of
@@ -174,15 +186,16 @@ class kv_cache {
     const index T = k.dims[1];
     const std::array<index, 4> kd{batch_, T, kv_heads_, head_dim_},
         vd{batch_, T, kv_heads_, v_head_dim_};
-    detail::require(k.dims == kd, fn, "k_new", [&] { return "dims " + dims_text(kd); }, k.dims);
-    detail::require(v.dims == vd, fn, "v_new", [&] { return "dims " + dims_text(vd); }, v.dims);
+    detail::require(
+        k.dims == kd, fn, "k_new", [&] { return "dims " + dims_text(kd); }, k.dims);
+    detail::require(
+        v.dims == vd, fn, "v_new", [&] { return "dims " + dims_text(vd); }, v.dims);
     detail::require(k.strides[3] == 1 && v.strides[3] == 1, fn, "k_new/v_new strides[3]",
                     "1 (contiguous head dim)", k.strides[3] != 1 ? k.strides[3] : v.strides[3]);
-    detail::require(T == 0 || (k.data && v.data), fn, "k_new/v_new", "non-null views",
-                    "null data");
-    detail::require(counts.empty() || static_cast<index>(counts.size()) == batch_, fn,
-                    "counts.size()", [&] { return "0 or batch = " + std::to_string(batch_); },
-                    counts.size());
+    detail::require(T == 0 || (k.data && v.data), fn, "k_new/v_new", "non-null views", "null data");
+    detail::require(
+        counts.empty() || static_cast<index>(counts.size()) == batch_, fn, "counts.size()",
+        [&] { return "0 or batch = " + std::to_string(batch_); }, counts.size());
     std::vector<index> n(static_cast<std::size_t>(batch_), T);
     for (index b = 0; b < batch_; ++b) {
       if (!counts.empty()) n[b] = counts[static_cast<std::size_t>(b)];

@@ -1,0 +1,81 @@
+// attn/attention_weights.hpp: the attention probabilities themselves,
+// softmax(Q Kᵀ · scale + masks), materialised on request.
+//
+// The fast kernels never form this L x S matrix; this is for callers who ask
+// for it (nn.MultiheadAttention's need_weights, plots). It applies exactly
+// the masks and conventions of scaled_dot_product_attention: a fully masked
+// row is all zeros. Cost O(B · Hq · L · S · d_qk), memory the output only.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attn/core/parallel.hpp"
+#include "attn/mask.hpp"
+#include "attn/sdpa_options.hpp"
+#include "attn/view.hpp"
+
+namespace attn {
+inline namespace ATTN_ABI {
+
+/// Attention probabilities into probs [B, Hq, L, S] (float).
+///
+/// @param q, k  as for scaled_dot_product_attention ([B, L, Hq, d_qk],
+///              [B, S, Hkv, d_qk], K float, bf16 or half).
+/// @param opt   the same options (scale, causal, window, key_lengths,
+///              masks, threads); opt.lse is ignored.
+/// @throws attn::error on shape mismatches (probs must be [B, Hq, L, S]).
+template <class KT>
+void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<float, 4> probs,
+                       const sdpa_options& opt = {}) {
+  constexpr const char* fn = "attention_weights";
+  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], D = q.dims[3];
+  const index S = k.dims[1], Hkv = k.dims[2];
+  detail::require(k.dims[0] == B && k.dims[3] == D, fn, "k", "dims [batch, S, heads_kv, d_qk]",
+                  k.dims);
+  detail::require(Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)", "a divisor of heads_q",
+                  Hkv);
+  const std::array<index, 4> want{B, Hq, L, S};
+  detail::require(probs.dims == want, fn, "probs", "dims [batch, heads_q, L, S]", probs.dims);
+  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(D));
+  const sliding_window* window = opt.window ? &*opt.window : nullptr;
+  const index group = Hq / Hkv;
+
+  core::parallel_for(B * Hq * L, opt.num_threads, [&](index t) {
+    const index i = t % L, h = (t / L) % Hq, b = t / (L * Hq);
+    const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
+    const detail::key_band band = detail::band_mask(L, S, key_len, opt.causal, window).row(i);
+    const float* qi = q.at(b, i, h, 0);
+    float* row = probs.at(b, h, i, 0);
+    const index ps = probs.strides[3];
+    // Scores in double: this path is for inspection, not speed.
+    std::vector<double> s(static_cast<std::size_t>(S));
+    double m = -std::numeric_limits<double>::infinity();
+    for (index j = 0; j < S; ++j) {
+      bool visible = j >= band.first && j <= band.last;
+      if (visible && !opt.bool_mask.empty()) visible = *opt.bool_mask.at(b, h, i, j);
+      double x = -std::numeric_limits<double>::infinity();
+      if (visible) {
+        const auto* kj = k.at(b, j, h / group, 0);
+        double dot = 0;
+        for (index d = 0; d < D; ++d) dot += double(qi[d]) * double(static_cast<float>(kj[d]));
+        x = dot * scale;
+        if (!opt.additive_mask.empty()) x += *opt.additive_mask.at(b, h, i, j);
+      }
+      s[static_cast<std::size_t>(j)] = x;
+      m = std::max(m, x);
+    }
+    double sum = 0;
+    for (double& x : s) {
+      x = std::isinf(m) && m < 0 ? 0.0 : std::exp(x - m);
+      sum += x;
+    }
+    for (index j = 0; j < S; ++j)
+      row[j * ps] = sum > 0 ? static_cast<float>(s[static_cast<std::size_t>(j)] / sum) : 0.0f;
+  });
+}
+
+}  // namespace ATTN_ABI
+}  // namespace attn

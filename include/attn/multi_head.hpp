@@ -1,0 +1,282 @@
+// attn/multi_head.hpp: the Transformer's multi-head attention layer.
+//
+//   Q = x_q W_qᵀ + b_q,  K = x_k W_kᵀ + b_k,  V = x_v W_vᵀ + b_v
+//   (optional RoPE on Q and K)
+//   O = attention(Q, K, V)   per head, GQA: query head h reads KV head
+//                            h / (num_heads / num_kv_heads)
+//   y = O W_oᵀ + b_o
+//
+// Weights use PyTorch nn.Linear's orientation, [out_features, in_features],
+// so checkpoints load without transposes. Tensors are row-major
+// [batch, seq, features]. Masks, causal alignment, windows, key lengths and
+// threads are those of scaled_dot_product_attention (attn/sdpa_options.hpp);
+// note that nn.MultiheadAttention's key_padding_mask and bool attn_mask use
+// the opposite polarity (true = masked) to ours (true = may attend).
+#pragma once
+
+#include <Eigen/Core>
+#include <memory>
+#include <string>
+#include <unsupported/Eigen/CXX11/Tensor>
+#include <vector>
+
+#include "attn/attention_weights.hpp"
+#include "attn/error.hpp"
+#include "attn/kv_cache.hpp"
+#include "attn/rope.hpp"
+#include "attn/sdpa.hpp"
+
+namespace attn {
+
+/// A dense layer y = x Wᵀ + b in nn.Linear's orientation.
+struct linear {
+  /// [out_features, in_features].
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> weight;
+  /// [out_features], or empty for no bias.
+  Eigen::VectorXf bias;
+};
+
+/// Shape of a multi_head_attention layer. Zeros mean "the usual default".
+struct mha_config {
+  index embed_dim = 0;     ///< model width E (query input and output features)
+  index num_heads = 0;     ///< query heads Hq
+  index num_kv_heads = 0;  ///< key/value heads Hkv, dividing Hq; 0 = Hq (MHA), 1 = MQA
+  index head_dim = 0;      ///< features per head; 0 = embed_dim / num_heads
+  index kdim = 0;          ///< key input features; 0 = embed_dim
+  index vdim = 0;          ///< value input features; 0 = embed_dim
+};
+
+/// The four projections: q [Hq·head_dim, E], k [Hkv·head_dim, kdim],
+/// v [Hkv·head_dim, vdim], o [E, Hq·head_dim]; biases optional.
+struct mha_weights {
+  linear q, k, v, o;
+};
+
+/// Rotary embeddings applied to Q and K inside the layer.
+struct mha_rope {
+  std::shared_ptr<const rope_table> table;  ///< rotary_dim <= head_dim
+  rope_layout layout = rope_layout::half_split;
+};
+
+/// What to return besides the output, as nn.MultiheadAttention's
+/// need_weights / average_attn_weights.
+enum class weights_mode {
+  none,      ///< the fast path only; no L x S matrix is formed
+  averaged,  ///< [B, 1, L, S]: the mean over heads
+  per_head,  ///< [B, Hq, L, S]
+};
+
+/// Per-call options of multi_head_attention::forward.
+struct mha_options {
+  /// Masks, scale, causal, window, key lengths, threads; `lse` is ignored.
+  sdpa_options attention;
+  /// Position of the first token of each sequence for RoPE (a forward
+  /// without a cache); cached forwards use the cache's lengths.
+  index position_offset = 0;
+  weights_mode weights = weights_mode::none;
+};
+
+using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
+using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
+
+/// Multi-head attention layer (see the file comment). Immutable after
+/// construction: one layer may serve many threads at once, each with its
+/// own caches.
+class multi_head_attention {
+ public:
+  using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  /// @throws attn::error naming the field if the config is inconsistent
+  ///         (heads not dividing, head_dim unset and E % Hq != 0) or a weight
+  ///         or bias has the wrong shape.
+  multi_head_attention(const mha_config& config, mha_weights weights, mha_rope rope = {})
+      : w_(std::move(weights)), rope_(std::move(rope)) {
+    constexpr const char* fn = "multi_head_attention";
+    using detail::require;
+    E_ = config.embed_dim;
+    Hq_ = config.num_heads;
+    require(E_ >= 1, fn, "config.embed_dim", ">= 1", E_);
+    require(Hq_ >= 1, fn, "config.num_heads", ">= 1", Hq_);
+    Hkv_ = config.num_kv_heads == 0 ? Hq_ : config.num_kv_heads;
+    require(
+        Hkv_ >= 1 && Hq_ % Hkv_ == 0, fn, "config.num_kv_heads",
+        [&] { return "a divisor of num_heads = " + std::to_string(Hq_); }, Hkv_);
+    if (config.head_dim == 0)
+      require(E_ % Hq_ == 0, fn, "config.head_dim", "set, or embed_dim divisible by num_heads",
+              "0 with a remainder");
+    hd_ = config.head_dim == 0 ? E_ / Hq_ : config.head_dim;
+    require(hd_ >= 1, fn, "config.head_dim", ">= 1", hd_);
+    kdim_ = config.kdim == 0 ? E_ : config.kdim;
+    vdim_ = config.vdim == 0 ? E_ : config.vdim;
+    check_linear(w_.q, "weights.q", Hq_ * hd_, E_);
+    check_linear(w_.k, "weights.k", Hkv_ * hd_, kdim_);
+    check_linear(w_.v, "weights.v", Hkv_ * hd_, vdim_);
+    check_linear(w_.o, "weights.o", E_, Hq_ * hd_);
+    if (rope_.table)
+      require(
+          rope_.table->rotary_dim() <= hd_, fn, "rope.table->rotary_dim()",
+          [&] { return "<= head_dim = " + std::to_string(hd_); }, rope_.table->rotary_dim());
+  }
+
+  index embed_dim() const { return E_; }
+  index num_heads() const { return Hq_; }
+  index num_kv_heads() const { return Hkv_; }
+  index head_dim() const { return hd_; }
+
+  /// Cross- (or self-) attention: query [B, L, E], key [B, S, kdim],
+  /// value [B, S, vdim] -> [B, L, E]. With opt.weights != none, `weights`
+  /// receives [B, 1 or Hq, L, S] probabilities.
+  /// @throws attn::error on shape mismatches or bad options.
+  tensor3 forward(const tensor3& query, const tensor3& key, const tensor3& value,
+                  const mha_options& opt = {}, tensor4* weights = nullptr) const {
+    constexpr const char* fn = "multi_head_attention::forward";
+    const index B = query.dimension(0), L = query.dimension(1), S = key.dimension(1);
+    detail::require(query.dimension(2) == E_, fn, "query.dimension(2)", E_, query.dimension(2));
+    detail::require(
+        key.dimension(0) == B && key.dimension(2) == kdim_, fn, "key",
+        [&] {
+          return "[batch = " + std::to_string(B) + ", S, kdim = " + std::to_string(kdim_) + "]";
+        },
+        key.dimensions());
+    detail::require(
+        value.dimension(0) == B && value.dimension(1) == S && value.dimension(2) == vdim_, fn,
+        "value",
+        [&] {
+          return "[batch, S = " + std::to_string(S) + ", vdim = " + std::to_string(vdim_) + "]";
+        },
+        value.dimensions());
+    check_weights_request(opt, weights, fn);
+
+    tensor4 q = project(query, w_.q, Hq_), k = project(key, w_.k, Hkv_),
+            v = project(value, w_.v, Hkv_);
+    if (rope_.table) {
+      apply_rope(*rope_.table, view(q), opt.position_offset, rope_.layout,
+                 opt.attention.num_threads);
+      apply_rope(*rope_.table, view(k), opt.position_offset, rope_.layout,
+                 opt.attention.num_threads);
+    }
+    sdpa_options so = opt.attention;
+    so.lse = {};
+    tensor4 o(B, L, Hq_, hd_);
+    scaled_dot_product_attention(view(q).as_const(), view(k).as_const(), view(v).as_const(),
+                                 view(o), so);
+    if (opt.weights != weights_mode::none) fill_weights(q, k, so, opt.weights, *weights);
+    return output_projection(o);
+  }
+
+  /// Self-attention: x [B, L, E] as query, key and value (needs kdim = vdim
+  /// = embed_dim).
+  tensor3 forward(const tensor3& x, const mha_options& opt = {}, tensor4* weights = nullptr) const {
+    return forward(x, x, x, opt, weights);
+  }
+
+  /// Incremental self-attention over a KV cache: projects x [B, T, E],
+  /// rotates Q and K at positions cache.lengths()[b] + t, appends K and V to
+  /// the cache, attends over everything cached with bottom-right causal
+  /// alignment on each sequence's own length, and returns [B, T, E].
+  /// Prefill (T = prompt), decoding (T = 1) and chunks are the same call.
+  /// opt.attention may set scale, window and threads only.
+  /// @throws attn::error on shape mismatches, on a cache of another shape, or
+  ///         when a sequence would pass the cache's capacity (the cache is
+  ///         then unchanged).
+  template <class Storage>
+  tensor3 forward(const tensor3& x, kv_cache<Storage>& cache, const mha_options& opt = {}) const {
+    constexpr const char* fn = "multi_head_attention::forward(cache)";
+    const index B = x.dimension(0), T = x.dimension(1);
+    detail::require(
+        x.dimension(2) == E_ && kdim_ == E_ && vdim_ == E_, fn, "x.dimension(2)",
+        [&] { return "embed_dim = kdim = vdim = " + std::to_string(E_); }, x.dimension(2));
+    detail::require(cache.batch() == B && cache.kv_heads() == Hkv_ && cache.head_dim() == hd_ &&
+                        cache.v_head_dim() == hd_,
+                    fn, "cache", "batch, kv_heads and head dims matching the layer",
+                    "a cache of another shape");
+    detail::require(opt.weights == weights_mode::none, fn, "opt.weights", "none",
+                    "a weights request");
+    for (index b = 0; b < B; ++b)
+      detail::require(
+          cache.lengths()[b] + T <= cache.capacity(), fn, "cache",
+          [&] { return "room for " + std::to_string(T) + " more tokens"; },
+          [&] {
+            return "sequence " + std::to_string(b) + " at " + std::to_string(cache.lengths()[b]) +
+                   " of " + std::to_string(cache.capacity());
+          });
+    tensor4 q = project(x, w_.q, Hq_), k = project(x, w_.k, Hkv_), v = project(x, w_.v, Hkv_);
+    if (rope_.table) {
+      apply_rope(*rope_.table, view(q), cache.lengths(), rope_.layout, opt.attention.num_threads);
+      apply_rope(*rope_.table, view(k), cache.lengths(), rope_.layout, opt.attention.num_threads);
+    }
+    cache.append(view(k).as_const(), view(v).as_const());
+    tensor4 o(B, T, Hq_, hd_);
+    sdpa_options so = opt.attention;
+    so.lse = {};
+    cache.attend(view(q).as_const(), view(o), so);
+    return output_projection(o);
+  }
+
+ private:
+  static void check_linear(const linear& l, const char* what, index out, index in) {
+    detail::require(
+        l.weight.rows() == out && l.weight.cols() == in, "multi_head_attention", what,
+        [&] {
+          return "weight [" + std::to_string(out) + ", " + std::to_string(in) +
+                 "] ([out, in], as nn.Linear)";
+        },
+        [&] {
+          return "[" + std::to_string(l.weight.rows()) + ", " + std::to_string(l.weight.cols()) +
+                 "]";
+        });
+    detail::require(
+        l.bias.size() == 0 || l.bias.size() == out, "multi_head_attention", what,
+        [&] { return "bias of size 0 or " + std::to_string(out); }, l.bias.size());
+  }
+
+  void check_weights_request(const mha_options& opt, const tensor4* weights, const char* fn) const {
+    if (opt.weights == weights_mode::none) return;
+    detail::require(weights != nullptr, fn, "weights", "an output tensor when opt.weights is set",
+                    "nullptr");
+  }
+
+  // x [B, N, in] -> x Wᵀ + b viewed as [B, N, heads, head_dim].
+  tensor4 project(const tensor3& x, const linear& l, index heads) const {
+    const index B = x.dimension(0), N = x.dimension(1);
+    tensor4 y(B, N, heads, hd_);
+    Eigen::Map<const matrix> xm(x.data(), B * N, x.dimension(2));
+    Eigen::Map<matrix> ym(y.data(), B * N, heads * hd_);
+    ym.noalias() = xm * l.weight.transpose();
+    if (l.bias.size()) ym.rowwise() += l.bias.transpose();
+    return y;
+  }
+
+  tensor3 output_projection(const tensor4& o) const {
+    const index B = o.dimension(0), N = o.dimension(1);
+    tensor3 y(B, N, E_);
+    Eigen::Map<const matrix> om(o.data(), B * N, Hq_ * hd_);
+    Eigen::Map<matrix> ym(y.data(), B * N, E_);
+    ym.noalias() = om * w_.o.weight.transpose();
+    if (w_.o.bias.size()) ym.rowwise() += w_.o.bias.transpose();
+    return y;
+  }
+
+  void fill_weights(const tensor4& q, const tensor4& k, const sdpa_options& so, weights_mode mode,
+                    tensor4& weights) const {
+    const index B = q.dimension(0), L = q.dimension(1), S = k.dimension(1);
+    tensor4 per_head(B, Hq_, L, S);
+    attention_weights(view(q).as_const(), view(k).as_const(), view(per_head), so);
+    if (mode == weights_mode::per_head) {
+      weights = std::move(per_head);
+      return;
+    }
+    weights = tensor4(B, 1, L, S);
+    weights.setZero();
+    for (index b = 0; b < B; ++b)
+      for (index h = 0; h < Hq_; ++h)
+        for (index i = 0; i < L; ++i)
+          for (index j = 0; j < S; ++j) weights(b, 0, i, j) += per_head(b, h, i, j) / Hq_;
+  }
+
+  mha_weights w_;
+  mha_rope rope_;
+  index E_ = 0, Hq_ = 0, Hkv_ = 0, hd_ = 0, kdim_ = 0, vdim_ = 0;
+};
+
+}  // namespace attn

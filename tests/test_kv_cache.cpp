@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
+
 namespace {
 
 using attn::index;
@@ -54,7 +56,8 @@ double max_abs(const tensor4& t) {
 template <class T>
 tensor4 rounded(const tensor4& t) {
   tensor4 r(t.dimensions());
-  for (index i = 0; i < t.size(); ++i) r.data()[i] = static_cast<float>(static_cast<T>(t.data()[i]));
+  for (index i = 0; i < t.size(); ++i)
+    r.data()[i] = static_cast<float>(static_cast<T>(t.data()[i]));
   return r;
 }
 
@@ -62,7 +65,8 @@ struct sequence {
   index B = 2, N = 150, Hq = 8, Hkv = 2, D = 64;
   tensor4 q, k, v;
   explicit sequence(unsigned seed)
-      : q(randn(2, 150, 8, 64, seed)), k(randn(2, 150, 2, 64, seed + 1)),
+      : q(randn(2, 150, 8, 64, seed)),
+        k(randn(2, 150, 2, 64, seed + 1)),
         v(randn(2, 150, 2, 64, seed + 2)) {}
 };
 
@@ -94,7 +98,8 @@ tensor4 incremental(const sequence& s, index prefill, index single_until, index 
 
 double max_diff(const tensor4& a, const tensor4& b) {
   double m = 0;
-  for (index i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a.data()[i]) - b.data()[i]));
+  for (index i = 0; i < a.size(); ++i)
+    m = std::max(m, std::fabs(double(a.data()[i]) - b.data()[i]));
   return m;
 }
 
@@ -196,26 +201,31 @@ TEST(KvCache, ArgumentErrors) {
   tensor4 k(2, 3, 2, 8), v(2, 3, 2, 8), bad(2, 3, 3, 8), q(2, 3, 4, 8), out(2, 3, 4, 8);
   k.setZero();
   v.setZero();
-  auto expect_error = [](auto&& f, const char* needle) {
-    try {
-      f();
-      ADD_FAILURE() << "no exception for " << needle;
-    } catch (const attn::error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
-  expect_error([&] { cache.append(attn::view(bad), attn::view(v)); }, "k_new");
-  expect_error([&] { cache.append(attn::view(k), attn::view(bad)); }, "v_new");
-  expect_error([&] { cache.append(attn::view(k), attn::view(v), {1}); }, "counts.size()");
-  expect_error([&] { cache.append(attn::view(k), attn::view(v), {1, 4}); }, "counts[1]");
-  expect_error([&] { attn::kv_cache<float>(1, 4, 0, 8); }, "kv_heads");
+  attn_test::expect_error("k_new", [&] { cache.append(attn::view(bad), attn::view(v)); },
+                          {"k_new"});
+  attn_test::expect_error("v_new", [&] { cache.append(attn::view(k), attn::view(bad)); },
+                          {"v_new"});
+  attn_test::expect_error("counts.size()", [&] { cache.append(attn::view(k), attn::view(v), {1}); },
+                          {"counts.size()"});
+  attn_test::expect_error("counts[1]",
+                          [&] {
+                            cache.append(attn::view(k), attn::view(v), {1, 4});
+                          },
+                          {"counts[1]"});
+  attn_test::expect_error("kv_heads", [&] { attn::kv_cache<float>(1, 4, 0, 8); }, {"kv_heads"});
   cache.append(attn::view(k), attn::view(v));
   attn::sdpa_options opt;
   opt.causal = attn::causal::top_left;
-  expect_error([&] { cache.attend(attn::view(q), attn::view(out), opt); }, "opt.causal");
+  attn_test::expect_error("opt.causal", [&] { cache.attend(attn::view(q), attn::view(out), opt); },
+                          {"opt.causal"});
   tensor4 q_bad(2, 3, 4, 7);
-  expect_error([&] { cache.attend(attn::view(q_bad), attn::view(out)); }, "head_dim");
-  expect_error([&] { cache.attend(attn::view(q), attn::view(out), {}, {4, 1}); }, "counts");
+  attn_test::expect_error("head_dim", [&] { cache.attend(attn::view(q_bad), attn::view(out)); },
+                          {"head_dim"});
+  attn_test::expect_error("counts",
+                          [&] {
+                            cache.attend(attn::view(q), attn::view(out), {}, {4, 1});
+                          },
+                          {"counts"});
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 
+#include "expect_error.hpp"
 #include "reference/sdpa_reference.hpp"
 
 namespace {
@@ -103,8 +104,8 @@ Eigen::Tensor<double, 3, Eigen::RowMajor> reference(const layer_case& c, const t
   const index Hq = c.cfg.num_heads, hd = c.hd();
   dtensor4 q = project(xq, c.w.q, Hq, hd), k = project(xk, c.w.k, c.Hkv(), hd),
            v = project(xv, c.w.v, c.Hkv(), hd);
-  const attn_ref::result r =
-      attn_ref::sdpa(attn::view(q).as_const(), attn::view(k).as_const(), attn::view(v).as_const(), opt);
+  const attn_ref::result r = attn_ref::sdpa(attn::view(q).as_const(), attn::view(k).as_const(),
+                                            attn::view(v).as_const(), opt);
   Eigen::Tensor<double, 3, Eigen::RowMajor> y(B, L, E);
   for (index b = 0; b < B; ++b)
     for (index i = 0; i < L; ++i)
@@ -169,14 +170,14 @@ TEST_P(MhaShapes, MatchesReferenceForSelfAndCrossAttentionAndEveryMask) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Layers, MhaShapes,
-    ::testing::Values(shape_case{32, 4, 0, 0, 0, 0, true},     // plain MHA
-                      shape_case{32, 4, 0, 0, 0, 0, false},    // no biases
-                      shape_case{48, 8, 2, 0, 0, 0, true},     // GQA 8/2
-                      shape_case{48, 8, 1, 0, 0, 0, false},    // MQA
-                      shape_case{40, 4, 2, 16, 24, 12, true},  // head_dim != E/H, kdim != vdim
-                      shape_case{30, 3, 3, 7, 11, 5, true}));  // odd sizes
+INSTANTIATE_TEST_SUITE_P(Layers, MhaShapes,
+                         ::testing::Values(shape_case{32, 4, 0, 0, 0, 0, true},   // plain MHA
+                                           shape_case{32, 4, 0, 0, 0, 0, false},  // no biases
+                                           shape_case{48, 8, 2, 0, 0, 0, true},   // GQA 8/2
+                                           shape_case{48, 8, 1, 0, 0, 0, false},  // MQA
+                                           shape_case{40, 4, 2, 16, 24, 12,
+                                                      true},  // head_dim != E/H, kdim != vdim
+                                           shape_case{30, 3, 3, 7, 11, 5, true}));  // odd sizes
 
 TEST(MhaWeights, AveragedAndPerHeadMatchTheDefinition) {
   const layer_case c = make_case(32, 4, 2, 0, 0, 0, true);
@@ -271,33 +272,32 @@ TEST(MhaCache, OverflowThrowsAndLeavesCacheUnchanged) {
 }
 
 TEST(MhaErrors, BadConfigAndWeights) {
-  auto expect_error = [](auto&& f, const char* needle) {
-    try {
-      f();
-      ADD_FAILURE() << "no exception for " << needle;
-    } catch (const attn::error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
   layer_case c = make_case(32, 4, 0, 0, 0, 0, true);
-  expect_error([&] { c.cfg.num_kv_heads = 3; (void)c.make(); }, "config.num_kv_heads");
+  attn_test::expect_error("config.num_kv_heads",
+                          [&] {
+                            c.cfg.num_kv_heads = 3;
+                            (void)c.make();
+                          },
+                          {"config.num_kv_heads"});
   c.cfg.num_kv_heads = 0;
   c.cfg.num_heads = 5;
-  expect_error([&] { (void)c.make(); }, "config.head_dim");
+  attn_test::expect_error("config.head_dim", [&] { (void)c.make(); }, {"config.head_dim"});
   c.cfg.num_heads = 4;
   c.w.k.weight = matrix(32, 31);
-  expect_error([&] { (void)c.make(); }, "weights.k");
+  attn_test::expect_error("weights.k", [&] { (void)c.make(); }, {"weights.k"});
   c = make_case(32, 4, 0, 0, 0, 0, true);
   c.w.o.bias = Eigen::VectorXf(5);
-  expect_error([&] { (void)c.make(); }, "weights.o");
+  attn_test::expect_error("weights.o", [&] { (void)c.make(); }, {"weights.o"});
   c = make_case(32, 4, 0, 0, 0, 0, true);
   const attn::multi_head_attention layer = c.make();
-  expect_error([&] { (void)layer.forward(random3(1, 3, 31)); }, "query");
+  attn_test::expect_error("query", [&] { (void)layer.forward(random3(1, 3, 31)); }, {"query"});
   attn::mha_options o;
   o.weights = attn::weights_mode::averaged;
-  expect_error([&] { (void)layer.forward(random3(1, 3, 32), o); }, "weights");
+  attn_test::expect_error("weights", [&] { (void)layer.forward(random3(1, 3, 32), o); },
+                          {"weights"});
   attn::kv_cache<float> wrong(1, 8, 2, 8);
-  expect_error([&] { (void)layer.forward(random3(1, 3, 32), wrong); }, "cache");
+  attn_test::expect_error("cache", [&] { (void)layer.forward(random3(1, 3, 32), wrong); },
+                          {"cache"});
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 //                       <= 2 · 3.6e-7 · 1 ≈ 7e-7 (≈ 5e-5 worst case).
 #include <gtest/gtest.h>
 
+#include "expect_error.hpp"
+
 #include <array>
 #include <attn/rope.hpp>
 #include <attn/view.hpp>
@@ -102,22 +104,7 @@ void expect_matches_reference(const tensor<float, 4>& in, const tensor<float, 4>
   EXPECT_LE(worst, tol) << name(layout) << " rot=" << rot;
 }
 
-template <class F>
-void expect_error(const std::string& label, F&& f, std::initializer_list<const char*> needles) {
-  SCOPED_TRACE(label);
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const attn::error& e) {
-    const std::string w = e.what();
-    for (const char* n : needles)
-      EXPECT_NE(w.find(n), std::string::npos) << "\"" << w << "\" lacks \"" << n << "\"";
-    EXPECT_NE(w.find("expected"), std::string::npos) << w;
-    EXPECT_NE(w.find("got"), std::string::npos) << w;
-  } catch (...) {
-    ADD_FAILURE() << "threw something other than attn::error";
-  }
-}
+using attn_test::expect_error;
 
 // ---------------------------------------------------------------- the table
 

@@ -41,6 +41,8 @@
 // over the whole suite is 0.29 of the tolerance, the worst LSE error 0.08.
 #include <gtest/gtest.h>
 
+#include "expect_error.hpp"
+
 #include <algorithm>
 #include <array>
 #include <attn/sdpa.hpp>
@@ -1193,25 +1195,7 @@ TEST(SdpaOverloads, MatrixOverloadColumnAndRowMajor) {
 static_assert(std::is_base_of<std::invalid_argument, attn::error>::value,
               "attn::error must derive from std::invalid_argument");
 
-template <class F>
-void expect_error(const std::string& label, F&& f, const std::vector<const char*>& needles) {
-  SCOPED_TRACE(label);
-  try {
-    f();
-    ADD_FAILURE() << label << ": no exception thrown";
-  } catch (const attn::error& e) {
-    const std::string w = e.what();
-    for (const char* n : needles)
-      EXPECT_NE(w.find(n), std::string::npos)
-          << "message \"" << w << "\" does not contain \"" << n << "\"";
-    EXPECT_NE(w.find("expected"), std::string::npos) << w;
-    EXPECT_NE(w.find("got"), std::string::npos) << w;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << label << ": threw a type other than attn::error: " << e.what();
-  } catch (...) {
-    ADD_FAILURE() << label << ": threw a non-std exception";
-  }
-}
+using attn_test::expect_error;
 
 // A valid call whose pieces tests then break one at a time. Views point into
 // buffers large enough for any of the shapes used, so a missing check reads

@@ -2,6 +2,8 @@
 // packed_qkv, broadcast_mask): dims, strides, element addresses, errors.
 #include <gtest/gtest.h>
 
+#include "expect_error.hpp"
+
 #include <array>
 #include <attn/view.hpp>
 #include <initializer_list>
@@ -16,22 +18,7 @@ using attn::index;
 template <class T, int R>
 using tensor = Eigen::Tensor<T, R, Eigen::RowMajor>;
 
-template <class F>
-void expect_error(const std::string& label, F&& f, std::initializer_list<const char*> needles) {
-  SCOPED_TRACE(label);
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const attn::error& e) {
-    const std::string w = e.what();
-    for (const char* n : needles)
-      EXPECT_NE(w.find(n), std::string::npos) << "\"" << w << "\" lacks \"" << n << "\"";
-    EXPECT_NE(w.find("expected"), std::string::npos) << w;
-    EXPECT_NE(w.find("got"), std::string::npos) << w;
-  } catch (...) {
-    ADD_FAILURE() << "threw something other than attn::error";
-  }
-}
+using attn_test::expect_error;
 
 TEST(View, DefaultIsEmpty) {
   attn::strided<float, 3> v;

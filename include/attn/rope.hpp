@@ -154,8 +154,8 @@ class rope_table {
     return f;
   }
   static void check_rotary_dim(const char* fn, index rotary_dim) {
-    detail::require(rotary_dim >= 0 && rotary_dim % 2 == 0, fn, "rotary_dim",
-                    "an even value >= 0", rotary_dim);
+    detail::require(rotary_dim >= 0 && rotary_dim % 2 == 0, fn, "rotary_dim", "an even value >= 0",
+                    rotary_dim);
   }
   index max_positions_;
   index rotary_dim_;
@@ -167,30 +167,10 @@ class rope_table {
 
 namespace detail {
 
-// True when no two elements of x share an address (x is written in place by
-// several threads). With the dimensions of extent > 1 ordered by |stride|,
-// each stride must step past everything the inner dimensions cover.
-inline bool rope_view_disjoint(const strided<float, 4>& x) {
-  std::array<std::pair<index, index>, 4> dim{};  // (|stride|, extent)
-  int n = 0;
-  for (int r = 0; r < 4; ++r) {
-    if (x.dims[r] == 0) return true;  // no elements
-    if (x.dims[r] > 1) dim[n++] = {x.strides[r] < 0 ? -x.strides[r] : x.strides[r], x.dims[r]};
-  }
-  for (int i = 1; i < n; ++i)
-    for (int j = i; j > 0 && dim[j] < dim[j - 1]; --j) std::swap(dim[j], dim[j - 1]);
-  index covered = 1;
-  for (int i = 0; i < n; ++i) {
-    if (dim[i].first < covered) return false;
-    covered += dim[i].first * (dim[i].second - 1);
-  }
-  return true;
-}
-
 // Checks everything but the positions; returns false when there is nothing
 // to do (no elements, or rotary_dim == 0).
-inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x,
-                            rope_layout layout, int num_threads) {
+inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x, rope_layout layout,
+                            int num_threads) {
   constexpr const char* fn = "apply_rope";
   bool any_zero = false;
   for (int r = 0; r < 4; ++r) {
@@ -205,7 +185,7 @@ inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x,
   require(layout == rope_layout::interleaved || layout == rope_layout::half_split, fn, "layout",
           "rope_layout::interleaved or rope_layout::half_split", static_cast<int>(layout));
   require(num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", num_threads);
-  require(rope_view_disjoint(x), fn, "x",
+  require(non_overlapping(x), fn, "x",
           "a view whose elements do not overlap (it is written in place)", [&] {
             std::ostringstream s;
             s << "strides ";
@@ -219,8 +199,8 @@ inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x,
 
 // Checks that positions [offset, offset + seq) lie in the table. `arg` names
 // the offset; with batch >= 0 it is printed as arg[batch].
-inline void rope_check_positions(const rope_table& table, index offset, index seq,
-                                 const char* arg, index batch = -1) {
+inline void rope_check_positions(const rope_table& table, index offset, index seq, const char* arg,
+                                 index batch = -1) {
   const index maxp = table.max_positions();
   const bool ok = offset >= 0 && (seq == 0 || (seq <= maxp && offset <= maxp - seq));
   if (ok) return;
@@ -269,9 +249,8 @@ inline void rope_rotate_head(float* v, const float* c, const float* s, index pai
 }
 
 // The rotation of a checked view: batch b uses offsets[b * offset_stride].
-inline void rope_apply(const rope_table& table, const strided<float, 4>& x,
-                       const index* offsets, index offset_stride, rope_layout layout,
-                       int num_threads) {
+inline void rope_apply(const rope_table& table, const strided<float, 4>& x, const index* offsets,
+                       index offset_stride, rope_layout layout, int num_threads) {
   const index B = x.dims[0], S = x.dims[1], H = x.dims[2];
   const index pairs = table.pairs();
   // Group (batch, seq) rows into tasks of at least ~16k rotated floats, so a

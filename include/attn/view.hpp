@@ -18,6 +18,7 @@
 #include <ostream>
 #include <type_traits>
 #include <unsupported/Eigen/CXX11/Tensor>
+#include <utility>
 
 #include "attn/error.hpp"
 
@@ -65,6 +66,36 @@ std::array<index, N> dense_strides(const std::array<index, N>& dims) {
     acc *= dims[r];
   }
   return s;
+}
+
+/// True when some extent is 0 (the view has no elements).
+template <class T, int R>
+bool has_zero_extent(const strided<T, R>& v) {
+  for (int r = 0; r < R; ++r)
+    if (v.dims[r] == 0) return true;
+  return false;
+}
+
+/// True when no two elements of a view share an address: with the
+// dimensions of extent > 1 ordered by stride, each stride must step past
+// everything the inner dimensions cover. (Sufficient, and what every dense,
+// permuted or sliced layout satisfies.) Overlapping outputs would make the
+// result depend on which thread wrote last.
+template <class T, int R>
+bool non_overlapping(const strided<T, R>& v) {
+  if (has_zero_extent(v)) return true;  // no elements, nothing to overlap
+  std::array<std::pair<index, index>, R> dim{};
+  int n = 0;
+  for (int r = 0; r < R; ++r)
+    if (v.dims[r] > 1) dim[n++] = {v.strides[r] < 0 ? -v.strides[r] : v.strides[r], v.dims[r]};
+  for (int i = 1; i < n; ++i)  // insertion sort of at most R entries
+    for (int j = i; j > 0 && dim[j] < dim[j - 1]; --j) std::swap(dim[j], dim[j - 1]);
+  index covered = 1;  // elements spanned by the dimensions so far
+  for (int i = 0; i < n; ++i) {
+    if (dim[i].first < covered) return false;
+    covered += dim[i].first * (dim[i].second - 1);
+  }
+  return true;
 }
 
 template <class E>

@@ -271,6 +271,19 @@ TEST(MhaCache, OverflowThrowsAndLeavesCacheUnchanged) {
   EXPECT_EQ(0, std::memcmp(before.data(), cache.keys().data, before.size() * sizeof(float)));
 }
 
+// The same output bits for any thread count, projections included.
+TEST(MhaThreads, BitIdenticalForOneAndTwoThreads) {
+  const layer_case c = make_case(96, 8, 2, 0, 0, 0, true);
+  const attn::multi_head_attention layer = c.make();
+  const tensor3 x = random3(2, 70, 96);
+  attn::mha_options one, two;
+  one.attention.num_threads = 1;
+  two.attention.num_threads = 2;
+  one.attention.causal = two.attention.causal = attn::causal::bottom_right;
+  const tensor3 a = layer.forward(x, one), b = layer.forward(x, two);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), sizeof(float) * a.size()));
+}
+
 TEST(MhaErrors, BadConfigAndWeights) {
   layer_case c = make_case(32, 4, 0, 0, 0, 0, true);
   attn_test::expect_error("config.num_kv_heads",

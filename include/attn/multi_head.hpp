@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "attn/attention_weights.hpp"
+#include "attn/core/linear.hpp"
 #include "attn/error.hpp"
 #include "attn/kv_cache.hpp"
 #include "attn/rope.hpp"
@@ -79,6 +80,10 @@ struct mha_options {
 using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
 
+// The layer holds weights packed for this instruction set's micro-kernel, so
+// it lives in the ISA namespace (see attn/core/abi.hpp).
+inline namespace ATTN_ABI {
+
 /// Multi-head attention layer (see the file comment). Immutable after
 /// construction: one layer may serve many threads at once, each with its
 /// own caches.
@@ -89,8 +94,8 @@ class multi_head_attention {
   /// @throws attn::error naming the field if the config is inconsistent
   ///         (heads not dividing, head_dim unset and E % Hq != 0) or a weight
   ///         or bias has the wrong shape.
-  multi_head_attention(const mha_config& config, mha_weights weights, mha_rope rope = {})
-      : w_(std::move(weights)), rope_(std::move(rope)) {
+  multi_head_attention(const mha_config& config, const mha_weights& weights, mha_rope rope = {})
+      : rope_(std::move(rope)) {
     constexpr const char* fn = "multi_head_attention";
     using detail::require;
     E_ = config.embed_dim;
@@ -108,10 +113,15 @@ class multi_head_attention {
     require(hd_ >= 1, fn, "config.head_dim", ">= 1", hd_);
     kdim_ = config.kdim == 0 ? E_ : config.kdim;
     vdim_ = config.vdim == 0 ? E_ : config.vdim;
-    check_linear(w_.q, "weights.q", Hq_ * hd_, E_);
-    check_linear(w_.k, "weights.k", Hkv_ * hd_, kdim_);
-    check_linear(w_.v, "weights.v", Hkv_ * hd_, vdim_);
-    check_linear(w_.o, "weights.o", E_, Hq_ * hd_);
+    check_linear(weights.q, "weights.q", Hq_ * hd_, E_);
+    check_linear(weights.k, "weights.k", Hkv_ * hd_, kdim_);
+    check_linear(weights.v, "weights.v", Hkv_ * hd_, vdim_);
+    check_linear(weights.o, "weights.o", E_, Hq_ * hd_);
+    q_ = core::packed_linear(weights.q.weight, weights.q.bias);
+    k_ = core::packed_linear(weights.k.weight, weights.k.bias);
+    v_ = core::packed_linear(weights.v.weight, weights.v.bias);
+    o_ = core::packed_linear(weights.o.weight, weights.o.bias);
+
     if (rope_.table)
       require(
           rope_.table->rotary_dim() <= hd_, fn, "rope.table->rotary_dim()",
@@ -147,8 +157,9 @@ class multi_head_attention {
         value.dimensions());
     check_weights_request(opt, weights, fn);
 
-    tensor4 q = project(query, w_.q, Hq_), k = project(key, w_.k, Hkv_),
-            v = project(value, w_.v, Hkv_);
+    const int threads = opt.attention.num_threads;
+    tensor4 q = project(query, q_, Hq_, threads), k = project(key, k_, Hkv_, threads),
+            v = project(value, v_, Hkv_, threads);
     if (rope_.table) {
       apply_rope(*rope_.table, view(q), opt.position_offset, rope_.layout,
                  opt.attention.num_threads);
@@ -161,7 +172,7 @@ class multi_head_attention {
     scaled_dot_product_attention(view(q).as_const(), view(k).as_const(), view(v).as_const(),
                                  view(o), so);
     if (opt.weights != weights_mode::none) fill_weights(q, k, so, opt.weights, *weights);
-    return output_projection(o);
+    return output_projection(o, threads);
   }
 
   /// Self-attention: x [B, L, E] as query, key and value (needs kdim = vdim
@@ -200,7 +211,9 @@ class multi_head_attention {
             return "sequence " + std::to_string(b) + " at " + std::to_string(cache.lengths()[b]) +
                    " of " + std::to_string(cache.capacity());
           });
-    tensor4 q = project(x, w_.q, Hq_), k = project(x, w_.k, Hkv_), v = project(x, w_.v, Hkv_);
+    const int threads = opt.attention.num_threads;
+    tensor4 q = project(x, q_, Hq_, threads), k = project(x, k_, Hkv_, threads),
+            v = project(x, v_, Hkv_, threads);
     if (rope_.table) {
       apply_rope(*rope_.table, view(q), cache.lengths(), rope_.layout, opt.attention.num_threads);
       apply_rope(*rope_.table, view(k), cache.lengths(), rope_.layout, opt.attention.num_threads);
@@ -210,7 +223,7 @@ class multi_head_attention {
     sdpa_options so = opt.attention;
     so.lse = {};
     cache.attend(view(q).as_const(), view(o), so);
-    return output_projection(o);
+    return output_projection(o, threads);
   }
 
  private:
@@ -237,23 +250,17 @@ class multi_head_attention {
   }
 
   // x [B, N, in] -> x Wᵀ + b viewed as [B, N, heads, head_dim].
-  tensor4 project(const tensor3& x, const linear& l, index heads) const {
+  tensor4 project(const tensor3& x, const core::packed_linear& l, index heads, int threads) const {
     const index B = x.dimension(0), N = x.dimension(1);
     tensor4 y(B, N, heads, hd_);
-    Eigen::Map<const matrix> xm(x.data(), B * N, x.dimension(2));
-    Eigen::Map<matrix> ym(y.data(), B * N, heads * hd_);
-    ym.noalias() = xm * l.weight.transpose();
-    if (l.bias.size()) ym.rowwise() += l.bias.transpose();
+    l.apply(x.data(), x.dimension(2), B * N, y.data(), heads * hd_, threads);
     return y;
   }
 
-  tensor3 output_projection(const tensor4& o) const {
+  tensor3 output_projection(const tensor4& o, int threads) const {
     const index B = o.dimension(0), N = o.dimension(1);
     tensor3 y(B, N, E_);
-    Eigen::Map<const matrix> om(o.data(), B * N, Hq_ * hd_);
-    Eigen::Map<matrix> ym(y.data(), B * N, E_);
-    ym.noalias() = om * w_.o.weight.transpose();
-    if (w_.o.bias.size()) ym.rowwise() += w_.o.bias.transpose();
+    o_.apply(o.data(), Hq_ * hd_, B * N, y.data(), E_, threads);
     return y;
   }
 
@@ -274,9 +281,10 @@ class multi_head_attention {
           for (index j = 0; j < S; ++j) weights(b, 0, i, j) += per_head(b, h, i, j) / Hq_;
   }
 
-  mha_weights w_;
+  core::packed_linear q_, k_, v_, o_;  // the projections, packed for the micro-kernel
   mha_rope rope_;
   index E_ = 0, Hq_ = 0, Hkv_ = 0, hd_ = 0, kdim_ = 0, vdim_ = 0;
 };
 
+}  // namespace ATTN_ABI
 }  // namespace attn

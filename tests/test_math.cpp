@@ -1,5 +1,6 @@
-// tests/test_math.cpp: attn::simd::exp / exp_scalar / exp2_nonpositive
-// against std::exp / std::exp2 evaluated in double.
+// tests/test_math.cpp: attn::simd::exp / exp_scalar / exp2_nonpositive /
+// tanh / tanh_scalar against std::exp / std::exp2 / std::tanh evaluated in
+// double.
 //
 // The sweeps:
 //  * every 256th float bit pattern in the range: dense at every magnitude,
@@ -228,6 +229,90 @@ TEST(MathExp2, SpecialValues) {
   }
   EXPECT_TRUE(std::isnan(e2(kNaN)));
   EXPECT_TRUE(std::isnan(e2(-kNaN)));
+}
+
+// ---------------------------------------------------------------------------
+// tanh (the additive-attention score's nonlinearity)
+
+// Every 64th positive float bit pattern up to 20 (tanh is odd, so the sign
+// is checked below on a lighter sweep), plus a uniform grid on [-10, 10].
+std::vector<float> tanh_points() {
+  std::vector<float> xs;
+  for (std::uint32_t b = 0; b <= to_bits(20.0f); b += 64) xs.push_back(from_bits(b));
+  const int n = 1 << 21;
+  for (int i = 0; i <= n; ++i) xs.push_back(-10.0f + 20.0f * static_cast<float>(i) / n);
+  return xs;
+}
+
+TEST(MathTanh, PacketWithinStatedErrorOverDenseSweep) {
+  const std::vector<float> xs = tanh_points();
+  const std::vector<float> ys =
+      apply_packet(xs, [](const simd::packet& x) { return simd::tanh(x); });
+  double max_abs = 0.0, max_rel = 0.0;
+  float worst_abs = 0.0f, worst_rel = 0.0f;
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const double e = std::tanh(static_cast<double>(xs[i]));
+    const double a = std::abs(static_cast<double>(ys[i]) - e);
+    const double r = e == 0.0 ? a : a / std::abs(e);
+    if (!(a <= max_abs)) max_abs = a, worst_abs = xs[i];
+    if (!(r <= max_rel)) max_rel = r, worst_rel = xs[i];
+  }
+  std::printf(
+      "[ measured ] simd::tanh (width %d): max abs error %.3g at x = %.9g, max rel error %.3g "
+      "at x = %.9g over %zu points (bounds %.3g, %.3g)\n",
+      simd::width, max_abs, static_cast<double>(worst_abs), max_rel,
+      static_cast<double>(worst_rel), xs.size(), static_cast<double>(simd::tanh_max_abs_error),
+      static_cast<double>(simd::tanh_max_rel_error));
+  EXPECT_LE(max_abs, static_cast<double>(simd::tanh_max_abs_error)) << "at x = " << worst_abs;
+  EXPECT_LE(max_rel, static_cast<double>(simd::tanh_max_rel_error)) << "at x = " << worst_rel;
+}
+
+TEST(MathTanh, OddScalarSameAsPacketAndBounded) {
+  std::size_t differ = 0, not_odd = 0, outside = 0;
+  for (std::uint32_t b = 0; b <= to_bits(1e4f); b += 4093) {
+    const float x = from_bits(b);
+    const float y = simd::tanh_scalar(x);
+    differ += to_bits(y) != to_bits(simd::ei::pfirst(simd::tanh(simd::broadcast(x))));
+    not_odd += to_bits(simd::tanh_scalar(-x)) != to_bits(-y);
+    outside += !(y >= 0.0f && y <= 1.0f);
+  }
+  EXPECT_EQ(differ, 0u) << "tanh_scalar differs from the packet tanh";
+  EXPECT_EQ(not_odd, 0u) << "tanh(-x) != -tanh(x)";
+  EXPECT_EQ(outside, 0u) << "tanh(x) outside [0, 1] for x >= 0";
+}
+
+TEST(MathTanh, SaturatesWithoutNaN) {
+  const float big[] = {9.0f, 9.5f, 10.0f, 20.0f, 100.0f, 1e4f, 1e30f,
+                       std::numeric_limits<float>::max(), kInf};
+  for (float x : big) {
+    EXPECT_EQ(simd::tanh_scalar(x), 1.0f) << "x = " << x;
+    EXPECT_EQ(simd::tanh_scalar(-x), -1.0f) << "x = " << x;
+  }
+  EXPECT_EQ(simd::tanh_scalar(0.0f), 0.0f);
+  EXPECT_FALSE(std::signbit(simd::tanh_scalar(0.0f)));
+  EXPECT_TRUE(std::signbit(simd::tanh_scalar(-0.0f)));
+  EXPECT_TRUE(std::isnan(simd::tanh_scalar(kNaN)));
+  EXPECT_TRUE(std::isnan(simd::tanh_scalar(-kNaN)));
+  // Smallest subnormal: tanh x = x to within the relative bound.
+  const float tiny = std::numeric_limits<float>::denorm_min() * 1e6f;
+  EXPECT_NEAR(simd::tanh_scalar(tiny), tiny, tiny * simd::tanh_max_rel_error * 2);
+}
+
+TEST(MathTanh, LanesAreIndependent) {
+  const float pattern[] = {kNaN, -kInf, 0.0f, 0.5f, kInf, -1e4f, 1e4f, -2.0f, 8.9f, -0.001f, 3.0f};
+  const std::size_t np = sizeof pattern / sizeof pattern[0];
+  std::vector<float> xs;
+  for (std::size_t i = 0; i < 7 * np; ++i) xs.push_back(pattern[i % np]);
+  const std::vector<float> ys =
+      apply_packet(xs, [](const simd::packet& x) { return simd::tanh(x); });
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    if (std::isnan(xs[i])) {
+      EXPECT_TRUE(std::isnan(ys[i])) << i;
+    } else {
+      EXPECT_NEAR(ys[i], std::tanh(static_cast<double>(xs[i])), simd::tanh_max_abs_error)
+          << "x = " << xs[i];
+    }
+  }
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #   tools/bench.sh --quick          about a minute: prefill N=2048, decode KV 4096
 #   tools/bench.sh --layer          also the multi-head attention layer
 #                                   (prefill tokens/s, decode step vs cache length)
+#   tools/bench.sh --additive       also additive (Bahdanau) attention: fused
+#                                   kernel vs naive Eigen, share of the tanh bound
 #   tools/bench.sh --filter REGEX   only benchmarks matching REGEX (Google
 #                                   Benchmark's --benchmark_filter, e.g.
 #                                   'prefill/.*/D128/N2048' or 'decode/attn/bf16')
@@ -28,12 +30,14 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 quick=0
 layer=0
+additive=0
 filter=""
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
     --layer) layer=1 ;;
+    --additive) additive=1 ;;
     --filter) [[ $# -ge 2 ]] || { echo "bench.sh: --filter needs a REGEX" >&2; exit 2; }
               filter="$2"; shift ;;
     --filter=*) filter="${1#--filter=}" ;;
@@ -85,7 +89,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S "$root" -B "$build" \
   -DCMAKE_BUILD_TYPE=Release -DATTN_NATIVE=ON \
   -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_EXAMPLES=OFF -DATTN_BUILD_BENCHMARKS=ON >/dev/null
-cmake --build "$build" -j "$jobs" --target bench_prefill bench_decode bench_layer bench_summary
+cmake --build "$build" -j "$jobs" --target bench_prefill bench_decode bench_layer bench_additive bench_summary
 bindir="$build/bench"
 
 # --- run --------------------------------------------------------------------
@@ -137,7 +141,7 @@ run() {  # run NAME FILTER
   set +e
   "$bindir/bench_$name" "${args[@]}" ${extra[@]+"${extra[@]}"} 2>&1 \
     | tee "$results/$name.log" \
-    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer)/[^ ]*/real_time |rror|atal'
+    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer|additive)/[^ ]*/real_time |rror|atal'
   local status=${PIPESTATUS[0]}
   set -e
   if [[ $status -ne 0 ]]; then
@@ -154,6 +158,11 @@ if [[ $layer -eq 1 ]]; then
   # printed above as they come; the summary tables below cover the kernels.
   run layer "${filter:-}"
 fi
+if [[ $additive -eq 1 ]]; then
+  # Additive attention (bench/bench_additive.cpp): its medians are printed
+  # above as they come (Gelem_per_s, tanh_pct, speedup_vs_naive).
+  run additive "${filter:-}"
+fi
 
 echo
 files=()
@@ -161,7 +170,7 @@ for f in "$results"/prefill.json "$results"/decode.json; do
   [[ -s "$f" ]] && files+=("$f")
 done
 if [[ ${#files[@]} -eq 0 ]]; then
-  if [[ $layer -eq 1 ]]; then
+  if [[ $layer -eq 1 || $additive -eq 1 ]]; then
     echo "bench.sh: done in $(( $(date +%s) - start )) s; results in $results"
     exit $failed
   fi

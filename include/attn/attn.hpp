@@ -18,6 +18,10 @@
 // Mask descriptions: attn::causal, attn::alignment, attn::sliding_window.
 #include "attn/mask.hpp"
 
+// Additive (Bahdanau) attention and Luong's dot / general scores:
+// attn::additive_attention, attn::additive_weights, attn::additive_options.
+#include "attn/additive.hpp"
+
 // Scaled dot-product attention: attn::sdpa_options,
 // attn::scaled_dot_product_attention.
 #include "attn/attention_weights.hpp"

@@ -1,0 +1,711 @@
+// attn/additive.hpp: additive (Bahdanau) attention, with Luong's `dot` and
+// `general` scores behind the same interface.
+//
+//   additive (Bahdanau, Keras AdditiveAttention, TF-Addons BahdanauAttention):
+//       e_ij = vᵀ tanh(W_q q_i + W_k k_j + b)
+//   dot (Luong):      e_ij = q_iᵀ k_j
+//   general (Luong):  e_ij = q_iᵀ W k_j
+//   then a_ij = softmax_j(e_ij) over the visible keys, c_i = Σ_j a_ij v_j.
+//
+// Tensors are row-major [batch, seq, features]: queries [B, L, d_q], keys
+// [B, S, d_k], values [B, S, d_v] (values default to the keys), output
+// [B, L, d_v], attention weights [B, L, S]. Views (attn/view.hpp) may have
+// any strides on batch and seq; the feature dim must be contiguous.
+//
+// The key side is projected once per source (additive_attention::
+// project_keys, the "memory layer" of the NMT toolkits): W_k k_j for the
+// additive score, W k_j for `general`. A decoder then runs any number of
+// steps (L = 1 each) against that projection; a step costs O(d_a · d_q) for
+// its own query projection plus O(S · d_a) for the scores, never
+// O(S · d_a · d_k).
+//
+// The fused kernel never forms the [L, S, d_a] tensor of pre-activations:
+// for each (query, key) pair it adds the two projections a packet at a time,
+// takes attn::simd::tanh in registers and folds it into the dot with v.
+// Scores go through the core's row softmax (attn::softmax::row_softmax).
+//
+// Conventions (as in the rest of attn, ../DESIGN.md):
+//  * bool masks: true = may attend. key_lengths[b] hides keys j >= len.
+//  * A query row with no visible key gets output 0 and weights 0, never NaN.
+//  * A query whose query_mask entry is false gets output 0 (as Keras does);
+//    its attention weights, when requested, are still computed (Keras
+//    returns them unmasked too).
+//  * fp32 accumulation; the same output bits for any thread count.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <unsupported/Eigen/CXX11/Tensor>
+#include <utility>
+#include <vector>
+
+#include "attn/core/abi.hpp"
+#include "attn/core/math.hpp"
+#include "attn/core/parallel.hpp"
+#include "attn/core/simd.hpp"
+#include "attn/core/softmax.hpp"
+#include "attn/error.hpp"
+#include "attn/sdpa.hpp"  // detail::non_overlapping, has_zero_extent, dims_note
+#include "attn/view.hpp"
+
+namespace attn {
+
+/// The score function e_ij of additive_attention.
+enum class score_function {
+  additive,  ///< Bahdanau / "concat": vᵀ tanh(W_q q + W_k k + b)
+  dot,       ///< Luong: qᵀ k (d_q = d_k, no weights)
+  general,   ///< Luong: qᵀ W k with W [d_q, d_k]
+};
+
+/// The learned parameters of additive_attention. Which fields apply depends
+/// on `score`; the others must stay empty (the constructor checks).
+///
+///  * additive: v [d_a] (required); w_q [d_a, d_q] and w_k [d_a, d_k], each
+///    optional: an empty projection is the identity (then d_q or d_k equals
+///    d_a). Leaving both out and no bias is Keras' AdditiveAttention, with v
+///    as its learned `scale`. bias [d_a] optional. With `normalize`, v is
+///    replaced by g · v / ‖v‖ (TF-Addons' weight normalisation; ‖v‖ must
+///    not be 0).
+///  * dot: nothing.
+///  * general: w_k = Luong's W_a, [d_q, d_k].
+///
+/// Matrices use nn.Linear's orientation [out_features, in_features].
+struct additive_weights {
+  using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  score_function score = score_function::additive;
+  matrix w_q;
+  matrix w_k;
+  Eigen::VectorXf bias;
+  Eigen::VectorXf v;
+  bool normalize = false;
+  float g = 1.0f;  ///< the scalar of weight normalisation (used when normalize)
+};
+
+/// Per-call options of additive_attention::forward.
+struct additive_options {
+  /// Per-batch number of valid keys: key j of batch b is visible only when
+  /// j < key_lengths[b]. Empty = all S keys. Size B, values in [0, S].
+  std::vector<index> key_lengths;
+  /// [B, S] bool, true = may attend (stride 0 broadcasts). Empty = none.
+  strided<const bool, 2> key_mask;
+  /// [B, L] bool; false makes that query's output 0 (Keras' query mask).
+  strided<const bool, 2> query_mask;
+  /// [B, L, S] float, written with the attention weights when non-empty.
+  strided<float, 3> weights;
+  /// Threads (0 = OpenMP's default). Results do not depend on it.
+  int num_threads = 0;
+};
+
+inline namespace ATTN_ABI {
+
+class additive_attention;
+
+/// The key-side projection of one source (a batch of key sequences):
+/// W_k K (+ nothing else) for the additive score, W K for `general`, the keys
+/// themselves for `dot`, stored [B, S, dim] with each row zero-padded to a
+/// whole number of SIMD packets. Made by additive_attention::project_keys;
+/// reusable for any number of forward calls (decoder steps) of the layer
+/// that made it, from any number of threads at once.
+class additive_keys {
+ public:
+  additive_keys() = default;
+  index batch() const { return B_; }
+  index length() const { return S_; }
+  /// Features per projected key: d_a (additive), d_q (general), d_k (dot).
+  index dim() const { return D_; }
+  /// Projected key j of batch b: dim() floats (padded with zeros to stride).
+  const float* row(index b, index j) const { return data_.data() + (b * S_ + j) * stride_; }
+
+ private:
+  friend class additive_attention;
+  index B_ = 0, S_ = 0, D_ = 0, stride_ = 0;
+  score_function score_ = score_function::additive;
+  std::vector<float> data_;
+};
+
+namespace kernel {
+
+// Score of one query against 4 keys for the additive form:
+// out[k] = Σ_a v[a] tanh(qp[a] + kp_k[a]) over `n` floats (a multiple of the
+// packet width, zero-padded). Each key has its own accumulator, so a key's
+// score has the same bits whichever block it falls in.
+inline void additive_scores4(const float* qp, const float* v, const float* k0, const float* k1,
+                             const float* k2, const float* k3, index n, float* out) {
+  using namespace simd;
+  packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+  for (index d = 0; d < n; d += width) {
+    const packet q = load(qp + d), w = load(v + d);
+    a0 = fma(w, simd::tanh(add(q, load(k0 + d))), a0);
+    a1 = fma(w, simd::tanh(add(q, load(k1 + d))), a1);
+    a2 = fma(w, simd::tanh(add(q, load(k2 + d))), a2);
+    a3 = fma(w, simd::tanh(add(q, load(k3 + d))), a3);
+  }
+  out[0] = reduce_add(a0);
+  out[1] = reduce_add(a1);
+  out[2] = reduce_add(a2);
+  out[3] = reduce_add(a3);
+}
+
+inline float additive_score1(const float* qp, const float* v, const float* k0, index n) {
+  using namespace simd;
+  packet a0 = zero();
+  for (index d = 0; d < n; d += width)
+    a0 = fma(load(v + d), simd::tanh(add(load(qp + d), load(k0 + d))), a0);
+  return reduce_add(a0);
+}
+
+// Dot products of one (padded) query with 4 / 1 (padded) keys.
+inline void dot_scores4(const float* q, const float* k0, const float* k1, const float* k2,
+                        const float* k3, index n, float* out) {
+  using namespace simd;
+  packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+  for (index d = 0; d < n; d += width) {
+    const packet x = load(q + d);
+    a0 = fma(x, load(k0 + d), a0);
+    a1 = fma(x, load(k1 + d), a1);
+    a2 = fma(x, load(k2 + d), a2);
+    a3 = fma(x, load(k3 + d), a3);
+  }
+  out[0] = reduce_add(a0);
+  out[1] = reduce_add(a1);
+  out[2] = reduce_add(a2);
+  out[3] = reduce_add(a3);
+}
+
+inline float dot_score1(const float* q, const float* k0, index n) {
+  using namespace simd;
+  packet a0 = zero();
+  for (index d = 0; d < n; d += width) a0 = fma(load(q + d), load(k0 + d), a0);
+  return reduce_add(a0);
+}
+
+/// Query rows per parallel task (they share the key mask and lengths).
+constexpr index rows_per_task = 4;
+
+// Scores of two queries against four keys (8 tanh per packet step; each
+// key row loaded once serves both queries). out[0..3]: query a,
+// out[4..7]: query b. The same per-score arithmetic as additive_scores4.
+inline void additive_scores2x4(const float* qa, const float* qb, const float* v,
+                               const float* const* k, index n, float* out) {
+  using namespace simd;
+  packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+  packet b0 = zero(), b1 = zero(), b2 = zero(), b3 = zero();
+  for (index d = 0; d < n; d += width) {
+    const packet x = load(qa + d), y = load(qb + d), w = load(v + d);
+    const packet k0 = load(k[0] + d), k1 = load(k[1] + d), k2 = load(k[2] + d),
+                 k3 = load(k[3] + d);
+    a0 = fma(w, simd::tanh(add(x, k0)), a0);
+    a1 = fma(w, simd::tanh(add(x, k1)), a1);
+    a2 = fma(w, simd::tanh(add(x, k2)), a2);
+    a3 = fma(w, simd::tanh(add(x, k3)), a3);
+    b0 = fma(w, simd::tanh(add(y, k0)), b0);
+    b1 = fma(w, simd::tanh(add(y, k1)), b1);
+    b2 = fma(w, simd::tanh(add(y, k2)), b2);
+    b3 = fma(w, simd::tanh(add(y, k3)), b3);
+  }
+  out[0] = reduce_add(a0);
+  out[1] = reduce_add(a1);
+  out[2] = reduce_add(a2);
+  out[3] = reduce_add(a3);
+  out[4] = reduce_add(b0);
+  out[5] = reduce_add(b1);
+  out[6] = reduce_add(b2);
+  out[7] = reduce_add(b3);
+}
+
+inline void dot_scores2x4(const float* qa, const float* qb, const float* const* k, index n,
+                          float* out) {
+  dot_scores4(qa, k[0], k[1], k[2], k[3], n, out);
+  dot_scores4(qb, k[0], k[1], k[2], k[3], n, out + 4);
+}
+
+// o_r[d · os] = Σ_m a_r[vis[m]] · v(b, vis[m], d) for the nr (<= 4) rows,
+// d < Dv, summed in the order of vis. Keys whose weight is 0 for a row add
+// nothing to it (so an inf in such a value cannot make NaN). Outputs stay in
+// registers while the value rows stream past, each loaded once for all rows.
+inline void weighted_sum(const float* const* a, float* const* o, index nr, const index* vis,
+                         index nv, const strided<const float, 3>& values, index b, index os,
+                         index Dv) {
+  using namespace simd;
+  constexpr int kr = static_cast<int>(rows_per_task), kc = 4;
+  index d = 0;
+  if (os == 1) {
+    for (; d + kc * width <= Dv; d += kc * width) {
+      packet acc[kr][kc];
+      for (int r = 0; r < kr; ++r)
+        for (int c = 0; c < kc; ++c) acc[r][c] = zero();
+      for (index m = 0; m < nv; ++m) {
+        const float* vj = values.at(b, vis[m], d);
+        packet x[kc];
+        for (int c = 0; c < kc; ++c) x[c] = load(vj + c * width);
+        for (int r = 0; r < kr; ++r) {
+          if (r >= nr) break;
+          const float w = a[r][vis[m]];
+          if (w == 0.0f) continue;
+          const packet pw = broadcast(w);
+          for (int c = 0; c < kc; ++c) acc[r][c] = simd::fma(pw, x[c], acc[r][c]);
+        }
+      }
+      for (int r = 0; r < kr && r < nr; ++r)
+        for (int c = 0; c < kc; ++c) store(o[r] + d + c * width, acc[r][c]);
+    }
+    for (; d + width <= Dv; d += width) {
+      packet acc[kr];
+      for (int r = 0; r < kr; ++r) acc[r] = zero();
+      for (index m = 0; m < nv; ++m) {
+        const packet x = load(values.at(b, vis[m], d));
+        for (int r = 0; r < kr; ++r) {
+          if (r >= nr) break;
+          const float w = a[r][vis[m]];
+          if (w == 0.0f) continue;
+          acc[r] = simd::fma(broadcast(w), x, acc[r]);
+        }
+      }
+      for (int r = 0; r < kr && r < nr; ++r) store(o[r] + d, acc[r]);
+    }
+  }
+  for (; d < Dv; ++d) {
+    for (index r = 0; r < nr; ++r) {
+      float acc = 0.0f;
+      for (index m = 0; m < nv; ++m) {
+        const float w = a[r][vis[m]];
+        if (w == 0.0f) continue;
+        acc = w * *values.at(b, vis[m], d) + acc;
+      }
+      o[r][d * os] = acc;
+    }
+  }
+}
+
+// Per-thread working memory: the row's scores and its visible key indices.
+struct additive_scratch {
+  std::vector<float> scores;
+  std::vector<index> visible;
+};
+
+}  // namespace kernel
+
+/// Additive (Bahdanau) attention and Luong's dot / general scores; see the
+/// file comment. Immutable after construction: one object may serve many
+/// threads at once.
+class additive_attention {
+ public:
+  using matrix = additive_weights::matrix;
+  using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
+
+  /// @throws attn::error naming the field when a weight has the wrong shape,
+  ///         a field is set that the score function does not use, v is
+  ///         missing (additive), or normalize is asked with ‖v‖ = 0 or a
+  ///         non-finite g.
+  explicit additive_attention(additive_weights w) : w_(std::move(w)) {
+    constexpr const char* fn = "additive_attention";
+    using detail::require;
+    const score_function sf = w_.score;
+    require(sf == score_function::additive || sf == score_function::dot ||
+                sf == score_function::general,
+            fn, "weights.score", "additive, dot or general", static_cast<int>(sf));
+    if (sf == score_function::additive) {
+      Da_ = w_.v.size();
+      require(Da_ >= 1, fn, "weights.v", "a vector of d_a >= 1 entries", "an empty vector");
+      if (w_.w_q.size() != 0)
+        require(
+            w_.w_q.rows() == Da_ && w_.w_q.cols() >= 1, fn, "weights.w_q",
+            [&] { return "[d_a = " + std::to_string(Da_) + ", d_q >= 1] or empty (identity)"; },
+            [&] { return shape(w_.w_q); });
+      if (w_.w_k.size() != 0)
+        require(
+            w_.w_k.rows() == Da_ && w_.w_k.cols() >= 1, fn, "weights.w_k",
+            [&] { return "[d_a = " + std::to_string(Da_) + ", d_k >= 1] or empty (identity)"; },
+            [&] { return shape(w_.w_k); });
+      if (w_.bias.size() != 0)
+        require(
+            w_.bias.size() == Da_, fn, "weights.bias",
+            [&] { return "[d_a = " + std::to_string(Da_) + "] or empty"; },
+            [&] { return "[" + std::to_string(w_.bias.size()) + "]"; });
+      Dq_ = w_.w_q.size() ? w_.w_q.cols() : Da_;
+      Dk_ = w_.w_k.size() ? w_.w_k.cols() : Da_;
+      D_ = Da_;
+    } else {
+      const char* kind = sf == score_function::dot ? "empty for score_function::dot"
+                                                   : "empty for score_function::general";
+      require(w_.w_q.size() == 0, fn, "weights.w_q", kind, [&] { return shape(w_.w_q); });
+      require(w_.bias.size() == 0, fn, "weights.bias", kind, "a non-empty vector");
+      require(w_.v.size() == 0, fn, "weights.v", kind, "a non-empty vector");
+      require(!w_.normalize, fn, "weights.normalize", kind, "true");
+      if (sf == score_function::dot) {
+        require(w_.w_k.size() == 0, fn, "weights.w_k", kind, [&] { return shape(w_.w_k); });
+        Dq_ = Dk_ = 0;  // any, equal; checked per call
+      } else {
+        require(w_.w_k.rows() >= 1 && w_.w_k.cols() >= 1, fn, "weights.w_k",
+                "Luong's W, [d_q, d_k] with both >= 1", [&] { return shape(w_.w_k); });
+        Dq_ = w_.w_k.rows();
+        Dk_ = w_.w_k.cols();
+        D_ = Dq_;
+      }
+    }
+    if (sf == score_function::additive) {
+      const index stride = detail::round_up(Da_, simd::width);
+      v_.assign(static_cast<std::size_t>(stride), 0.0f);
+      double norm2 = 0.0;
+      for (index a = 0; a < Da_; ++a) norm2 += double(w_.v[a]) * double(w_.v[a]);
+      float factor = 1.0f;
+      if (w_.normalize) {
+        require(std::isfinite(w_.g), fn, "weights.g", "a finite number", w_.g);
+        require(norm2 > 0.0 && std::isfinite(norm2), fn, "weights.v",
+                "a finite vector of nonzero norm (normalize is on)", "norm 0 or non-finite");
+        factor = static_cast<float>(double(w_.g) / std::sqrt(norm2));
+      }
+      for (index a = 0; a < Da_; ++a) v_[static_cast<std::size_t>(a)] = factor * w_.v[a];
+    }
+  }
+
+  score_function score() const { return w_.score; }
+  /// Query features d_q (0 for `dot`: any, equal to the key features).
+  index query_dim() const { return Dq_; }
+  /// Key features d_k (0 for `dot`: any, equal to the query features).
+  index key_dim() const { return Dk_; }
+  /// d_a for the additive score, 0 for dot / general.
+  index attention_dim() const { return Da_; }
+  /// The v in use (g · v / ‖v‖ with normalize), [d_a]; empty unless additive.
+  Eigen::Map<const Eigen::VectorXf> effective_v() const {
+    return {v_.data(), w_.score == score_function::additive ? Da_ : 0};
+  }
+
+  /// Projects the keys [B, S, d_k] once (see additive_keys). Cost
+  /// O(B · S · d_a · d_k) for the additive score with W_k (Eigen GEMM), a
+  /// copy otherwise.
+  /// @throws attn::error if keys has the wrong feature count or layout.
+  additive_keys project_keys(strided<const float, 3> keys) const {
+    constexpr const char* fn = "additive_attention::project_keys";
+    check_keys(fn, keys);
+    additive_keys c;
+    c.B_ = keys.dims[0];
+    c.S_ = keys.dims[1];
+    c.D_ = w_.score == score_function::dot ? keys.dims[2] : D_;
+    c.stride_ = detail::round_up(std::max<index>(c.D_, 1), simd::width);
+    c.score_ = w_.score;
+    c.data_.assign(static_cast<std::size_t>(c.B_ * c.S_ * c.stride_), 0.0f);
+    const bool project = w_.w_k.size() != 0;
+    for (index b = 0; b < c.B_; ++b) {
+      if (c.S_ == 0) break;
+      const_rows K(keys.at(b, 0, 0), c.S_, keys.dims[2], Eigen::OuterStride<>(keys.strides[1]));
+      rows P(c.data_.data() + b * c.S_ * c.stride_, c.S_, c.D_, Eigen::OuterStride<>(c.stride_));
+      if (project)
+        P.noalias() = K * w_.w_k.transpose();
+      else
+        P = K;
+    }
+    return c;
+  }
+
+  /// Attention of queries [B, L, d_q] over projected keys (project_keys) and
+  /// values [B, S, d_v], into out [B, L, d_v] (written; must not alias the
+  /// inputs). One decoder step is L = 1. See additive_options for masks,
+  /// attention weights and threads.
+  /// @throws attn::error on any shape, stride or option mismatch.
+  void forward(strided<const float, 3> query, const additive_keys& keys,
+               strided<const float, 3> values, strided<float, 3> out,
+               const additive_options& opt = {}) const {
+    constexpr const char* fn = "additive_attention::forward";
+    using detail::require;
+    require(keys.score_ == w_.score && (w_.score == score_function::dot || keys.D_ == D_), fn,
+            "keys", "a projection made by this layer's project_keys",
+            "one of another score function or dimension");
+    const index B = keys.B_, S = keys.S_;
+    check_query(fn, query, B, w_.score == score_function::dot ? keys.D_ : Dq_);
+    require(!values.empty() || detail::has_zero_extent(values), fn, "values", "a non-null view",
+            "null data");
+    const index Dv = values.dims[2];
+    require(
+        values.dims[0] == B && values.dims[1] == S && Dv >= 1, fn, "values",
+        [&] {
+          return detail::dims_note(std::array<index, 3>{B, S, Dv}, "[batch, S, d_v >= 1]");
+        },
+        values.dims);
+    require(values.strides[2] == 1 || Dv <= 1, fn, "values.strides[2]", "1 (contiguous features)",
+            values.strides[2]);
+    const index L = query.dims[1];
+    const std::array<index, 3> out_dims{B, L, Dv};
+    require(!out.empty() || detail::has_zero_extent(out), fn, "out", "a non-null view",
+            "null data");
+    require(
+        out.dims == out_dims, fn, "out",
+        [&] { return detail::dims_note(out_dims, "[batch, L, d_v]"); }, out.dims);
+    require(out.strides[2] == 1 || Dv <= 1, fn, "out.strides[2]", "1 (contiguous features)",
+            out.strides[2]);
+    require(detail::non_overlapping(out), fn, "out.strides",
+            "strides under which no two elements overlap", out.strides);
+    check_options(fn, opt, B, L, S);
+    if (B == 0 || L == 0) return;
+    run(query, keys, values, out, opt);
+  }
+
+  /// The same without a cached projection: projects `keys` [B, S, d_k]
+  /// first. `values` [B, S, d_v] may be an empty view ({}): the keys are then
+  /// the values (d_v = d_k).
+  void forward(strided<const float, 3> query, strided<const float, 3> keys,
+               strided<const float, 3> values, strided<float, 3> out,
+               const additive_options& opt = {}) const {
+    constexpr const char* fn = "additive_attention::forward";
+    check_keys(fn, keys);
+    check_query(fn, query, keys.dims[0], w_.score == score_function::dot ? keys.dims[2] : Dq_);
+    // A default-constructed values view ({}) means "the keys".
+    const bool absent = values.empty() && values.dims == std::array<index, 3>{0, 0, 0};
+    const additive_keys c = project_keys(keys);
+    forward(query, c, absent ? keys : values, out, opt);
+  }
+
+  /// Tensor convenience: queries [B, L, d_q], keys [B, S, d_k], values
+  /// [B, S, d_v]; returns a new [B, L, d_v] tensor.
+  tensor3 forward(const tensor3& query, const tensor3& keys, const tensor3& values,
+                  const additive_options& opt = {}) const {
+    tensor3 out(query.dimension(0), query.dimension(1), values.dimension(2));
+    forward(view(query), view(keys), view(values), view(out), opt);
+    return out;
+  }
+
+  /// Tensor convenience with the keys as values: returns [B, L, d_k].
+  tensor3 forward(const tensor3& query, const tensor3& keys,
+                  const additive_options& opt = {}) const {
+    return forward(query, keys, keys, opt);
+  }
+
+  /// Tensor convenience over a cached projection: returns [B, L, d_v].
+  tensor3 forward(const tensor3& query, const additive_keys& keys, const tensor3& values,
+                  const additive_options& opt = {}) const {
+    tensor3 out(query.dimension(0), query.dimension(1), values.dimension(2));
+    forward(view(query), keys, view(values), view(out), opt);
+    return out;
+  }
+
+ private:
+  using const_rows = Eigen::Map<const matrix, 0, Eigen::OuterStride<>>;
+  using rows = Eigen::Map<matrix, 0, Eigen::OuterStride<>>;
+
+  static std::string shape(const matrix& m) {
+    return "[" + std::to_string(m.rows()) + ", " + std::to_string(m.cols()) + "]";
+  }
+
+  void check_keys(const char* fn, const strided<const float, 3>& keys) const {
+    using detail::require;
+    require(!keys.empty() || detail::has_zero_extent(keys), fn, "keys", "a non-null view",
+            "null data");
+    require(keys.dims[0] >= 0 && keys.dims[1] >= 0, fn, "keys", "non-negative dims", keys.dims);
+    if (Dk_ > 0)
+      require(
+          keys.dims[2] == Dk_, fn, "keys",
+          [&] { return "dims [batch, S, d_k = " + std::to_string(Dk_) + "]"; }, keys.dims);
+    else
+      require(keys.dims[2] >= 1, fn, "keys", "dims [batch, S, d >= 1]", keys.dims);
+    require(keys.strides[2] == 1 || keys.dims[2] <= 1, fn, "keys.strides[2]",
+            "1 (contiguous features)", keys.strides[2]);
+  }
+
+  static void check_query(const char* fn, const strided<const float, 3>& q, index B, index Dq) {
+    using detail::require;
+    require(!q.empty() || detail::has_zero_extent(q), fn, "query", "a non-null view",
+            "null data");
+    require(
+        q.dims[0] == B && q.dims[1] >= 0 && q.dims[2] == Dq, fn, "query",
+        [&] {
+          return "dims [batch = " + std::to_string(B) + ", L, d_q = " + std::to_string(Dq) + "]";
+        },
+        q.dims);
+    require(q.strides[2] == 1 || Dq <= 1, fn, "query.strides[2]", "1 (contiguous features)",
+            q.strides[2]);
+  }
+
+  static void check_options(const char* fn, const additive_options& opt, index B, index L,
+                            index S) {
+    using detail::require;
+    require(
+        opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B, fn,
+        "key_lengths.size()", [&] { return "0 or batch = " + std::to_string(B); },
+        opt.key_lengths.size());
+    for (std::size_t i = 0; i < opt.key_lengths.size(); ++i) {
+      const index len = opt.key_lengths[i];
+      if (len < 0 || len > S)
+        detail::fail(fn, ("key_lengths[" + std::to_string(i) + "]").c_str(),
+                     "a value in [0, S = " + std::to_string(S) + "]", len);
+    }
+    if (!opt.key_mask.empty()) {
+      const std::array<index, 2> want{B, S};
+      require(
+          opt.key_mask.dims == want, fn, "key_mask",
+          [&] { return detail::dims_note(want, "[batch, S]"); }, opt.key_mask.dims);
+      require(opt.key_mask.strides[0] >= 0 && opt.key_mask.strides[1] >= 0, fn,
+              "key_mask.strides", "non-negative strides", opt.key_mask.strides);
+    }
+    if (!opt.query_mask.empty()) {
+      const std::array<index, 2> want{B, L};
+      require(
+          opt.query_mask.dims == want, fn, "query_mask",
+          [&] { return detail::dims_note(want, "[batch, L]"); }, opt.query_mask.dims);
+      require(opt.query_mask.strides[0] >= 0 && opt.query_mask.strides[1] >= 0, fn,
+              "query_mask.strides", "non-negative strides", opt.query_mask.strides);
+    }
+    if (!opt.weights.empty()) {
+      const std::array<index, 3> want{B, L, S};
+      require(
+          opt.weights.dims == want, fn, "weights",
+          [&] { return detail::dims_note(want, "[batch, L, S]"); }, opt.weights.dims);
+      require(detail::non_overlapping(opt.weights), fn, "weights.strides",
+              "strides under which no two elements overlap", opt.weights.strides);
+    }
+    require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
+  }
+
+  // Query side [B·L, stride]: W_q q + b (additive), q itself (dot, general),
+  // zero-padded. Eigen GEMM per batch in the calling thread, so the result
+  // does not depend on opt.num_threads.
+  std::vector<float> project_queries(const strided<const float, 3>& q, index stride) const {
+    const index B = q.dims[0], L = q.dims[1], Dq = q.dims[2];
+    const index D = w_.score == score_function::additive ? Da_ : Dq;
+    std::vector<float> qp(static_cast<std::size_t>(B * L * stride), 0.0f);
+    for (index b = 0; b < B; ++b) {
+      const_rows Q(q.at(b, 0, 0), L, Dq, Eigen::OuterStride<>(q.strides[1]));
+      rows P(qp.data() + b * L * stride, L, D, Eigen::OuterStride<>(stride));
+      if (w_.w_q.size() != 0)
+        P.noalias() = Q * w_.w_q.transpose();
+      else
+        P = Q;
+      if (w_.bias.size() != 0) P.rowwise() += w_.bias.transpose();
+    }
+    return qp;
+  }
+
+  // Rows of one batch are processed kernel::rows_per_task at a time: they
+  // share the batch's visible keys, each key row loaded serves two queries,
+  // and each value row serves the whole block.
+  void run(const strided<const float, 3>& query, const additive_keys& keys,
+           const strided<const float, 3>& values, const strided<float, 3>& out,
+           const additive_options& opt) const {
+    constexpr index R = kernel::rows_per_task;
+    const index B = keys.B_, S = keys.S_, L = query.dims[1], Dv = values.dims[2];
+    const index stride = keys.stride_;
+    const bool additive = w_.score == score_function::additive;
+    const std::vector<float> qp = project_queries(query, stride);
+    const float* vv = v_.data();
+    const bool want_weights = !opt.weights.empty();
+    const index blocks = detail::ceil_div(L, R);
+
+    const double flops = static_cast<double>(B) * L * S *
+                         (static_cast<double>(stride) * (additive ? 24 : 2) + 2 * Dv);
+    const int threads = core::threads_for_work(opt.num_threads, flops);
+    core::parallel_for(
+        B * blocks, threads,
+        [&] {
+          kernel::additive_scratch s;
+          s.scores.resize(static_cast<std::size_t>(R * S));
+          s.visible.resize(static_cast<std::size_t>(S));
+          return s;
+        },
+        [&](kernel::additive_scratch& s, index t) {
+          const index b = t / blocks, i0 = (t % blocks) * R, i1 = std::min(L, i0 + R);
+          const index os = out.strides[2];
+          // Rows whose scores are needed, and rows whose output is.
+          index rows[R], live[R];
+          index nr = 0, nl = 0;
+          for (index i = i0; i < i1; ++i) {
+            const bool on = opt.query_mask.empty() || *opt.query_mask.at(b, i);
+            if (on || want_weights) rows[nr++] = i;
+            if (on) live[nl++] = i;
+            if (!on) {
+              float* o = out.at(b, i, 0);
+              for (index d = 0; d < Dv; ++d) o[d * os] = 0.0f;
+            }
+          }
+          if (nr == 0) return;
+          // The batch's visible keys.
+          const index len =
+              opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
+          index nv = 0;
+          index* vis = s.visible.data();
+          for (index j = 0; j < len; ++j)
+            if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) vis[nv++] = j;
+          auto scores_of = [&](index i) { return s.scores.data() + (i - i0) * S; };
+          auto query_of = [&](index i) { return qp.data() + (b * L + i) * stride; };
+          for (index r = 0; r < nr; ++r) {
+            float* sc = scores_of(rows[r]);
+            for (index j = 0; j < S; ++j) sc[j] = softmax::neg_inf;
+          }
+          // Scores: two queries x four keys at a time, then the leftovers.
+          index r = 0;
+          for (; r + 2 <= nr; r += 2) {
+            const float *qa = query_of(rows[r]), *qb = query_of(rows[r + 1]);
+            float *sa = scores_of(rows[r]), *sb = scores_of(rows[r + 1]);
+            float tmp[8];
+            index n = 0;
+            for (; n + 4 <= nv; n += 4) {
+              const float* k[4] = {keys.row(b, vis[n]), keys.row(b, vis[n + 1]),
+                                   keys.row(b, vis[n + 2]), keys.row(b, vis[n + 3])};
+              if (additive)
+                kernel::additive_scores2x4(qa, qb, vv, k, stride, tmp);
+              else
+                kernel::dot_scores2x4(qa, qb, k, stride, tmp);
+              for (int c = 0; c < 4; ++c) {
+                sa[vis[n + c]] = tmp[c];
+                sb[vis[n + c]] = tmp[4 + c];
+              }
+            }
+            for (; n < nv; ++n) {
+              const float* k0 = keys.row(b, vis[n]);
+              sa[vis[n]] = additive ? kernel::additive_score1(qa, vv, k0, stride)
+                                    : kernel::dot_score1(qa, k0, stride);
+              sb[vis[n]] = additive ? kernel::additive_score1(qb, vv, k0, stride)
+                                    : kernel::dot_score1(qb, k0, stride);
+            }
+          }
+          for (; r < nr; ++r) {
+            const float* q = query_of(rows[r]);
+            float* sc = scores_of(rows[r]);
+            float tmp[4];
+            index n = 0;
+            for (; n + 4 <= nv; n += 4) {
+              const float* k0 = keys.row(b, vis[n]);
+              const float* k1 = keys.row(b, vis[n + 1]);
+              const float* k2 = keys.row(b, vis[n + 2]);
+              const float* k3 = keys.row(b, vis[n + 3]);
+              if (additive)
+                kernel::additive_scores4(q, vv, k0, k1, k2, k3, stride, tmp);
+              else
+                kernel::dot_scores4(q, k0, k1, k2, k3, stride, tmp);
+              for (int c = 0; c < 4; ++c) sc[vis[n + c]] = tmp[c];
+            }
+            for (; n < nv; ++n) {
+              const float* k0 = keys.row(b, vis[n]);
+              sc[vis[n]] = additive ? kernel::additive_score1(q, vv, k0, stride)
+                                    : kernel::dot_score1(q, k0, stride);
+            }
+          }
+          // Softmax through the core's row softmax; weights out on request.
+          for (r = 0; r < nr; ++r) {
+            float* sc = scores_of(rows[r]);
+            softmax::row_softmax(sc, S);
+            if (want_weights) {
+              float* w = opt.weights.at(b, rows[r], 0);
+              const index ws = opt.weights.strides[2];
+              for (index j = 0; j < S; ++j) w[j * ws] = sc[j];
+            }
+          }
+          // c_i = Σ_j a_ij v_j for the rows whose output is wanted.
+          const float* a[R];
+          float* o[R];
+          for (index m = 0; m < nl; ++m) {
+            a[m] = scores_of(live[m]);
+            o[m] = out.at(b, live[m], 0);
+          }
+          kernel::weighted_sum(a, o, nl, vis, nv, values, b, os, Dv);
+        });
+  }
+
+  additive_weights w_;
+  std::vector<float> v_;  // effective v, zero-padded to the packet stride
+  index Da_ = 0, Dq_ = 0, Dk_ = 0, D_ = 0;
+};
+
+}  // namespace ATTN_ABI
+}  // namespace attn

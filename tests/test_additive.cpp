@@ -1,0 +1,778 @@
+// tests/test_additive.cpp: attn::additive_attention (Bahdanau's additive
+// score, Luong's dot and general) against the fp64 reference in
+// tests/reference/additive_reference.hpp, plus masks, cached keys, threads,
+// extreme inputs and every error path.
+//
+// Tolerances (fp32 kernel vs fp64 reference on the same fp32 inputs)
+// -------------------------------------------------------------------
+// Everything follows from a bound E on the error of the row's scores, which
+// the reference computes per row from the magnitudes that enter each score
+// (additive_reference.hpp, score_error_bound): fp32 dot products of n terms
+// err by ~ sqrt(n)·eps·Σ|terms| for random-sign rounding (taken twice that),
+// attn::simd::tanh adds at most tanh_max_abs_error (4.5e-7) per element, and
+// the score Σ_a v_a tanh(...) sums |v_a| times the element errors. For the
+// data here (projections O(1), ‖v‖₁ ~ 3..10) E is 1e-6 .. 1e-5.
+// weights: |a - a_ref| <= 2·E·a_ref + 1e-6.
+//   Softmax moves a_j by a_j·(δe_j - Σ_k a_k δe_k), at most 2·E·a_j; exp()
+//   adds 3e-7 relative per term and on the sum, the fp32 normalisation a
+//   few eps: 1e-6 absolute covers both.
+// out:     |c - c_ref| <= (2·E + 1e-6 + 4·sqrt(S)·eps)·max|V| + 1e-7.
+//   c = Σ_j a_j v_j: the weight errors above times |v_j| (Σ_j a_j = 1), plus
+//   fp32 accumulation over S keys (random-sign rounding, 4x margin).
+// The worst ratio error / tolerance over the run is printed at the end
+// (measured here: see the report line); a real bug (a key too many or too
+// few, a wrong v, bias or mask) moves weights by O(1/S) >= 1e-2.
+// Rows the reference finds fully masked must be exactly 0 (out and weights).
+// Sums: |Σ_j a_j - 1| <= 1e-5 (S <= 100 terms of fp32 rounding + exp error).
+//
+// Bit-for-bit (memcmp) comparisons: 1 vs 2 vs 3 threads; cached projection
+// vs projecting inside forward; weights requested or not; values given vs
+// defaulting to keys. These run exactly the same arithmetic.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <attn/additive.hpp>
+#include <attn/attn.hpp>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "reference/additive_reference.hpp"
+
+namespace {
+
+using attn::index;
+using tensor2b = Eigen::Tensor<bool, 2, Eigen::RowMajor>;
+using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
+using matrix = attn::additive_weights::matrix;
+
+double g_worst_w = 0.0, g_worst_out = 0.0;
+
+struct problem {
+  index B = 2, L = 3, S = 11, dq = 7, dk = 9, dv = 5, da = 13;
+};
+
+std::vector<double> to_double(const float* p, index n) {
+  return std::vector<double>(p, p + n);
+}
+
+matrix randm(index r, index c, std::mt19937& g, float sd) {
+  std::normal_distribution<float> n(0.0f, sd);
+  matrix m(r, c);
+  for (index i = 0; i < m.size(); ++i) m.data()[i] = n(g);
+  return m;
+}
+Eigen::VectorXf randv(index n, std::mt19937& g, float sd) {
+  std::normal_distribution<float> d(0.0f, sd);
+  Eigen::VectorXf v(n);
+  for (index i = 0; i < n; ++i) v[i] = d(g);
+  return v;
+}
+tensor3 randt(index a, index b, index c, std::mt19937& g, float sd = 1.0f) {
+  std::normal_distribution<float> n(0.0f, sd);
+  tensor3 t(a, b, c);
+  for (index i = 0; i < t.size(); ++i) t.data()[i] = n(g);
+  return t;
+}
+
+struct config {
+  attn::score_function score = attn::score_function::additive;
+  bool wq = true, wk = true, bias = false, normalize = false;
+};
+
+// Weights with projections O(1) for unit inputs and scores O(1).
+attn::additive_weights make_weights(const config& c, problem& p, std::mt19937& g) {
+  attn::additive_weights w;
+  w.score = c.score;
+  if (c.score == attn::score_function::additive) {
+    if (!c.wq) p.dq = p.da;
+    if (!c.wk) p.dk = p.da;
+    if (c.wq) w.w_q = randm(p.da, p.dq, g, 1.0f / std::sqrt(float(p.dq)));
+    if (c.wk) w.w_k = randm(p.da, p.dk, g, 1.0f / std::sqrt(float(p.dk)));
+    if (c.bias) w.bias = randv(p.da, g, 0.5f);
+    w.v = randv(p.da, g, 1.0f / std::sqrt(float(p.da)) * 2.0f);
+    w.normalize = c.normalize;
+    w.g = 1.7f;
+  } else if (c.score == attn::score_function::dot) {
+    p.dk = p.dq;
+  } else {
+    w.w_k = randm(p.dq, p.dk, g, 1.0f / std::sqrt(float(p.dk)));
+  }
+  return w;
+}
+
+attn_ref::additive_params to_ref(const attn::additive_weights& w, const problem& p) {
+  attn_ref::additive_params r;
+  r.kind = w.score == attn::score_function::additive ? attn_ref::score::additive
+           : w.score == attn::score_function::dot    ? attn_ref::score::dot
+                                                     : attn_ref::score::general;
+  r.da = p.da;
+  r.dq = p.dq;
+  r.dk = p.dk;
+  r.wq = to_double(w.w_q.data(), w.w_q.size());
+  r.wk = to_double(w.w_k.data(), w.w_k.size());
+  r.bias = to_double(w.bias.data(), w.bias.size());
+  r.v = to_double(w.v.data(), w.v.size());
+  r.normalize = w.normalize;
+  r.g = w.g;
+  return r;
+}
+
+struct masks {
+  std::vector<index> lengths;
+  tensor2b key_mask, query_mask;  // size 0 = none
+};
+
+attn::additive_options options(const masks& m, tensor3* weights, int threads = 0) {
+  attn::additive_options o;
+  o.key_lengths = m.lengths;
+  if (m.key_mask.size()) o.key_mask = attn::view(m.key_mask);
+  if (m.query_mask.size()) o.query_mask = attn::view(m.query_mask);
+  if (weights) o.weights = attn::view(*weights);
+  o.num_threads = threads;
+  return o;
+}
+
+attn_ref::additive_masks to_ref(const masks& m) {
+  attn_ref::additive_masks r;
+  r.key_lengths = m.lengths;
+  for (index i = 0; i < m.key_mask.size(); ++i) r.key_mask.push_back(m.key_mask.data()[i]);
+  for (index i = 0; i < m.query_mask.size(); ++i) r.query_mask.push_back(m.query_mask.data()[i]);
+  return r;
+}
+
+// Checks out / weights against the reference with the tolerances above.
+void check(const std::string& label, const attn::additive_weights& w, const problem& p,
+           const tensor3& q, const tensor3& k, const tensor3& v, const masks& m,
+           const tensor3& out, const tensor3& weights) {
+  SCOPED_TRACE(label);
+  const attn_ref::additive_result r = attn_ref::additive_attention(
+      to_ref(w, p), to_double(q.data(), q.size()), to_double(k.data(), k.size()),
+      to_double(v.data(), v.size()), p.B, p.L, p.S, v.dimension(2), to_ref(m),
+      static_cast<double>(attn::simd::tanh_max_abs_error));
+  const index dv = v.dimension(2);
+  for (index b = 0; b < p.B; ++b) {
+    double vmax = 0;
+    for (index j = 0; j < p.S; ++j)
+      for (index d = 0; d < dv; ++d) vmax = std::max(vmax, std::abs(double(v(b, j, d))));
+    for (index i = 0; i < p.L; ++i) {
+      const std::size_t row = static_cast<std::size_t>(b * p.L + i);
+      const double E = r.score_err[row];
+      double sum = 0;
+      for (index j = 0; j < p.S; ++j) {
+        const double ref = r.weights[row * p.S + j], got = weights(b, i, j);
+        sum += got;
+        if (r.empty_row[row]) {
+          ASSERT_EQ(got, 0.0f) << "fully masked row b=" << b << " i=" << i;
+          continue;
+        }
+        const double tol = 2 * E * ref + 1e-6;
+        g_worst_w = std::max(g_worst_w, std::abs(got - ref) / tol);
+        ASSERT_LE(std::abs(got - ref), tol) << "weights b=" << b << " i=" << i << " j=" << j;
+      }
+      if (!r.empty_row[row]) {
+        EXPECT_NEAR(sum, 1.0, 1e-5) << "row b=" << b << " i=" << i;
+      }
+      const double tol =
+          (2 * E + 1e-6 + 4 * std::sqrt(double(p.S)) * attn_ref::eps32) * vmax + 1e-7;
+      for (index d = 0; d < dv; ++d) {
+        const double ref = r.out[row * dv + d], got = out(b, i, d);
+        const bool zero = r.empty_row[row] || (m.query_mask.size() && !m.query_mask(b, i));
+        if (zero) {
+          ASSERT_EQ(got, 0.0f) << "zero row b=" << b << " i=" << i;
+          continue;
+        }
+        g_worst_out = std::max(g_worst_out, std::abs(got - ref) / tol);
+        ASSERT_LE(std::abs(got - ref), tol) << "out b=" << b << " i=" << i << " d=" << d;
+      }
+    }
+  }
+}
+
+bool same_bits(const tensor3& a, const tensor3& b) {
+  return a.size() == b.size() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+tensor3 nan_tensor(index a, index b, index c) {
+  tensor3 t(a, b, c);
+  t.setConstant(std::numeric_limits<float>::quiet_NaN());
+  return t;
+}
+
+masks make_masks(int kind, const problem& p, std::mt19937& g) {
+  masks m;
+  std::bernoulli_distribution coin(0.7);
+  if (kind & 1) {  // lengths, one of them 0 when B > 2
+    for (index b = 0; b < p.B; ++b) m.lengths.push_back(b == 2 ? 0 : std::max<index>(1, p.S - 3 * b));
+  }
+  if (kind & 2) {
+    m.key_mask.resize(p.B, p.S);
+    for (index i = 0; i < m.key_mask.size(); ++i) m.key_mask.data()[i] = coin(g);
+    m.key_mask(0, 0) = true;
+  }
+  if (kind & 4) {
+    m.query_mask.resize(p.B, p.L);
+    for (index i = 0; i < m.query_mask.size(); ++i) m.query_mask.data()[i] = coin(g);
+  }
+  return m;
+}
+
+// One full comparison: cached and uncached forward, with weights, against
+// the reference; cached and uncached must agree bit for bit.
+void run_case(const std::string& label, const config& c, problem p, int mask_kind,
+              unsigned seed) {
+  std::mt19937 g(seed);
+  const attn::additive_weights w = make_weights(c, p, g);
+  const attn::additive_attention layer(w);
+  const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+                v = randt(p.B, p.S, p.dv, g);
+  const masks m = make_masks(mask_kind, p, g);
+  tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out), options(m, &wts));
+  check(label + " uncached", w, p, q, k, v, m, out, wts);
+
+  const attn::additive_keys cache = layer.project_keys(attn::view(k));
+  tensor3 out2 = nan_tensor(p.B, p.L, p.dv), wts2 = nan_tensor(p.B, p.L, p.S);
+  layer.forward(attn::view(q), cache, attn::view(v), attn::view(out2), options(m, &wts2));
+  EXPECT_TRUE(same_bits(out, out2)) << label << ": cached vs uncached";
+  EXPECT_TRUE(same_bits(wts, wts2)) << label << ": cached vs uncached weights";
+
+  // Without weights: the same output bits.
+  tensor3 out3 = nan_tensor(p.B, p.L, p.dv);
+  layer.forward(attn::view(q), cache, attn::view(v), attn::view(out3), options(m, nullptr));
+  EXPECT_TRUE(same_bits(out, out3)) << label << ": weights requested or not";
+}
+
+const char* name(attn::score_function s) {
+  return s == attn::score_function::additive ? "additive"
+         : s == attn::score_function::dot    ? "dot"
+                                             : "general";
+}
+
+// ---------------------------------------------------------------------------
+
+TEST(AdditiveReference, EveryScoreKindBiasNormalizeMasksAndLengths) {
+  unsigned seed = 100;
+  for (auto sf : {attn::score_function::additive, attn::score_function::dot,
+                  attn::score_function::general})
+    for (bool bias : {false, true})
+      for (bool normalize : {false, true}) {
+        if (sf != attn::score_function::additive && (bias || normalize)) continue;
+        for (index L : {1, 4})
+          for (int mk = 0; mk < 8; ++mk) {
+            config c;
+            c.score = sf;
+            c.bias = bias;
+            c.normalize = normalize;
+            problem p;
+            p.L = L;
+            p.B = 3;
+            run_case(std::string(name(sf)) + " bias=" + std::to_string(bias) +
+                         " normalize=" + std::to_string(normalize) + " L=" + std::to_string(L) +
+                         " masks=" + std::to_string(mk),
+                     c, p, mk, seed++);
+          }
+      }
+}
+
+TEST(AdditiveReference, KerasFormAndOneSidedProjections) {
+  unsigned seed = 300;
+  for (bool wq : {false, true})
+    for (bool wk : {false, true}) {
+      config c;
+      c.wq = wq;
+      c.wk = wk;
+      c.bias = wq;
+      problem p;
+      run_case("wq=" + std::to_string(wq) + " wk=" + std::to_string(wk), c, p, 3, seed++);
+    }
+}
+
+TEST(AdditiveReference, AttentionDimsAroundThePacketWidth) {
+  unsigned seed = 400;
+  for (index da : {1, 3, 4, 8, 15, 16, 17, 33, 64, 100}) {
+    problem p;
+    p.da = da;
+    p.S = 37;
+    run_case("da=" + std::to_string(da), config{}, p, 1, seed++);
+    config c;
+    c.score = attn::score_function::dot;
+    problem pd;
+    pd.dq = da;
+    run_case("dot d=" + std::to_string(da), c, pd, 0, seed++);
+  }
+}
+
+TEST(AdditiveReference, LargerShapes) {
+  problem p;
+  p.B = 2;
+  p.L = 9;
+  p.S = 100;
+  p.dq = 48;
+  p.dk = 80;
+  p.da = 64;
+  p.dv = 80;
+  config c;
+  c.bias = true;
+  run_case("additive large", c, p, 3, 500);
+  c.score = attn::score_function::general;
+  run_case("general large", c, p, 3, 501);
+}
+
+TEST(AdditiveDecoder, StepsAgainstOneCachedProjection) {
+  // A decoder: the keys are projected once; each step is one query (L = 1)
+  // and must match the reference for that step.
+  std::mt19937 g(600);
+  problem p;
+  p.B = 2;
+  p.S = 23;
+  config c;
+  c.bias = true;
+  const attn::additive_weights w = make_weights(c, p, g);
+  const attn::additive_attention layer(w);
+  const tensor3 k = randt(p.B, p.S, p.dk, g);
+  const attn::additive_keys cache = layer.project_keys(attn::view(k));
+  EXPECT_EQ(cache.batch(), p.B);
+  EXPECT_EQ(cache.length(), p.S);
+  EXPECT_EQ(cache.dim(), p.da);
+  masks m;
+  m.lengths = {p.S, 17};
+  problem step = p;
+  step.L = 1;
+  for (int t = 0; t < 5; ++t) {
+    const tensor3 q = randt(p.B, 1, p.dq, g);
+    tensor3 out = nan_tensor(p.B, 1, p.dk), wts = nan_tensor(p.B, 1, p.S);
+    // values default to the keys (d_v = d_k) in the uncached form; here they
+    // are given explicitly.
+    layer.forward(attn::view(q), cache, attn::view(k), attn::view(out), options(m, &wts));
+    step.dv = p.dk;
+    check("step " + std::to_string(t), w, step, q, k, k, m, out, wts);
+  }
+}
+
+TEST(AdditiveValues, DefaultToKeysAndTensorOverloads) {
+  std::mt19937 g(700);
+  problem p;
+  const attn::additive_weights w = make_weights(config{}, p, g);
+  const attn::additive_attention layer(w);
+  const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g);
+  tensor3 a = nan_tensor(p.B, p.L, p.dk), b = nan_tensor(p.B, p.L, p.dk);
+  layer.forward(attn::view(q), attn::view(k), {}, attn::view(a));
+  layer.forward(attn::view(q), attn::view(k), attn::view(k), attn::view(b));
+  EXPECT_TRUE(same_bits(a, b));
+  EXPECT_TRUE(same_bits(a, layer.forward(q, k)));
+  EXPECT_TRUE(same_bits(a, layer.forward(q, k, k)));
+  EXPECT_TRUE(same_bits(a, layer.forward(q, layer.project_keys(attn::view(k)), k)));
+}
+
+TEST(AdditiveLayouts, StridedViews) {
+  // Queries, keys and values as slices of wider buffers, the output written
+  // into a slice: the same bits as dense copies.
+  std::mt19937 g(800);
+  problem p;
+  const attn::additive_weights w = make_weights(config{}, p, g);
+  const attn::additive_attention layer(w);
+  const tensor3 qw = randt(p.B, p.L, p.dq + 3, g), kw = randt(p.B, p.S, p.dk + 5, g),
+                vw = randt(p.B, p.S, p.dv + 2, g);
+  Eigen::array<index, 3> off{0, 0, 1};
+  const tensor3 q = qw.slice(off, Eigen::array<index, 3>{p.B, p.L, p.dq});
+  const tensor3 k = kw.slice(off, Eigen::array<index, 3>{p.B, p.S, p.dk});
+  const tensor3 v = vw.slice(off, Eigen::array<index, 3>{p.B, p.S, p.dv});
+  auto slice = [](const tensor3& t, index d) {
+    attn::strided<const float, 3> s = attn::view(t);
+    s.data += 1;
+    s.dims[2] = d;
+    return s;
+  };
+  tensor3 dense = nan_tensor(p.B, p.L, p.dv), wide = nan_tensor(p.B, p.L, p.dv + 4);
+  wide.setZero();
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(dense));
+  attn::strided<float, 3> ow = attn::view(wide);
+  ow.data += 2;
+  ow.dims[2] = p.dv;
+  layer.forward(slice(qw, p.dq), slice(kw, p.dk), slice(vw, p.dv), ow);
+  for (index b = 0; b < p.B; ++b)
+    for (index i = 0; i < p.L; ++i)
+      for (index d = 0; d < p.dv; ++d) ASSERT_EQ(dense(b, i, d), wide(b, i, d + 2));
+}
+
+TEST(AdditiveMasks, FullyMaskedRowsAreZeroNeverNaN) {
+  std::mt19937 g(900);
+  for (auto sf : {attn::score_function::additive, attn::score_function::dot,
+                  attn::score_function::general}) {
+    problem p;
+    config c;
+    c.score = sf;
+    const attn::additive_weights w = make_weights(c, p, g);
+    const attn::additive_attention layer(w);
+    const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+                  v = randt(p.B, p.S, p.dv, g);
+    masks m;
+    m.lengths = {0, p.S};  // batch 0: no key
+    m.key_mask.resize(p.B, p.S);
+    m.key_mask.setConstant(true);
+    for (index j = 0; j < p.S; ++j) m.key_mask(1, j) = j >= p.S - 2;  // batch 1: only the last 2
+    tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out),
+                  options(m, &wts));
+    for (index i = 0; i < p.L; ++i) {
+      for (index d = 0; d < p.dv; ++d) EXPECT_EQ(out(0, i, d), 0.0f);
+      for (index j = 0; j < p.S; ++j) EXPECT_EQ(wts(0, i, j), 0.0f);
+      for (index j = 0; j < p.S - 2; ++j) EXPECT_EQ(wts(1, i, j), 0.0f);
+    }
+    check(std::string("fully masked ") + name(sf), w, p, q, k, v, m, out, wts);
+    // A key mask that is all false, broadcast over batch with stride 0.
+    bool none = false;
+    attn::additive_options o;
+    o.key_mask = attn::strided<const bool, 2>{&none, {p.B, p.S}, {0, 0}};
+    o.weights = attn::view(wts);
+    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out), o);
+    for (index i = 0; i < out.size(); ++i) ASSERT_EQ(out.data()[i], 0.0f);
+    for (index i = 0; i < wts.size(); ++i) ASSERT_EQ(wts.data()[i], 0.0f);
+  }
+}
+
+TEST(AdditiveMasks, QueryMaskZeroesOutputKeepsWeights) {
+  std::mt19937 g(1000);
+  problem p;
+  p.L = 5;
+  const attn::additive_weights w = make_weights(config{}, p, g);
+  const attn::additive_attention layer(w);
+  const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+                v = randt(p.B, p.S, p.dv, g);
+  masks none, qm;
+  qm.query_mask.resize(p.B, p.L);
+  qm.query_mask.setConstant(true);
+  qm.query_mask(0, 1) = false;
+  qm.query_mask(1, 4) = false;
+  tensor3 o1 = nan_tensor(p.B, p.L, p.dv), w1 = nan_tensor(p.B, p.L, p.S);
+  tensor3 o2 = nan_tensor(p.B, p.L, p.dv), w2 = nan_tensor(p.B, p.L, p.S);
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(o1), options(none, &w1));
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(o2), options(qm, &w2));
+  EXPECT_TRUE(same_bits(w1, w2)) << "weights do not depend on the query mask (Keras)";
+  for (index b = 0; b < p.B; ++b)
+    for (index i = 0; i < p.L; ++i)
+      for (index d = 0; d < p.dv; ++d)
+        EXPECT_EQ(o2(b, i, d), qm.query_mask(b, i) ? o1(b, i, d) : 0.0f);
+  // Without weights requested the masked rows are skipped: still 0.
+  tensor3 o3 = nan_tensor(p.B, p.L, p.dv);
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(o3), options(qm, nullptr));
+  EXPECT_TRUE(same_bits(o2, o3));
+}
+
+TEST(AdditiveExtreme, SaturatedTanhGivesExactScoresNoNaN) {
+  // Projections of +-1e4: every tanh saturates to exactly +-1, so each
+  // score is exactly +-Σ_a v_a (up to the fp32 sum) and nothing is NaN.
+  problem p;
+  p.da = 20;
+  p.dq = p.dk = p.da;
+  attn::additive_weights w;  // Keras form: identity projections
+  w.v = Eigen::VectorXf::LinSpaced(p.da, -1.0f, 2.0f);
+  const attn::additive_attention layer(w);
+  tensor3 q(p.B, p.L, p.da), k(p.B, p.S, p.da), v(p.B, p.S, p.dv);
+  std::mt19937 g(1100);
+  std::bernoulli_distribution coin(0.5);
+  for (index i = 0; i < q.size(); ++i) q.data()[i] = coin(g) ? 1e4f : -1e4f;
+  for (index i = 0; i < k.size(); ++i) k.data()[i] = coin(g) ? 3.0f : -3.0f;
+  v = randt(p.B, p.S, p.dv, g);
+  tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+  attn::additive_options o;
+  o.weights = attn::view(wts);
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out), o);
+  for (index i = 0; i < out.size(); ++i) ASSERT_TRUE(std::isfinite(out.data()[i]));
+  // All keys of a row have the same score (q dominates): uniform weights.
+  for (index i = 0; i < wts.size(); ++i) ASSERT_NEAR(wts.data()[i], 1.0 / p.S, 1e-6);
+  check("saturated", w, p, q, k, v, masks{}, out, wts);
+
+  // Huge values on both sides, random signs, up to FLT_MAX (whose sums
+  // overflow to +-inf, which tanh also saturates): finite weights summing
+  // to 1, finite outputs. (An infinite query and an infinite key of
+  // opposite signs would give inf - inf = NaN before any tanh: inputs must
+  // be finite.)
+  for (float big : {1e4f, 1e30f, std::numeric_limits<float>::max()}) {
+    tensor3 qb = randt(p.B, p.L, p.da, g, big), kb = randt(p.B, p.S, p.da, g, big);
+    for (index i = 0; i < qb.size(); ++i) qb.data()[i] = coin(g) ? big : -big;
+    for (index i = 0; i < kb.size(); ++i) kb.data()[i] = coin(g) ? big : -big;
+    tensor3 ob = nan_tensor(p.B, p.L, p.dv), wb = nan_tensor(p.B, p.L, p.S);
+    attn::additive_options ob_opt;
+    ob_opt.weights = attn::view(wb);
+    layer.forward(attn::view(qb), attn::view(kb), attn::view(v), attn::view(ob), ob_opt);
+    for (index i = 0; i < ob.size(); ++i) ASSERT_TRUE(std::isfinite(ob.data()[i])) << big;
+    for (index b = 0; b < p.B; ++b)
+      for (index i = 0; i < p.L; ++i) {
+        double s = 0;
+        for (index j = 0; j < p.S; ++j) {
+          ASSERT_TRUE(std::isfinite(wb(b, i, j))) << big;
+          s += wb(b, i, j);
+        }
+        EXPECT_NEAR(s, 1.0, 1e-5) << big;
+      }
+  }
+}
+
+TEST(AdditiveThreads, BitIdenticalForAnyThreadCount) {
+  // Large enough that the call really runs in parallel
+  // (attn::core::min_parallel_flops).
+  for (auto sf : {attn::score_function::additive, attn::score_function::general}) {
+    std::mt19937 g(1200);
+    problem p;
+    p.B = 3;
+    p.L = 40;
+    p.S = 70;
+    p.da = 64;
+    p.dq = 32;
+    p.dk = 48;
+    config c;
+    c.score = sf;
+    c.bias = sf == attn::score_function::additive;
+    const attn::additive_weights w = make_weights(c, p, g);
+    const attn::additive_attention layer(w);
+    const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+                  v = randt(p.B, p.S, p.dv, g);
+    const masks m = make_masks(7, p, g);
+    const attn::additive_keys cache = layer.project_keys(attn::view(k));
+    tensor3 ref_out, ref_w;
+    for (int t : {1, 2, 3, 0}) {
+      tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+      layer.forward(attn::view(q), cache, attn::view(v), attn::view(out), options(m, &wts, t));
+      if (t == 1) {
+        ref_out = out;
+        ref_w = wts;
+        check(std::string("threads ") + name(sf), w, p, q, k, v, m, out, wts);
+      } else {
+        EXPECT_TRUE(same_bits(out, ref_out)) << name(sf) << " threads " << t;
+        EXPECT_TRUE(same_bits(wts, ref_w)) << name(sf) << " threads " << t;
+      }
+    }
+  }
+}
+
+TEST(AdditiveWeights, NormalizeUsesGOverNorm) {
+  attn::additive_weights w;
+  w.v = Eigen::Vector3f(3.0f, 0.0f, 4.0f);
+  w.normalize = true;
+  w.g = 2.0f;
+  const attn::additive_attention layer(w);
+  EXPECT_FLOAT_EQ(layer.effective_v()[0], 1.2f);
+  EXPECT_FLOAT_EQ(layer.effective_v()[2], 1.6f);
+  EXPECT_EQ(layer.attention_dim(), 3);
+  EXPECT_EQ(layer.query_dim(), 3);
+  EXPECT_EQ(layer.key_dim(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+template <class F>
+void expect_error(const std::string& label, F&& f, const std::vector<const char*>& needles) {
+  try {
+    f();
+    ADD_FAILURE() << label << ": no exception";
+  } catch (const attn::error& e) {
+    const std::string what = e.what();
+    for (const char* n : needles)
+      EXPECT_NE(what.find(n), std::string::npos) << label << ": \"" << what << "\" lacks " << n;
+    const std::invalid_argument* base = &e;
+    EXPECT_NE(base, nullptr);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << label << ": wrong exception " << e.what();
+  }
+}
+
+TEST(AdditiveErrors, Constructor) {
+  using attn::score_function;
+  auto make = [](std::function<void(attn::additive_weights&)> edit) {
+    attn::additive_weights w;
+    w.w_q = matrix::Ones(4, 3);
+    w.w_k = matrix::Ones(4, 5);
+    w.v = Eigen::VectorXf::Ones(4);
+    edit(w);
+    return [w] { attn::additive_attention a(w); };
+  };
+  make([](attn::additive_weights&) {})();  // the baseline is valid
+  expect_error("no v", make([](auto& w) { w.v.resize(0); }), {"additive_attention", "weights.v"});
+  expect_error("w_q rows", make([](auto& w) { w.w_q = matrix::Ones(5, 3); }),
+               {"weights.w_q", "[5, 3]"});
+  expect_error("w_k rows", make([](auto& w) { w.w_k = matrix::Ones(3, 5); }),
+               {"weights.w_k", "[3, 5]"});
+  expect_error("bias size", make([](auto& w) { w.bias = Eigen::VectorXf::Ones(3); }),
+               {"weights.bias", "[3]"});
+  expect_error("normalize zero v", make([](auto& w) {
+                 w.normalize = true;
+                 w.v.setZero();
+               }),
+               {"weights.v", "norm"});
+  expect_error("normalize bad g", make([](auto& w) {
+                 w.normalize = true;
+                 w.g = std::numeric_limits<float>::infinity();
+               }),
+               {"weights.g"});
+  expect_error("bad score", make([](auto& w) { w.score = static_cast<score_function>(7); }),
+               {"weights.score"});
+  auto luong = [&](score_function s, std::function<void(attn::additive_weights&)> edit) {
+    return make([s, edit](attn::additive_weights& w) {
+      w = attn::additive_weights{};
+      w.score = s;
+      if (s == score_function::general) w.w_k = matrix::Ones(3, 5);
+      edit(w);
+    });
+  };
+  luong(score_function::dot, [](auto&) {})();
+  luong(score_function::general, [](auto&) {})();
+  expect_error("dot w_k", luong(score_function::dot, [](auto& w) { w.w_k = matrix::Ones(2, 2); }),
+               {"weights.w_k", "dot"});
+  expect_error("dot v", luong(score_function::dot, [](auto& w) { w.v = Eigen::VectorXf::Ones(2); }),
+               {"weights.v", "dot"});
+  expect_error("general w_q",
+               luong(score_function::general, [](auto& w) { w.w_q = matrix::Ones(2, 2); }),
+               {"weights.w_q", "general"});
+  expect_error("general bias",
+               luong(score_function::general, [](auto& w) { w.bias = Eigen::VectorXf::Ones(3); }),
+               {"weights.bias", "general"});
+  expect_error("general normalize",
+               luong(score_function::general, [](auto& w) { w.normalize = true; }),
+               {"weights.normalize"});
+  expect_error("general no W", luong(score_function::general, [](auto& w) { w.w_k.resize(0, 0); }),
+               {"weights.w_k", "[0, 0]"});
+}
+
+TEST(AdditiveErrors, Calls) {
+  std::mt19937 g(1300);
+  problem p;
+  const attn::additive_weights w = make_weights(config{}, p, g);
+  const attn::additive_attention layer(w);
+  const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+                v = randt(p.B, p.S, p.dv, g);
+  tensor3 out(p.B, p.L, p.dv), wts(p.B, p.L, p.S);
+  const attn::additive_keys cache = layer.project_keys(attn::view(k));
+  struct call {
+    attn::strided<const float, 3> q, k, v;
+    attn::strided<float, 3> out;
+    attn::additive_options opt;
+    bool cached = false;
+    const attn::additive_keys* keys = nullptr;
+    void operator()() const {
+      if (cached)
+        layer_->forward(q, *keys, v, out, opt);
+      else
+        layer_->forward(q, k, v, out, opt);
+    }
+    const attn::additive_attention* layer_ = nullptr;
+  };
+  call base;
+  base.q = attn::view(q);
+  base.k = attn::view(k);
+  base.v = attn::view(v);
+  base.out = attn::view(out);
+  base.keys = &cache;
+  base.layer_ = &layer;
+  base();
+  auto with = [&](std::function<void(call&)> edit) {
+    call c = base;
+    edit(c);
+    return c;
+  };
+  const char* fwd = "additive_attention::forward";
+  expect_error("query dims", with([](call& c) { c.q.dims[2] += 1; }), {fwd, ": query:"});
+  expect_error("query batch", with([](call& c) { c.q.dims[0] = 1; }), {": query:"});
+  expect_error("query null", with([](call& c) { c.q.data = nullptr; }), {": query:", "null"});
+  expect_error("query stride", with([](call& c) { c.q.strides[2] = 2; }), {"query.strides[2]"});
+  expect_error("keys dims", with([](call& c) { c.k.dims[2] -= 1; }), {": keys:"});
+  expect_error("keys null", with([](call& c) { c.k.data = nullptr; }), {": keys:", "null"});
+  expect_error("keys stride", with([](call& c) { c.k.strides[2] = 2; }), {"keys.strides[2]"});
+  expect_error("values dims", with([](call& c) { c.v.dims[1] -= 1; }), {": values:"});
+  expect_error("values null", with([](call& c) { c.v.data = nullptr; }), {": values:", "null"});
+  expect_error("values stride", with([](call& c) { c.v.strides[2] = 2; }), {"values.strides[2]"});
+  expect_error("out dims", with([](call& c) { c.out.dims[2] += 1; }), {": out:"});
+  expect_error("out null", with([](call& c) { c.out.data = nullptr; }), {": out:", "null"});
+  expect_error("out stride", with([](call& c) { c.out.strides[2] = 2; }), {"out.strides[2]"});
+  expect_error("out overlap", with([](call& c) { c.out.strides[1] = 1; }), {"out.strides"});
+  expect_error("lengths size", with([](call& c) { c.opt.key_lengths = {1}; }),
+               {"key_lengths.size()"});
+  expect_error("lengths value", with([&](call& c) { c.opt.key_lengths = {1, p.S + 1}; }),
+               {"key_lengths[1]"});
+  expect_error("lengths negative", with([](call& c) { c.opt.key_lengths = {-1, 1}; }),
+               {"key_lengths[0]"});
+  tensor2b km(p.B, p.S + 1), qm(p.B + 1, p.L);
+  expect_error("key mask", with([&](call& c) { c.opt.key_mask = attn::view(km); }),
+               {": key_mask:"});
+  expect_error("key mask stride", with([&](call& c) {
+                 c.opt.key_mask = attn::strided<const bool, 2>{km.data(), {p.B, p.S}, {-1, 1}};
+               }),
+               {"key_mask.strides"});
+  expect_error("query mask", with([&](call& c) { c.opt.query_mask = attn::view(qm); }),
+               {": query_mask:"});
+  expect_error("query mask stride", with([&](call& c) {
+                 c.opt.query_mask = attn::strided<const bool, 2>{qm.data(), {p.B, p.L}, {1, -1}};
+               }),
+               {"query_mask.strides"});
+  tensor3 bad_w(p.B, p.L, p.S + 1);
+  expect_error("weights dims", with([&](call& c) { c.opt.weights = attn::view(bad_w); }),
+               {": weights:"});
+  expect_error("weights overlap", with([&](call& c) {
+                 c.opt.weights = attn::view(wts);
+                 c.opt.weights.strides[0] = 0;
+               }),
+               {"weights.strides"});
+  expect_error("threads", with([](call& c) { c.opt.num_threads = -1; }), {"num_threads"});
+  // Cached: the same checks, plus the cache itself.
+  expect_error("cached query", with([](call& c) {
+                 c.cached = true;
+                 c.q.dims[0] = 1;
+               }),
+               {": query:"});
+  expect_error("cached values", with([](call& c) {
+                 c.cached = true;
+                 c.v.dims[1] = 2;
+               }),
+               {": values:"});
+  attn::additive_weights wd;
+  wd.score = attn::score_function::dot;
+  const attn::additive_attention dot(wd);
+  const tensor3 kd = randt(p.B, p.S, p.dq, g);
+  const attn::additive_keys dot_cache = dot.project_keys(attn::view(kd));
+  expect_error("foreign cache", with([&](call& c) {
+                 c.cached = true;
+                 c.keys = &dot_cache;
+               }),
+               {": keys:", "project_keys"});
+  expect_error("dot dims", [&] { dot.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out)); },
+               {": query:"});
+  expect_error("project_keys", [&] { layer.project_keys(attn::view(q)); },
+               {"additive_attention::project_keys", ": keys:"});
+}
+
+TEST(AdditiveZeroSize, EmptyBatchQueriesAndKeys) {
+  std::mt19937 g(1400);
+  problem p;
+  const attn::additive_weights w = make_weights(config{}, p, g);
+  const attn::additive_attention layer(w);
+  // L = 0 and B = 0: nothing to do, no error.
+  for (auto dims : {std::array<index, 2>{0, 3}, std::array<index, 2>{2, 0}}) {
+    const tensor3 q(dims[0], dims[1], p.dq), k = randt(dims[0], p.S, p.dk, g),
+                  v = randt(dims[0], p.S, p.dv, g);
+    tensor3 out(dims[0], dims[1], p.dv);
+    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out));
+  }
+  // S = 0: every row is fully masked, output 0.
+  const tensor3 q = randt(p.B, p.L, p.dq, g), k(p.B, 0, p.dk), v(p.B, 0, p.dv);
+  tensor3 out = nan_tensor(p.B, p.L, p.dv);
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out));
+  for (index i = 0; i < out.size(); ++i) EXPECT_EQ(out.data()[i], 0.0f);
+}
+
+TEST(AdditiveReport, WorstErrorRatios) {
+  std::printf("[ measured ] worst error / tolerance: weights %.3g, out %.3g\n", g_worst_w,
+              g_worst_out);
+  EXPECT_LE(g_worst_w, 1.0);
+  EXPECT_LE(g_worst_out, 1.0);
+}
+
+}  // namespace

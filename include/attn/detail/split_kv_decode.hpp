@@ -77,6 +77,40 @@ inline float dot_row(const float* q, const KV* k, index d) {
   return s;
 }
 
+// out[r] = sum_d q[r][d] * k[d] for 4 query rows (row stride ldq) that share
+// one key row: each key packet is loaded and widened once for all four.
+template <class KV>
+inline void dot_rows4(const float* q, index ldq, const KV* k, index d, float* out, index ldo) {
+  using namespace simd;
+  packet acc[4] = {zero(), zero(), zero(), zero()};
+  index i = 0;
+  for (; i + width <= d; i += width) {
+    const packet kp = load_as_float(k + i);
+    for (int r = 0; r < 4; ++r) acc[r] = fma(load(q + r * ldq + i), kp, acc[r]);
+  }
+  for (int r = 0; r < 4; ++r) {
+    float s = reduce_add(acc[r]);
+    for (index j = i; j < d; ++j) s += q[r * ldq + j] * static_cast<float>(k[j]);
+    out[r * ldo] = s;
+  }
+}
+
+// o[r][d] += p[r] * v[d] for 4 output rows (row stride ldo) sharing one
+// value row, loaded and widened once.
+template <class KV>
+inline void axpy_rows4(float* o, index ldo, const float* p, index ldp, const KV* v, index n) {
+  using namespace simd;
+  const packet pp[4] = {broadcast(p[0]), broadcast(p[ldp]), broadcast(p[2 * ldp]),
+                        broadcast(p[3 * ldp])};
+  index i = 0;
+  for (; i + width <= n; i += width) {
+    const packet vp = load_as_float(v + i);
+    for (int r = 0; r < 4; ++r) store(o + r * ldo + i, fma(pp[r], vp, load(o + r * ldo + i)));
+  }
+  for (; i < n; ++i)
+    for (int r = 0; r < 4; ++r) o[r * ldo + i] += p[r * ldp] * static_cast<float>(v[i]);
+}
+
 // o[d] += p * v[d] for d < n.
 template <class KV>
 inline void axpy_row(float* o, float p, const KV* v, index n) {
@@ -193,15 +227,32 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
       for (index jj = 0; jj < n; ++jj)
         for (index hk = 0; hk < Hkv; ++hk) {
           const KV* kr = k.at(b, j0 + jj, hk, 0);
-          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r)
-            sb[r * KB + jj] = dot_row(ws.q.data() + r * d_qk, kr, d_qk);
+          index r = hk * rows_per_kv;
+          const index r_end = r + rows_per_kv;
+          for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
+            dot_rows4(ws.q.data() + r * d_qk, d_qk, kr, d_qk, sb + r * KB + jj, KB);
+          for (; r < r_end; ++r) sb[r * KB + jj] = dot_row(ws.q.data() + r * d_qk, kr, d_qk);
         }
     };
     auto accumulate_block = [&](index j0, index n, const float* pb) {
       for (index jj = 0; jj < n; ++jj)
         for (index hk = 0; hk < Hkv; ++hk) {
           const KV* vr = v.at(b, j0 + jj, hk, 0);
-          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
+          index r = hk * rows_per_kv;
+          const index r_end = r + rows_per_kv;
+          for (; r + 4 <= r_end; r += 4) {
+            const float* p4 = pb + r * KB + jj;
+            const int zeros =
+                (p4[0] == 0.0f) + (p4[KB] == 0.0f) + (p4[2 * KB] == 0.0f) + (p4[3 * KB] == 0.0f);
+            if (zeros == 0) {
+              axpy_rows4(ws.o.data() + r * d_v, d_v, p4, KB, vr, d_v);
+            } else if (zeros < 4) {  // a key masked for some rows: never read it for them
+              for (index q4 = 0; q4 < 4; ++q4)
+                if (p4[q4 * KB] != 0.0f)
+                  axpy_row(ws.o.data() + (r + q4) * d_v, p4[q4 * KB], vr, d_v);
+            }
+          }
+          for (; r < r_end; ++r) {
             const float p = pb[r * KB + jj];
             if (p != 0.0f) axpy_row(ws.o.data() + r * d_v, p, vr, d_v);
           }

@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "reference/additive_reference.hpp"
 
 namespace {
@@ -58,9 +59,7 @@ struct problem {
   index B = 2, L = 3, S = 11, dq = 7, dk = 9, dv = 5, da = 13;
 };
 
-std::vector<double> to_double(const float* p, index n) {
-  return std::vector<double>(p, p + n);
-}
+std::vector<double> to_double(const float* p, index n) { return std::vector<double>(p, p + n); }
 
 matrix randm(index r, index c, std::mt19937& g, float sd) {
   std::normal_distribution<float> n(0.0f, sd);
@@ -149,8 +148,8 @@ attn_ref::additive_masks to_ref(const masks& m) {
 
 // Checks out / weights against the reference with the tolerances above.
 void check(const std::string& label, const attn::additive_weights& w, const problem& p,
-           const tensor3& q, const tensor3& k, const tensor3& v, const masks& m,
-           const tensor3& out, const tensor3& weights) {
+           const tensor3& q, const tensor3& k, const tensor3& v, const masks& m, const tensor3& out,
+           const tensor3& weights) {
   SCOPED_TRACE(label);
   const attn_ref::additive_result r = attn_ref::additive_attention(
       to_ref(w, p), to_double(q.data(), q.size()), to_double(k.data(), k.size()),
@@ -210,7 +209,8 @@ masks make_masks(int kind, const problem& p, std::mt19937& g) {
   masks m;
   std::bernoulli_distribution coin(0.7);
   if (kind & 1) {  // lengths, one of them 0 when B > 2
-    for (index b = 0; b < p.B; ++b) m.lengths.push_back(b == 2 ? 0 : std::max<index>(1, p.S - 3 * b));
+    for (index b = 0; b < p.B; ++b)
+      m.lengths.push_back(b == 2 ? 0 : std::max<index>(1, p.S - 3 * b));
   }
   if (kind & 2) {
     m.key_mask.resize(p.B, p.S);
@@ -226,8 +226,7 @@ masks make_masks(int kind, const problem& p, std::mt19937& g) {
 
 // One full comparison: cached and uncached forward, with weights, against
 // the reference; cached and uncached must agree bit for bit.
-void run_case(const std::string& label, const config& c, problem p, int mask_kind,
-              unsigned seed) {
+void run_case(const std::string& label, const config& c, problem p, int mask_kind, unsigned seed) {
   std::mt19937 g(seed);
   const attn::additive_weights w = make_weights(c, p, g);
   const attn::additive_attention layer(w);
@@ -260,8 +259,8 @@ const char* name(attn::score_function s) {
 
 TEST(AdditiveReference, EveryScoreKindBiasNormalizeMasksAndLengths) {
   unsigned seed = 100;
-  for (auto sf : {attn::score_function::additive, attn::score_function::dot,
-                  attn::score_function::general})
+  for (auto sf :
+       {attn::score_function::additive, attn::score_function::dot, attn::score_function::general})
     for (bool bias : {false, true})
       for (bool normalize : {false, true}) {
         if (sf != attn::score_function::additive && (bias || normalize)) continue;
@@ -405,8 +404,8 @@ TEST(AdditiveLayouts, StridedViews) {
 
 TEST(AdditiveMasks, FullyMaskedRowsAreZeroNeverNaN) {
   std::mt19937 g(900);
-  for (auto sf : {attn::score_function::additive, attn::score_function::dot,
-                  attn::score_function::general}) {
+  for (auto sf :
+       {attn::score_function::additive, attn::score_function::dot, attn::score_function::general}) {
     problem p;
     config c;
     c.score = sf;
@@ -420,8 +419,7 @@ TEST(AdditiveMasks, FullyMaskedRowsAreZeroNeverNaN) {
     m.key_mask.setConstant(true);
     for (index j = 0; j < p.S; ++j) m.key_mask(1, j) = j >= p.S - 2;  // batch 1: only the last 2
     tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
-    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out),
-                  options(m, &wts));
+    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out), options(m, &wts));
     for (index i = 0; i < p.L; ++i) {
       for (index d = 0; d < p.dv; ++d) EXPECT_EQ(out(0, i, d), 0.0f);
       for (index j = 0; j < p.S; ++j) EXPECT_EQ(wts(0, i, j), 0.0f);
@@ -570,21 +568,7 @@ TEST(AdditiveWeights, NormalizeUsesGOverNorm) {
 // ---------------------------------------------------------------------------
 // Errors
 
-template <class F>
-void expect_error(const std::string& label, F&& f, const std::vector<const char*>& needles) {
-  try {
-    f();
-    ADD_FAILURE() << label << ": no exception";
-  } catch (const attn::error& e) {
-    const std::string what = e.what();
-    for (const char* n : needles)
-      EXPECT_NE(what.find(n), std::string::npos) << label << ": \"" << what << "\" lacks " << n;
-    const std::invalid_argument* base = &e;
-    EXPECT_NE(base, nullptr);
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << label << ": wrong exception " << e.what();
-  }
-}
+using attn_test::expect_error;
 
 TEST(AdditiveErrors, Constructor) {
   using attn::score_function;
@@ -696,9 +680,13 @@ TEST(AdditiveErrors, Calls) {
   expect_error("out overlap", with([](call& c) { c.out.strides[1] = 1; }), {"out.strides"});
   expect_error("lengths size", with([](call& c) { c.opt.key_lengths = {1}; }),
                {"key_lengths.size()"});
-  expect_error("lengths value", with([&](call& c) { c.opt.key_lengths = {1, p.S + 1}; }),
+  expect_error("lengths value", with([&](call& c) {
+                 c.opt.key_lengths = {1, p.S + 1};
+               }),
                {"key_lengths[1]"});
-  expect_error("lengths negative", with([](call& c) { c.opt.key_lengths = {-1, 1}; }),
+  expect_error("lengths negative", with([](call& c) {
+                 c.opt.key_lengths = {-1, 1};
+               }),
                {"key_lengths[0]"});
   tensor2b km(p.B, p.S + 1), qm(p.B + 1, p.L);
   expect_error("key mask", with([&](call& c) { c.opt.key_mask = attn::view(km); }),
@@ -743,7 +731,8 @@ TEST(AdditiveErrors, Calls) {
                  c.keys = &dot_cache;
                }),
                {": keys:", "project_keys"});
-  expect_error("dot dims", [&] { dot.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out)); },
+  expect_error("dot dims",
+               [&] { dot.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out)); },
                {": query:"});
   expect_error("project_keys", [&] { layer.project_keys(attn::view(q)); },
                {"additive_attention::project_keys", ": keys:"});
@@ -757,7 +746,7 @@ TEST(AdditiveZeroSize, EmptyBatchQueriesAndKeys) {
   // L = 0 and B = 0: nothing to do, no error.
   for (auto dims : {std::array<index, 2>{0, 3}, std::array<index, 2>{2, 0}}) {
     const tensor3 q(dims[0], dims[1], p.dq), k = randt(dims[0], p.S, p.dk, g),
-                  v = randt(dims[0], p.S, p.dv, g);
+                                             v = randt(dims[0], p.S, p.dv, g);
     tensor3 out(dims[0], dims[1], p.dv);
     layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out));
   }

@@ -48,6 +48,7 @@
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
 #include "attn/error.hpp"
+#include "attn/mask.hpp"
 #include "attn/sdpa.hpp"  // detail::non_overlapping, has_zero_extent, dims_note
 #include "attn/view.hpp"
 
@@ -195,8 +196,7 @@ inline void additive_scores2x4(const float* qa, const float* qb, const float* v,
   packet b0 = zero(), b1 = zero(), b2 = zero(), b3 = zero();
   for (index d = 0; d < n; d += width) {
     const packet x = load(qa + d), y = load(qb + d), w = load(v + d);
-    const packet k0 = load(k[0] + d), k1 = load(k[1] + d), k2 = load(k[2] + d),
-                 k3 = load(k[3] + d);
+    const packet k0 = load(k[0] + d), k1 = load(k[1] + d), k2 = load(k[2] + d), k3 = load(k[3] + d);
     a0 = fma(w, simd::tanh(add(x, k0)), a0);
     a1 = fma(w, simd::tanh(add(x, k1)), a1);
     a2 = fma(w, simd::tanh(add(x, k2)), a2);
@@ -506,8 +506,7 @@ class additive_attention {
 
   static void check_query(const char* fn, const strided<const float, 3>& q, index B, index Dq) {
     using detail::require;
-    require(!q.empty() || detail::has_zero_extent(q), fn, "query", "a non-null view",
-            "null data");
+    require(!q.empty() || detail::has_zero_extent(q), fn, "query", "a non-null view", "null data");
     require(
         q.dims[0] == B && q.dims[1] >= 0 && q.dims[2] == Dq, fn, "query",
         [&] {
@@ -521,23 +520,14 @@ class additive_attention {
   static void check_options(const char* fn, const additive_options& opt, index B, index L,
                             index S) {
     using detail::require;
-    require(
-        opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B, fn,
-        "key_lengths.size()", [&] { return "0 or batch = " + std::to_string(B); },
-        opt.key_lengths.size());
-    for (std::size_t i = 0; i < opt.key_lengths.size(); ++i) {
-      const index len = opt.key_lengths[i];
-      if (len < 0 || len > S)
-        detail::fail(fn, ("key_lengths[" + std::to_string(i) + "]").c_str(),
-                     "a value in [0, S = " + std::to_string(S) + "]", len);
-    }
+    detail::check_key_lengths(fn, opt.key_lengths, B, S);
     if (!opt.key_mask.empty()) {
       const std::array<index, 2> want{B, S};
       require(
           opt.key_mask.dims == want, fn, "key_mask",
           [&] { return detail::dims_note(want, "[batch, S]"); }, opt.key_mask.dims);
-      require(opt.key_mask.strides[0] >= 0 && opt.key_mask.strides[1] >= 0, fn,
-              "key_mask.strides", "non-negative strides", opt.key_mask.strides);
+      require(opt.key_mask.strides[0] >= 0 && opt.key_mask.strides[1] >= 0, fn, "key_mask.strides",
+              "non-negative strides", opt.key_mask.strides);
     }
     if (!opt.query_mask.empty()) {
       const std::array<index, 2> want{B, L};

@@ -23,6 +23,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "attn/error.hpp"
 
@@ -121,6 +123,19 @@ class band_mask {
   bool has_lo_ = false, has_hi_ = false;
   index lo_off_ = 0, hi_off_ = 0;
 };
+
+// Checks per-batch key lengths for an entry point `fn`: empty, or B values
+// each in [0, S]. The message names the offending entry.
+inline void check_key_lengths(const char* fn, const std::vector<index>& key_lengths, index B,
+                              index S) {
+  require(
+      key_lengths.empty() || static_cast<index>(key_lengths.size()) == B, fn, "key_lengths.size()",
+      [&] { return "0 or batch = " + std::to_string(B); }, key_lengths.size());
+  for (std::size_t i = 0; i < key_lengths.size(); ++i)
+    if (key_lengths[i] < 0 || key_lengths[i] > S)
+      fail(fn, ("key_lengths[" + std::to_string(i) + "]").c_str(),
+           "a value in [0, S = " + std::to_string(S) + "]", key_lengths[i]);
+}
 
 }  // namespace detail
 }  // namespace attn

@@ -140,16 +140,7 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, s
     require(opt.window->right >= 0, fn, "window.right", ">= 0 (attn::unbounded for no limit)",
             opt.window->right);
   }
-  require(
-      opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B, fn,
-      "key_lengths.size()", [&] { return "0 or batch = " + std::to_string(B); },
-      opt.key_lengths.size());
-  for (std::size_t i = 0; i < opt.key_lengths.size(); ++i) {
-    const index len = opt.key_lengths[i];
-    if (len < 0 || len > S)
-      detail::fail(fn, ("key_lengths[" + std::to_string(i) + "]").c_str(),
-                   "a value in [0, S = " + std::to_string(S) + "]", len);
-  }
+  detail::check_key_lengths(fn, opt.key_lengths, B, S);
   detail::check_mask(opt.bool_mask, "bool_mask", B, Hq, L, S);
   detail::check_mask(opt.additive_mask, "additive_mask", B, Hq, L, S);
   if (!opt.lse.empty()) {

@@ -119,21 +119,23 @@ int run(index new_tokens) {
   std::printf("prefill: %zu tokens in %.2f ms (%.0f tokens/s)\n", prompt.size(), prefill_ms,
               prompt.size() / prefill_ms * 1e3);
 
-  std::printf("generated:");
+  // Tokens are printed 16 to a line, each line followed by the step time at
+  // that cache length.
   double total_ms = 0;
   for (index n = 0; n < new_tokens; ++n) {
+    if (n % 16 == 0) std::printf("tokens:");
     std::printf(" %d", next);
     const auto s0 = clock::now();
     next = step({next});
     const double ms = std::chrono::duration<double, std::milli>(clock::now() - s0).count();
     total_ms += ms;
     if ((n + 1) % 16 == 0 || n + 1 == new_tokens)
-      std::printf("\n  step %3ld: cache %4ld tokens, %.3f ms/step\ngenerated:", long(n + 1),
+      std::printf("\n  after %3ld steps: cache %4ld tokens, %.3f ms/step\n", long(n + 1),
                   long(caches[0].lengths()[0]), ms);
   }
   std::size_t bytes = 0;
   for (const auto& c : caches) bytes += c.bytes();
-  std::printf("\n%ld tokens in %.1f ms: %.0f tokens/s; KV cache %.2f MiB allocated (%s, %ld layers "
+  std::printf("%ld tokens in %.1f ms: %.0f tokens/s; KV cache %.2f MiB allocated (%s, %ld layers "
               "x %ld tokens capacity)\n",
               long(new_tokens), total_ms, new_tokens / total_ms * 1e3, bytes / 1048576.0,
               sizeof(Storage) == 4 ? "float" : "bf16", long(layers), long(max_tokens));

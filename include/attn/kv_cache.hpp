@@ -133,9 +133,9 @@ class kv_cache {
       if (n == 0) continue;
       sdpa_options o = opt;
       o.causal = causal::bottom_right;
-      if (!opt.lse.empty()) o.lse = slice(opt.lse, b, n);
-      scaled_dot_product_attention(slice(q, b, n), prefix(keys(), b, lengths_[b]),
-                                   prefix(values(), b, lengths_[b]), slice(out, b, n), o);
+      if (!opt.lse.empty()) o.lse = lse_prefix(opt.lse, b, n);
+      scaled_dot_product_attention(prefix(q, b, n), prefix(keys(), b, lengths_[b]),
+                                   prefix(values(), b, lengths_[b]), prefix(out, b, n), o);
     }
   }
 
@@ -166,12 +166,8 @@ class kv_cache {
     v.dims[1] = n;
     return v;
   }
-  template <class U>
-  static strided<U, 4> slice(strided<U, 4> v, index b, index n) {
-    return prefix(v, b, n);
-  }
   // LSE [batch, heads, T] -> batch entry b, first n positions.
-  static strided<float, 3> slice(strided<float, 3> v, index b, index n) {
+  static strided<float, 3> lse_prefix(strided<float, 3> v, index b, index n) {
     v.data = v.data + b * v.strides[0];
     v.dims[0] = 1;
     v.dims[2] = n;

@@ -42,11 +42,6 @@ inline int threads_for_work(int requested, double flops) {
   return flops < min_parallel_flops ? 1 : requested;
 }
 
-/// Runs body(t) for t in [0, n): parallel_for for tasks that need no
-/// working memory.
-template <class Body>
-void parallel_for(index n, int requested_threads, Body body);
-
 /// Runs body(scratch, t) for t in [0, n). `make_scratch()` is called once per
 /// thread to build that thread's working memory, so the loop itself never
 /// allocates. Tasks are handed out dynamically (they may differ in cost, as
@@ -72,6 +67,8 @@ void parallel_for(index n, int requested_threads, MakeScratch make_scratch, Body
   for (index t = 0; t < n; ++t) body(scratch, t);
 }
 
+/// Runs body(t) for t in [0, n): parallel_for for tasks that need no
+/// working memory.
 template <class Body>
 void parallel_for(index n, int requested_threads, Body body) {
   struct none {};

@@ -31,6 +31,12 @@
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_options.hpp"
 
+// DeepSeek multi-head latent attention with its latent cache and YaRN RoPE:
+// attn::multi_head_latent_attention, attn::mla_config, attn::mla_cache.
+#include "attn/mla.hpp"
+#include "attn/mla_cache.hpp"
+#include "attn/yarn.hpp"
+
 // The shared SIMD core (knows nothing of attention): packets, vector exp,
 // online softmax and log-sum-exp merging.
 #include "attn/core/math.hpp"

@@ -1,0 +1,261 @@
+// attn/detail/latent_attention.hpp: attention of absorbed MLA queries over
+// the latent cache (the decode path of attn/mla.hpp). Arguments arrive
+// validated.
+//
+// Every head attends over the same cached rows [c (d_c) │ k_pe (d_r)]: the
+// key is the whole row, the value its first d_c columns. So the query rows
+// of all heads (and of all new tokens) of one sequence form one block that
+// shares each key tile: this is MQA with d_qk = d_c + d_r and d_v = d_c.
+//
+// One task = one (sequence, block of up to max_rows query rows, chunk of
+// keys). The task packs its queries transposed and pre-scaled by
+// scale·log2 e (Qᵀ), then for each tile of kv_tile keys:
+//   1. converts the rows to float once (they serve as K and as V),
+//   2. Sᵀ = K · Qᵀ with the score micro-kernel,
+//   3. -inf past each query's causal limit (query token t of T new ones in a
+//      sequence of n sees keys j <= n - T + t),
+//   4. online softmax down each column (exp2 in log2 units),
+//   5. O += P · V with the accumulate micro-kernel, V read from the same
+//      converted rows.
+// Long caches are cut into chunks of keys so that one sequence's decode step
+// keeps every thread busy; chunk partials (normalised output and LSE) are
+// merged in chunk order. The chunking depends only on the shapes, never on
+// the thread count, so the output bits do not either.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <vector>
+
+#include "attn/core/abi.hpp"
+#include "attn/core/math.hpp"
+#include "attn/core/microkernel.hpp"
+#include "attn/core/parallel.hpp"
+#include "attn/core/simd.hpp"
+#include "attn/core/softmax.hpp"
+
+namespace attn {
+inline namespace ATTN_ABI {
+namespace kernel {
+
+/// Tile sizes and chunking of latent_attention.
+struct latent_tiles {
+  /// Query rows per task: Qᵀ (d_qk x max_rows floats, 288 KiB at d_qk = 576)
+  /// and O (max_rows x d_c, 256 KiB) stay in L2 together.
+  static constexpr index max_rows = 128;
+  /// Keys per step.
+  static constexpr index kv_tile = 8 * core::score_tile::rows;
+  /// Chunks are never shorter than this many keys...
+  static constexpr index min_chunk = 512;
+  /// ...and one row block of a sequence is cut into at most this many
+  /// (partials: max_chunks x max_rows x d_c floats, 4 MiB at d_c = 512).
+  static constexpr index max_chunks = 16;
+};
+
+/// The problem: B sequences, each with T new query tokens of H heads.
+/// q: latent queries [B, T, H, d_qk] dense (d_qk = d_c + d_r).
+/// rows: cache rows, row j of sequence b at rows + (b · capacity + j) · d_qk.
+/// lengths[b]: tokens in sequence b, the T new ones included (>= T).
+/// out: [B, T, H, d_c] dense.
+template <class Storage>
+struct latent_problem {
+  const float* q;
+  const Storage* rows;
+  const index* lengths;
+  float* out;
+  index B, T, H, d_c, d_r, capacity;
+  float scale;
+};
+
+namespace latent_detail {
+
+// A task's share of the work.
+struct task {
+  index b, r0, r1;  // sequence, query rows [r0, r1) of its T·H
+  index j0, j1;     // keys [j0, j1)
+  index slot;       // partial slot (chunked), or -1: write straight to out
+};
+
+struct scratch {
+  std::vector<float> qt;      // [d_qk][cols]   scaled queries, transposed
+  std::vector<float> k;       // [kv_tile][d_qk] + slack: converted rows
+  std::vector<float> st;      // [kv_tile][cols] scores, then probabilities
+  std::vector<float> o;       // [acc_rows][d_c_pad] unnormalised output
+  std::vector<float> max, sum, factor;  // [cols]
+  std::vector<index> limit;             // [cols] last visible key per row
+};
+
+}  // namespace latent_detail
+
+template <class Storage>
+void latent_attention(const latent_problem<Storage>& p, int num_threads) {
+  using namespace simd;
+  using tiles = latent_tiles;
+  using score = core::score_tile;
+  using acc = core::accumulate_tile;
+  constexpr index BK = tiles::kv_tile;
+  const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
+  const index d_c_pad = detail::round_up(p.d_c, acc::cols);
+  const index block_rows = std::min(tiles::max_rows, rows_all);
+  const index cols = detail::round_up(block_rows, score::cols);          // Qᵀ / Sᵀ width
+  const index acc_rows = detail::round_up(block_rows, index{acc::rows});  // O rows computed
+  const float scale2 = p.scale * softmax::log2e;
+
+  // Work list: row blocks of each sequence, each cut into key chunks when
+  // there are few row blocks and many keys. Keys past the last row's limit
+  // (n - 1) are never visible.
+  std::vector<latent_detail::task> tasks;
+  index slots = 0;
+  const index row_blocks = detail::ceil_div(rows_all, block_rows);
+  for (index b = 0; b < p.B; ++b) {
+    const index n = p.lengths[b];
+    const index max_chunks = std::max<index>(1, tiles::max_chunks / row_blocks);
+    const index chunks = std::min(max_chunks, std::max<index>(1, n / tiles::min_chunk));
+    const index chunk = detail::round_up(detail::ceil_div(n, chunks), BK);
+    for (index rb = 0; rb < row_blocks; ++rb) {
+      const index r0 = rb * block_rows, r1 = std::min(rows_all, r0 + block_rows);
+      for (index c = 0; c < chunks; ++c) {
+        const index j0 = c * chunk, j1 = std::min(n, j0 + chunk);
+        tasks.push_back({b, r0, r1, j0, j1, chunks > 1 ? slots++ : -1});
+      }
+    }
+  }
+  std::vector<float> part_o(static_cast<std::size_t>(slots * block_rows * p.d_c));
+  std::vector<float> part_lse(static_cast<std::size_t>(slots * block_rows));
+
+  auto make_scratch = [&] {
+    latent_detail::scratch s;
+    s.qt.resize(static_cast<std::size_t>(d_qk * cols));
+    s.k.assign(static_cast<std::size_t>(BK * d_qk + d_c_pad), 0.0f);
+    s.st.assign(static_cast<std::size_t>(BK * std::max(cols, acc_rows)), 0.0f);
+    s.o.resize(static_cast<std::size_t>(acc_rows * d_c_pad));
+    s.max.resize(static_cast<std::size_t>(cols));
+    s.sum.resize(static_cast<std::size_t>(cols));
+    s.factor.resize(static_cast<std::size_t>(cols));
+    s.limit.resize(static_cast<std::size_t>(cols));
+    return s;
+  };
+
+  auto run = [&](latent_detail::scratch& ws, index ti) {
+    const latent_detail::task& tk = tasks[static_cast<std::size_t>(ti)];
+    const index n = p.lengths[tk.b], rows = tk.r1 - tk.r0;
+    const index sw = std::max(cols, acc_rows);  // row stride of Sᵀ
+    const float* qb = p.q + tk.b * rows_all * d_qk;
+    const Storage* kb = p.rows + tk.b * p.capacity * d_qk;
+
+    // Qᵀ and each row's causal limit; padding columns are zero and see no key.
+    for (index r = 0; r < cols; ++r) {
+      const bool real = r < rows;
+      const float* src = real ? qb + (tk.r0 + r) * d_qk : nullptr;
+      for (index d = 0; d < d_qk; ++d) ws.qt[d * cols + r] = real ? src[d] * scale2 : 0.0f;
+      ws.limit[r] = real ? n - p.T + (tk.r0 + r) / p.H : -1;
+    }
+    std::fill(ws.o.begin(), ws.o.end(), 0.0f);
+    std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
+    std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
+    const index lim_lo = ws.limit[0], lim_hi = ws.limit[rows - 1];
+    const index j_end = std::min(tk.j1, lim_hi + 1);
+
+    for (index j0 = tk.j0; j0 < j_end; j0 += BK) {
+      const index nk = std::min(BK, j_end - j0);
+      const index nk_pad = detail::round_up(nk, index{score::rows});
+
+      // 1. The rows as float; padding rows zero.
+      for (index j = 0; j < nk; ++j) {
+        const Storage* src = kb + (j0 + j) * d_qk;
+        float* dst = ws.k.data() + j * d_qk;
+        index d = 0;
+        for (; d + width <= d_qk; d += width) store(dst + d, load_as_float(src + d));
+        for (; d < d_qk; ++d) dst[d] = static_cast<float>(src[d]);
+      }
+      std::fill(ws.k.begin() + nk * d_qk, ws.k.begin() + nk_pad * d_qk, 0.0f);
+
+      // 2. Sᵀ = K · Qᵀ.
+      core::gemm_block<score, false>(core::lhs{ws.k.data(), d_qk, 1}, core::rhs{ws.qt.data(), cols},
+                                     d_qk, ws.st.data(), sw, nk_pad, cols);
+
+      // 3. Causal limits (only a tile reaching past the first row's limit
+      // needs them) and padding keys.
+      if (j0 + nk - 1 > lim_lo)
+        for (index r = 0; r < cols; ++r) {
+          const index from = std::max<index>(ws.limit[r] + 1 - j0, 0);
+          for (index j = from; j < nk; ++j) ws.st[j * sw + r] = softmax::neg_inf;
+        }
+      for (index j = nk; j < nk_pad; ++j)
+        std::fill(ws.st.begin() + j * sw, ws.st.begin() + j * sw + cols, softmax::neg_inf);
+
+      // 4. Online softmax down each column.
+      for (index c0 = 0; c0 < cols; c0 += width) {
+        float* s = ws.st.data() + c0;
+        packet m = broadcast(softmax::neg_inf);
+        for (index j = 0; j < nk; ++j) m = simd::max(m, load(s + j * sw));
+        const softmax::packet_step step = softmax::online_step(load(&ws.max[c0]), m);
+        store(&ws.max[c0], step.max);
+        store(&ws.factor[c0], step.factor);
+        packet sum = zero();
+        for (index j = 0; j < nk_pad; ++j) {
+          const packet e = exp2_nonpositive(sub(load(s + j * sw), step.pivot));
+          store(s + j * sw, e);
+          sum = add(sum, e);
+        }
+        store(&ws.sum[c0], fma(load(&ws.sum[c0]), step.factor, sum));
+      }
+      for (index r = 0; r < rows; ++r) {
+        const float f = ws.factor[r];
+        if (f == 1.0f) continue;  // the max did not move
+        float* o = ws.o.data() + r * d_c_pad;
+        const packet pf = broadcast(f);
+        for (index d = 0; d < d_c_pad; d += width) store(o + d, mul(load(o + d), pf));
+      }
+
+      // 5. O += P · V, V the first d_c (padded: d_c_pad) columns of the rows.
+      core::gemm_block<acc, true>(core::lhs{ws.st.data(), 1, sw}, core::rhs{ws.k.data(), d_qk},
+                                  nk, ws.o.data(), d_c_pad, acc_rows, d_c_pad);
+    }
+
+    // Normalised rows, straight out or into this chunk's partial slot.
+    for (index r = 0; r < rows; ++r) {
+      const softmax::row_result res = softmax::finish_row_log2(ws.max[r], ws.sum[r]);
+      const float* src = ws.o.data() + r * d_c_pad;
+      float* dst = tk.slot < 0 ? p.out + (tk.b * rows_all + tk.r0 + r) * p.d_c
+                               : part_o.data() + (tk.slot * block_rows + r) * p.d_c;
+      for (index d = 0; d < p.d_c; ++d) dst[d] = src[d] * res.inv_sum;
+      if (tk.slot >= 0) part_lse[static_cast<std::size_t>(tk.slot * block_rows + r)] = res.lse;
+    }
+  };
+
+  const double flops = 2.0 * static_cast<double>(rows_all) * p.B *
+                       static_cast<double>(*std::max_element(p.lengths, p.lengths + p.B)) *
+                       static_cast<double>(d_qk + p.d_c);
+  const int threads = core::threads_for_work(num_threads, flops);
+  core::parallel_for(static_cast<index>(tasks.size()), threads, make_scratch, run);
+  if (slots == 0) return;
+
+  // Merge each chunked row block's partials in chunk order (tasks of one row
+  // block are consecutive in the work list).
+  std::vector<index> firsts;
+  for (index t = 0; t < static_cast<index>(tasks.size()); ++t)
+    if (tasks[t].slot >= 0 && (t == 0 || tasks[t - 1].b != tasks[t].b ||
+                               tasks[t - 1].r0 != tasks[t].r0 || tasks[t - 1].slot < 0))
+      firsts.push_back(t);
+  core::parallel_for(static_cast<index>(firsts.size()), threads, [&](index f) {
+    const index t0 = firsts[static_cast<std::size_t>(f)];
+    const latent_detail::task& head = tasks[static_cast<std::size_t>(t0)];
+    for (index r = 0; r < head.r1 - head.r0; ++r) {
+      float* dst = p.out + (head.b * rows_all + head.r0 + r) * p.d_c;
+      float lse = part_lse[static_cast<std::size_t>(head.slot * block_rows + r)];
+      std::copy_n(part_o.data() + (head.slot * block_rows + r) * p.d_c, p.d_c, dst);
+      for (index t = t0 + 1; t < static_cast<index>(tasks.size()) && tasks[t].b == head.b &&
+                             tasks[t].r0 == head.r0;
+           ++t) {
+        const index s = tasks[static_cast<std::size_t>(t)].slot;
+        softmax::merge_partial(dst, lse, part_o.data() + (s * block_rows + r) * p.d_c,
+                               part_lse[static_cast<std::size_t>(s * block_rows + r)], p.d_c);
+      }
+    }
+  });
+}
+
+}  // namespace kernel
+}  // namespace ATTN_ABI
+}  // namespace attn

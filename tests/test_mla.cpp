@@ -1,0 +1,560 @@
+// attn::multi_head_latent_attention (attn/mla.hpp), its cache
+// (attn/mla_cache.hpp), YaRN (attn/yarn.hpp) and the latent attention
+// kernel, against the fp64 reference in tests/reference/mla_reference.hpp.
+//
+// Tolerances.
+//  * Layer vs fp64: |y - ref| <= 1e-4 · max|ref|. The float layer chains
+//    five fp32 reductions (query projection(s), key projection, scores over
+//    qk or rank + rope terms, the value sum, and for the absorbed path the
+//    W_UK / W_UV products, then wo), each of at most a few hundred terms:
+//    ~sqrt(n)·6e-8 ≈ 1e-6 relative each for random signs, plus exp and the
+//    softmax scale (3e-7), and the latent path reorders the sums
+//    (q_nope·(W_UK c) vs (q_nope W_UK)·c). A few 1e-6 relative, up to 1e-5
+//    at worst; 1e-4 leaves a margin while a wrong head split, position,
+//    scale or mask moves the output by O(max|ref|).
+//  * naive vs absorbed on the same cache: the same 1e-4 · max|y| (the two
+//    differ only by fp32 reassociation).
+//  * bf16 cache vs fp64: the cached rows carry bf16's 2^-9 relative rounding
+//    into every score and value: |y - ref| <= 2e-2 · max|ref| (measured well
+//    under half of it); naive vs absorbed on a bf16 cache stays at 1e-4
+//    (both read the same rounded rows).
+//  * Prefill then decode vs one forward: 1e-4 · max|y| (same arithmetic in
+//    another order).
+#include <gtest/gtest.h>
+
+#include <attn/mla.hpp>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "expect_error.hpp"
+#include "reference/mla_reference.hpp"
+
+namespace {
+
+using attn::index;
+using attn::tensor3;
+using matrix = attn::mla_weights::matrix;
+
+std::mt19937& rng() {
+  static std::mt19937 g(4321);
+  return g;
+}
+float randn() {
+  static std::normal_distribution<float> n(0.0f, 1.0f);
+  return n(rng());
+}
+matrix random_matrix(index rows, index cols) {
+  matrix m(rows, cols);
+  const float s = 1.0f / std::sqrt(static_cast<float>(cols));
+  for (index i = 0; i < m.size(); ++i) m.data()[i] = randn() * s;
+  return m;
+}
+Eigen::VectorXf random_norm(index n) {
+  Eigen::VectorXf v(n);
+  for (index i = 0; i < n; ++i) v[i] = 1.0f + 0.2f * randn();
+  return v;
+}
+tensor3 random_x(index B, index T, index dim) {
+  tensor3 t(B, T, dim);
+  for (index i = 0; i < t.size(); ++i) t.data()[i] = randn();
+  return t;
+}
+std::vector<double> to_double(const float* p, index n) { return std::vector<double>(p, p + n); }
+
+// A layer with random weights and its fp64 twin.
+struct mla_case {
+  attn::mla_config cfg;
+  attn::mla_weights w;
+  attn_ref::mla_shape shape() const {
+    return {cfg.dim,     cfg.n_heads,         cfg.q_lora_rank, cfg.kv_lora_rank,
+            cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.norm_eps};
+  }
+  attn_ref::mla_params params() const {
+    attn_ref::mla_params p;
+    p.wq = to_double(w.wq.data(), w.wq.size());
+    p.wq_a = to_double(w.wq_a.data(), w.wq_a.size());
+    p.q_norm = to_double(w.q_norm.data(), w.q_norm.size());
+    p.wq_b = to_double(w.wq_b.data(), w.wq_b.size());
+    p.wkv_a = to_double(w.wkv_a.data(), w.wkv_a.size());
+    p.kv_norm = to_double(w.kv_norm.data(), w.kv_norm.size());
+    p.wkv_b = to_double(w.wkv_b.data(), w.wkv_b.size());
+    p.wo = to_double(w.wo.data(), w.wo.size());
+    return p;
+  }
+  attn::multi_head_latent_attention make() const { return {cfg, w}; }
+
+  // fp64 output of sequence b of x [B, N, dim].
+  std::vector<double> reference(const tensor3& x, index b) const {
+    const index N = x.dimension(1), dim = x.dimension(2);
+    const std::vector<double> xb = to_double(x.data() + b * N * dim, N * dim);
+    const attn_ref::mla_shape s = shape();
+    const std::vector<double> f =
+        cfg.yarn() ? attn_ref::yarn_inv_freq(s.rope, cfg.rope_theta, cfg.rope_factor,
+                                             cfg.original_seq_len, cfg.beta_fast, cfg.beta_slow)
+                   : attn::rope_table::default_inv_freq(s.rope, cfg.rope_theta);
+    double scale = 1.0 / std::sqrt(static_cast<double>(s.qk()));
+    if (cfg.yarn()) {
+      const double m = 0.1 * cfg.mscale * std::log(cfg.rope_factor) + 1.0;
+      scale *= m * m;
+    }
+    return attn_ref::mla_forward(s, params(), f, scale, xb, N);
+  }
+};
+
+// Small shapes by default: YaRN in force from position 0 (max_seq_len >
+// original_seq_len) and positions that pass original_seq_len in the tests.
+mla_case make_case(index dim, index heads, index q_lora, index rank, index nope, index rope,
+                   index v) {
+  mla_case c;
+  c.cfg.dim = dim;
+  c.cfg.n_heads = heads;
+  c.cfg.q_lora_rank = q_lora;
+  c.cfg.kv_lora_rank = rank;
+  c.cfg.qk_nope_head_dim = nope;
+  c.cfg.qk_rope_head_dim = rope;
+  c.cfg.v_head_dim = v;
+  c.cfg.original_seq_len = 16;
+  c.cfg.max_seq_len = 1024;
+  c.cfg.rope_factor = 4.0;
+  c.cfg.mscale = 0.707;
+  const index qk = nope + rope;
+  if (q_lora == 0) {
+    c.w.wq = random_matrix(heads * qk, dim);
+  } else {
+    c.w.wq_a = random_matrix(q_lora, dim);
+    c.w.q_norm = random_norm(q_lora);
+    c.w.wq_b = random_matrix(heads * qk, q_lora);
+  }
+  c.w.wkv_a = random_matrix(rank + rope, dim);
+  c.w.kv_norm = random_norm(rank);
+  c.w.wkv_b = random_matrix(heads * (nope + v), rank);
+  c.w.wo = random_matrix(dim, heads * v);
+  return c;
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0.0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// |y[b] - ref| <= tol · max|ref| over sequence b; returns the worst ratio.
+double check_against(const tensor3& y, index b, const std::vector<double>& ref, double tol,
+                     const std::string& label) {
+  const index N = y.dimension(1), dim = y.dimension(2);
+  const double bound = tol * max_abs(ref);
+  double worst = 0.0;
+  for (index i = 0; i < N * dim; ++i) {
+    const double got = y.data()[b * N * dim + i];
+    const double err = std::abs(got - ref[static_cast<std::size_t>(i)]);
+    if (!(err <= bound)) {
+      ADD_FAILURE() << label << ": element " << i << " got " << got << " want "
+                    << ref[static_cast<std::size_t>(i)] << " (bound " << bound << ")";
+      return err / bound;
+    }
+    worst = std::max(worst, err / bound);
+  }
+  return worst;
+}
+
+double max_diff(const tensor3& a, const tensor3& b) {
+  double m = 0.0;
+  for (index i = 0; i < a.size(); ++i)
+    m = std::max(m, static_cast<double>(std::abs(a.data()[i] - b.data()[i])));
+  return m;
+}
+double max_abs(const tensor3& a) {
+  double m = 0.0;
+  for (index i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::abs(a.data()[i])));
+  return m;
+}
+
+attn::mla_options with_path(attn::mla_path p, int threads = 0) {
+  attn::mla_options o;
+  o.path = p;
+  o.num_threads = threads;
+  return o;
+}
+
+// Tokens [t0, t0 + n) of x [B, N, dim].
+tensor3 slice(const tensor3& x, index t0, index n) {
+  const index B = x.dimension(0), dim = x.dimension(2);
+  tensor3 s(B, n, dim);
+  for (index b = 0; b < B; ++b)
+    for (index t = 0; t < n; ++t)
+      for (index d = 0; d < dim; ++d) s(b, t, d) = x(b, t0 + t, d);
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Config: scale, YaRN, cache size
+
+TEST(MlaConfig, SoftmaxScaleOfThePresets) {
+  // 192^-0.5 · (0.1 · mscale · ln 40 + 1)².
+  EXPECT_NEAR(attn::mla_config::deepseek_v3().softmax_scale(), 0.1352337788, 1e-9);
+  EXPECT_NEAR(attn::mla_config::deepseek_v2_lite().softmax_scale(), 0.1147213867, 1e-9);
+  EXPECT_NEAR(attn::mla_config::deepseek_v2().softmax_scale(), 0.1147213867, 1e-9);
+  attn::mla_config no_yarn = attn::mla_config::deepseek_v3();
+  no_yarn.max_seq_len = no_yarn.original_seq_len;  // YaRN off: plain 192^-0.5
+  EXPECT_NEAR(no_yarn.softmax_scale(), 1.0 / std::sqrt(192.0), 1e-12);
+}
+
+TEST(MlaConfig, PresetShapes) {
+  const attn::mla_config v2l = attn::mla_config::deepseek_v2_lite(),
+                         v2 = attn::mla_config::deepseek_v2(),
+                         v3 = attn::mla_config::deepseek_v3();
+  EXPECT_EQ(v2l.dim, 2048);
+  EXPECT_EQ(v2l.n_heads, 16);
+  EXPECT_EQ(v2l.q_lora_rank, 0);
+  EXPECT_EQ(v2.dim, 5120);
+  EXPECT_EQ(v2.n_heads, 128);
+  EXPECT_EQ(v2.q_lora_rank, 1536);
+  EXPECT_EQ(v3.dim, 7168);
+  EXPECT_EQ(v3.n_heads, 128);
+  EXPECT_EQ(v3.q_lora_rank, 1536);
+  for (const auto& c : {v2l, v2, v3}) {
+    EXPECT_EQ(c.kv_lora_rank, 512);
+    EXPECT_EQ(c.qk_nope_head_dim, 128);
+    EXPECT_EQ(c.qk_rope_head_dim, 64);
+    EXPECT_EQ(c.v_head_dim, 128);
+    EXPECT_EQ(c.qk_head_dim(), 192);
+    EXPECT_TRUE(c.yarn());
+    EXPECT_EQ(c.rope_theta, 10000.0);
+    EXPECT_EQ(c.rope_factor, 40.0);
+    EXPECT_EQ(c.original_seq_len, 4096);
+  }
+}
+
+TEST(Yarn, MatchesTheClosedFormInFp64) {
+  struct yc {
+    index dim;
+    double theta, factor;
+    index orig;
+    double fast, slow;
+  };
+  for (const yc& c : {yc{64, 10000, 40, 4096, 32, 1}, yc{128, 500000, 8, 8192, 32, 1},
+                      yc{16, 10000, 4, 16, 32, 1}, yc{2, 10000, 2, 4096, 32, 1},
+                      yc{64, 10000, 1, 4096, 32, 32}}) {
+    const std::vector<double> got =
+        attn::yarn_inv_freq(c.dim, {c.theta, c.factor, c.orig, c.fast, c.slow});
+    const std::vector<double> want =
+        attn_ref::yarn_inv_freq(c.dim, c.theta, c.factor, c.orig, c.fast, c.slow);
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t i = 0; i < got.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], 1e-14 * want[i]) << "dim " << c.dim << " pair " << i;
+  }
+}
+
+TEST(Yarn, DeepSeekTableKeepsFastPairsAndInterpolatesSlowOnes) {
+  // dim 64, theta 1e4, original 4096: the ramp runs from pair 10
+  // (floor 10.47, 32 turns) to pair 23 (ceil 22.51, 1 turn).
+  const std::vector<double> f = attn::yarn_inv_freq(64, {10000, 40, 4096, 32, 1});
+  ASSERT_EQ(f.size(), 32u);
+  for (index i = 0; i <= 10; ++i)
+    EXPECT_DOUBLE_EQ(f[i], std::pow(10000.0, -2.0 * i / 64)) << "pair " << i;
+  for (index i = 23; i < 32; ++i)
+    EXPECT_DOUBLE_EQ(f[i], std::pow(10000.0, -2.0 * i / 64) / 40) << "pair " << i;
+  const double ramp = (16.0 - 10.0) / 13.0;  // pair 16, in between
+  const double base = std::pow(10000.0, -0.5);
+  EXPECT_NEAR(f[16], base / 40 * ramp + base * (1 - ramp), 1e-15);
+}
+
+TEST(MlaCache, HoldsOneLatentRowPerToken) {
+  const attn::mla_config v3 = attn::mla_config::deepseek_v3();
+  attn::mla_cache<Eigen::bfloat16> cache(1, 1000, v3.kv_lora_rank, v3.qk_rope_head_dim);
+  EXPECT_EQ(cache.row_width(), 576);
+  EXPECT_EQ(cache.bytes_per_token(), 576u * 2u);
+  EXPECT_EQ(cache.bytes(), 1000u * 576u * 2u);
+  // Expanded MHA K and V for the same layer: 128 · (192 + 128) = 40960 a
+  // token, 71x more.
+  EXPECT_EQ(v3.n_heads * (v3.qk_head_dim() + v3.v_head_dim), 40960);
+  attn::mla_cache<float> f(2, 10, 512, 64);
+  EXPECT_EQ(f.bytes(), 2u * 10u * 576u * 4u);
+  EXPECT_EQ(f.lengths(), std::vector<index>({0, 0}));
+}
+
+// ---------------------------------------------------------------------------
+// The layer against fp64
+
+struct shape_case {
+  const char* name;
+  index dim, heads, q_lora, rank, nope, rope, v;
+};
+const shape_case kShapes[] = {
+    {"v2lite_like", 48, 3, 0, 32, 16, 8, 12},
+    {"q_lora", 40, 2, 24, 32, 16, 8, 16},
+    {"odd_sizes", 37, 5, 11, 19, 7, 6, 9},
+    {"one_head_no_nope", 16, 1, 0, 8, 0, 4, 5},
+    {"no_rope", 24, 4, 0, 16, 8, 0, 8},
+};
+
+TEST(MlaLayer, BothPathsMatchTheReferenceInPrefill) {
+  for (const shape_case& sc : kShapes) {
+    for (index N : {1, 7, 40}) {
+      const mla_case c = make_case(sc.dim, sc.heads, sc.q_lora, sc.rank, sc.nope, sc.rope, sc.v);
+      const auto layer = c.make();
+      const tensor3 x = random_x(2, N, sc.dim);
+      for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+        const std::string label = std::string(sc.name) + " N=" + std::to_string(N) +
+                                  (path == attn::mla_path::naive ? " naive" : " absorbed");
+        auto cache = layer.make_cache<float>(2, N + 3);
+        const tensor3 y = layer.forward(x, cache, with_path(path));
+        EXPECT_EQ(cache.lengths(), std::vector<index>({N, N}));
+        for (index b = 0; b < 2; ++b) check_against(y, b, c.reference(x, b), 1e-4, label);
+      }
+    }
+  }
+}
+
+TEST(MlaLayer, PrefillThenDecodeEqualsOneForward) {
+  for (const shape_case& sc : kShapes) {
+    const mla_case c = make_case(sc.dim, sc.heads, sc.q_lora, sc.rank, sc.nope, sc.rope, sc.v);
+    const auto layer = c.make();
+    const index N = 30, P = 11;
+    const tensor3 x = random_x(2, N, sc.dim);
+    for (attn::mla_path prefill : {attn::mla_path::naive, attn::mla_path::absorbed})
+      for (attn::mla_path decode : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+        auto full_cache = layer.make_cache<float>(2, N);
+        const tensor3 full = layer.forward(x, full_cache, with_path(prefill));
+        auto cache = layer.make_cache<float>(2, N);
+        tensor3 steps(2, N, sc.dim);
+        const tensor3 head = layer.forward(slice(x, 0, P), cache, with_path(prefill));
+        for (index t = 0; t < P; ++t)
+          for (index b = 0; b < 2; ++b)
+            for (index d = 0; d < sc.dim; ++d) steps(b, t, d) = head(b, t, d);
+        // The rest in a chunk of 3, then one token at a time.
+        const tensor3 chunk = layer.forward(slice(x, P, 3), cache, with_path(decode));
+        for (index t = 0; t < 3; ++t)
+          for (index b = 0; b < 2; ++b)
+            for (index d = 0; d < sc.dim; ++d) steps(b, P + t, d) = chunk(b, t, d);
+        for (index t = P + 3; t < N; ++t) {
+          const tensor3 y = layer.forward(slice(x, t, 1), cache, with_path(decode));
+          for (index b = 0; b < 2; ++b)
+            for (index d = 0; d < sc.dim; ++d) steps(b, t, d) = y(b, 0, d);
+        }
+        EXPECT_EQ(cache.lengths(), std::vector<index>({N, N}));
+        EXPECT_LE(max_diff(steps, full), 1e-4 * max_abs(full)) << sc.name;
+        for (index b = 0; b < 2; ++b)
+          check_against(steps, b, c.reference(x, b), 1e-4, std::string(sc.name) + " steps");
+      }
+  }
+}
+
+TEST(MlaLayer, RealHeadShapesAcrossChunkedCaches) {
+  // V2-Lite's per-head widths (rank 512, rope 64, nope 128, v 128: the
+  // kernel's real tile shapes) on a narrow model, a cache long enough to be
+  // cut into chunks (> 2 · 512 keys), decoding after a long prefill.
+  const mla_case c = make_case(64, 4, 0, 512, 128, 64, 128);
+  const auto layer = c.make();
+  const index N = 1100;
+  const tensor3 x = random_x(1, N, 64);
+  auto cache = layer.make_cache<float>(1, N);
+  const tensor3 pre = layer.forward(slice(x, 0, N - 2), cache, with_path(attn::mla_path::naive));
+  const tensor3 d1 = layer.forward(slice(x, N - 2, 1), cache, with_path(attn::mla_path::absorbed));
+  const tensor3 d2 = layer.forward(slice(x, N - 1, 1), cache, with_path(attn::mla_path::naive));
+  const std::vector<double> ref = c.reference(x, 0);
+  const double scale = max_abs(ref);
+  auto check_row = [&](const tensor3& y, index t, const char* what) {
+    for (index d = 0; d < 64; ++d)
+      EXPECT_NEAR(y(0, 0, d), ref[static_cast<std::size_t>(t * 64 + d)], 1e-4 * scale) << what;
+  };
+  check_row(d1, N - 2, "absorbed decode");
+  check_row(d2, N - 1, "naive decode");
+  for (index t : {index{0}, index{1}, index{517}, N - 3})
+    for (index d = 0; d < 64; ++d)
+      EXPECT_NEAR(pre(0, t, d), ref[static_cast<std::size_t>(t * 64 + d)], 1e-4 * scale) << t;
+}
+
+TEST(MlaLayer, NaiveAndAbsorbedAgreeOnBf16AndHalfCaches) {
+  const mla_case c = make_case(48, 3, 0, 32, 16, 8, 12);
+  const auto layer = c.make();
+  const tensor3 x = random_x(2, 20, 48);
+  auto run = [&](auto tag, attn::mla_path path) {
+    using S = decltype(tag);
+    auto cache = layer.make_cache<S>(2, 21);
+    tensor3 y = layer.forward(slice(x, 0, 19), cache, with_path(path));
+    return std::make_pair(y, layer.forward(slice(x, 19, 1), cache, with_path(path)));
+  };
+  for (int which = 0; which < 2; ++which) {
+    const auto a = which ? run(Eigen::half(), attn::mla_path::naive)
+                         : run(Eigen::bfloat16(), attn::mla_path::naive);
+    const auto b = which ? run(Eigen::half(), attn::mla_path::absorbed)
+                         : run(Eigen::bfloat16(), attn::mla_path::absorbed);
+    EXPECT_LE(max_diff(a.first, b.first), 1e-4 * max_abs(a.first));
+    EXPECT_LE(max_diff(a.second, b.second), 1e-4 * max_abs(a.second));
+    // Against fp64 with the storage's rounding of c and k_pe.
+    for (index bb = 0; bb < 2; ++bb)
+      check_against(a.first, bb, c.reference(slice(x, 0, 19), bb), 2e-2, "rounded cache");
+  }
+}
+
+TEST(MlaLayer, SequencesAtDifferentLengths) {
+  // Batch of two; sequence 1 is rolled back, so the next step has each
+  // sequence at its own position and causal limit.
+  const mla_case c = make_case(32, 2, 16, 24, 8, 8, 8);
+  const auto layer = c.make();
+  const tensor3 x = random_x(2, 12, 32);
+  for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+    auto cache = layer.make_cache<float>(2, 16);
+    layer.forward(slice(x, 0, 10), cache, with_path(path));
+    cache.truncate(1, 6);
+    // Next two tokens: sequence 0 continues with x[10..11], sequence 1
+    // re-feeds x[6..7] at positions 6 and 7.
+    tensor3 next(2, 2, 32);
+    for (index t = 0; t < 2; ++t)
+      for (index d = 0; d < 32; ++d) {
+        next(0, t, d) = x(0, 10 + t, d);
+        next(1, t, d) = x(1, 6 + t, d);
+      }
+    const tensor3 y = layer.forward(next, cache, with_path(path));
+    EXPECT_EQ(cache.lengths(), std::vector<index>({12, 8}));
+    const std::vector<double> r0 = c.reference(x, 0), r1 = c.reference(slice(x, 0, 8), 1);
+    for (index t = 0; t < 2; ++t)
+      for (index d = 0; d < 32; ++d) {
+        EXPECT_NEAR(y(0, t, d), r0[static_cast<std::size_t>((10 + t) * 32 + d)],
+                    1e-4 * max_abs(r0));
+        EXPECT_NEAR(y(1, t, d), r1[static_cast<std::size_t>((6 + t) * 32 + d)],
+                    1e-4 * max_abs(r1));
+      }
+  }
+}
+
+TEST(MlaLayer, AutomaticPathFollowsTheTokenCount) {
+  attn::mla_options o;
+  EXPECT_EQ(attn::multi_head_latent_attention::path_for(1, o), attn::mla_path::absorbed);
+  EXPECT_EQ(attn::multi_head_latent_attention::path_for(o.absorbed_max_tokens, o),
+            attn::mla_path::absorbed);
+  EXPECT_EQ(attn::multi_head_latent_attention::path_for(o.absorbed_max_tokens + 1, o),
+            attn::mla_path::naive);
+  o.path = attn::mla_path::naive;
+  EXPECT_EQ(attn::multi_head_latent_attention::path_for(1, o), attn::mla_path::naive);
+}
+
+TEST(MlaLayer, BitIdenticalForAnyThreadCount) {
+  const mla_case c = make_case(64, 8, 32, 64, 32, 16, 32);
+  const auto layer = c.make();
+  const tensor3 x = random_x(1, 1300, 64);  // decode against > 2 chunks of keys
+  for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+    tensor3 y[3];
+    for (int threads = 1; threads <= 3; ++threads) {
+      auto cache = layer.make_cache<Eigen::bfloat16>(1, 1300);
+      layer.forward(slice(x, 0, 1299), cache, with_path(attn::mla_path::naive, threads));
+      y[threads - 1] = layer.forward(slice(x, 1299, 1), cache, with_path(path, threads));
+    }
+    EXPECT_EQ(std::memcmp(y[0].data(), y[1].data(), sizeof(float) * y[0].size()), 0);
+    EXPECT_EQ(std::memcmp(y[0].data(), y[2].data(), sizeof(float) * y[0].size()), 0);
+  }
+}
+
+TEST(MlaLayer, ExtremeInputsStayFinite) {
+  const mla_case c = make_case(32, 2, 0, 16, 8, 8, 8);
+  const auto layer = c.make();
+  tensor3 x = random_x(1, 9, 32);
+  for (index i = 0; i < x.size(); ++i) x.data()[i] *= 1e4f;  // scores far past exp's range
+  for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+    auto cache = layer.make_cache<float>(1, 9);
+    const tensor3 y = layer.forward(x, cache, with_path(path));
+    for (index i = 0; i < y.size(); ++i) ASSERT_TRUE(std::isfinite(y.data()[i])) << i;
+  }
+}
+
+TEST(MlaLayer, EmptyCallsAreNoOps) {
+  const mla_case c = make_case(16, 2, 0, 8, 4, 4, 4);
+  const auto layer = c.make();
+  auto cache = layer.make_cache<float>(2, 4);
+  EXPECT_EQ(layer.forward(tensor3(2, 0, 16), cache).size(), 0);
+  EXPECT_EQ(cache.lengths(), std::vector<index>({0, 0}));
+  auto none = layer.make_cache<float>(0, 4);
+  EXPECT_EQ(layer.forward(tensor3(0, 3, 16), none).size(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+TEST(MlaErrors, BadConfigAndWeights) {
+  using attn_test::expect_error;
+  const mla_case good = make_case(16, 2, 0, 8, 4, 4, 4);
+  auto build = [](attn::mla_config cfg, attn::mla_weights w) {
+    attn::multi_head_latent_attention l(cfg, w);
+  };
+  {
+    mla_case c = good;
+    c.cfg.n_heads = 0;
+    expect_error("heads", [&] { build(c.cfg, c.w); }, {"config.n_heads"});
+  }
+  {
+    mla_case c = good;
+    c.cfg.qk_rope_head_dim = 3;
+    expect_error("odd rope", [&] { build(c.cfg, c.w); }, {"config.qk_rope_head_dim"});
+  }
+  {
+    mla_case c = good;
+    c.cfg.rope_factor = 0.5;
+    expect_error("factor", [&] { build(c.cfg, c.w); }, {"opt.factor"});
+  }
+  {
+    mla_case c = good;
+    c.w.wkv_b = matrix(3, 8);
+    expect_error("wkv_b", [&] { build(c.cfg, c.w); }, {"weights.wkv_b", "[16, 8]", "[3, 8]"});
+  }
+  {
+    mla_case c = good;
+    c.w.kv_norm = Eigen::VectorXf(7);
+    expect_error("kv_norm", [&] { build(c.cfg, c.w); }, {"weights.kv_norm"});
+  }
+  {
+    mla_case c = good;
+    c.w.wq_a = matrix(4, 16);
+    expect_error("wq_a given without q_lora", [&] { build(c.cfg, c.w); }, {"weights.wq_a"});
+  }
+  {
+    mla_case c = good;
+    c.cfg.q_lora_rank = 4;
+    expect_error("q_lora without wq_a", [&] { build(c.cfg, c.w); }, {"weights.wq_a"});
+  }
+}
+
+TEST(MlaErrors, BadCallsLeaveTheCacheUnchanged) {
+  using attn_test::expect_error;
+  const mla_case c = make_case(16, 2, 0, 8, 4, 4, 4);
+  const auto layer = c.make();
+  auto cache = layer.make_cache<Eigen::bfloat16>(2, 5);
+  layer.forward(random_x(2, 3, 16), cache);
+  const std::vector<index> lengths = cache.lengths();
+  const auto rows = cache.rows();
+  std::vector<unsigned char> before(cache.bytes());
+  std::memcpy(before.data(), rows.data, cache.bytes());
+  auto unchanged = [&] {
+    EXPECT_EQ(cache.lengths(), lengths);
+    EXPECT_EQ(std::memcmp(before.data(), cache.rows().data, cache.bytes()), 0);
+  };
+  expect_error("overflow", [&] { layer.forward(random_x(2, 3, 16), cache); },
+               {"multi_head_latent_attention::forward", "cache", "room for 3"});
+  unchanged();
+  expect_error("dim", [&] { layer.forward(random_x(2, 1, 15), cache); }, {"x.dimension(2)"});
+  unchanged();
+  expect_error("batch", [&] { layer.forward(random_x(1, 1, 16), cache); }, {"cache.batch()"});
+  unchanged();
+  attn::mla_cache<Eigen::bfloat16> other(2, 5, 9, 4);
+  expect_error("shape", [&] { layer.forward(random_x(2, 1, 16), other); }, {"kv_lora_rank"});
+  attn::mla_options bad;
+  bad.path = static_cast<attn::mla_path>(7);
+  expect_error("path", [&] { layer.forward(random_x(2, 1, 16), cache, bad); }, {"opt.path"});
+  unchanged();
+  bad = {};
+  bad.num_threads = -1;
+  expect_error("threads", [&] { layer.forward(random_x(2, 1, 16), cache, bad); },
+               {"opt.num_threads"});
+  unchanged();
+  expect_error("truncate", [&] { cache.truncate(0, 4); }, {"mla_cache::truncate", "length"});
+  expect_error("truncate b", [&] { cache.truncate(2, 0); }, {"mla_cache::truncate", "b"});
+  unchanged();
+  expect_error("cache sizes", [] { attn::mla_cache<float>(1, -1, 8, 4); }, {"capacity"});
+  expect_error("cache rank", [] { attn::mla_cache<float>(1, 1, 0, 4); }, {"kv_lora_rank"});
+  expect_error("yarn dim", [] { attn::yarn_inv_freq(3); }, {"rotary_dim"});
+}
+
+}  // namespace

@@ -87,11 +87,12 @@ struct scratch {
 
 }  // namespace latent_detail
 
-template <class Storage>
-void latent_attention(const latent_problem<Storage>& p, int num_threads) {
+// The kernel for one score register tile shape (see latent_attention).
+template <class Storage, class Score>
+void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   using namespace simd;
   using tiles = latent_tiles;
-  using score = core::score_tile;
+  using score = Score;
   using acc = core::accumulate_tile;
   constexpr index BK = tiles::kv_tile;
   const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
@@ -254,6 +255,20 @@ void latent_attention(const latent_problem<Storage>& p, int num_threads) {
       }
     }
   });
+}
+
+/// Runs the problem on `num_threads` threads (0 = default); the output bits
+/// do not depend on it.
+template <class Storage>
+void latent_attention(const latent_problem<Storage>& p, int num_threads) {
+  // Few query rows (a decode step of a model with at most one packet's worth
+  // of heads, V2-Lite's 16): a one-packet-wide score tile, so no column of
+  // the score product is padding.
+  using narrow = core::tile_shape<core::score_tile::rows, 1>;
+  if (p.T * p.H <= narrow::cols && narrow::cols < core::score_tile::cols)
+    latent_attention_with<Storage, narrow>(p, num_threads);
+  else
+    latent_attention_with<Storage, core::score_tile>(p, num_threads);
 }
 
 }  // namespace kernel

@@ -22,6 +22,15 @@
 // attn::additive_attention, attn::additive_weights, attn::additive_options.
 #include "attn/additive.hpp"
 
+// Decomposable attention (Parikh et al. 2016): both soft alignments of two
+// sequences and the intra-sentence variant: attn::decomposable_attention,
+// attn::decomposable_options, attn::intra_attention_options.
+#include "attn/decomposable.hpp"
+
+// Structured attention (Kim et al. 2017): linear-chain CRF marginals as
+// attention weights: attn::segmentation_attention, attn::segmentation_options.
+#include "attn/structured.hpp"
+
 // Scaled dot-product attention: attn::sdpa_options,
 // attn::scaled_dot_product_attention.
 #include "attn/attention_weights.hpp"

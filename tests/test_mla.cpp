@@ -25,6 +25,7 @@
 #include <attn/mla.hpp>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -555,6 +556,86 @@ TEST(MlaErrors, BadCallsLeaveTheCacheUnchanged) {
   expect_error("cache sizes", [] { attn::mla_cache<float>(1, -1, 8, 4); }, {"capacity"});
   expect_error("cache rank", [] { attn::mla_cache<float>(1, 1, 0, 4); }, {"kv_lora_rank"});
   expect_error("yarn dim", [] { attn::yarn_inv_freq(3); }, {"rotary_dim"});
+}
+
+// ---------------------------------------------------------------------------
+// Regressions found by tests/fuzz/fuzz_mla_cache.cpp
+
+TEST(MlaRegressions, LaterTokensNonFiniteRowDoesNotReachEarlierTokens) {
+  // A chunk of T tokens whose last token's x is inf: its latent row is NaN.
+  // Tokens 0..T-2 never see it (bottom-right causal), so their outputs must
+  // be finite and match those of the same chunk without that token. The
+  // absorbed path multiplied its V by P = 0 for the rows it is hidden from:
+  // 0 · NaN = NaN in every earlier token (detail/latent_attention.hpp, step
+  // 5). (T stays <= 32, where the naive path runs split_kv_decode; above,
+  // flash_forward's edge tiles still have the same issue, see the report.)
+  const mla_case c = make_case(24, 3, 0, 16, 8, 8, 8);
+  const auto layer = c.make();
+  for (index T : {2, 5, 17, 32})
+    for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+      tensor3 x = random_x(2, T, 24);
+      auto clean_cache = layer.make_cache<float>(2, T + 4);
+      const tensor3 clean = layer.forward(slice(x, 0, T - 1), clean_cache, with_path(path));
+      for (index d = 0; d < 24; ++d) x(0, T - 1, d) = std::numeric_limits<float>::infinity();
+      for (index d = 0; d < 24; ++d) x(1, T - 1, d) = std::numeric_limits<float>::quiet_NaN();
+      auto cache = layer.make_cache<float>(2, T + 4);
+      const tensor3 y = layer.forward(x, cache, with_path(path));
+      const double bound = 1e-4 * max_abs(clean);
+      for (index b = 0; b < 2; ++b)
+        for (index t = 0; t + 1 < T; ++t)
+          for (index d = 0; d < 24; ++d) {
+            ASSERT_TRUE(std::isfinite(y(b, t, d)))
+                << "T=" << T << (path == attn::mla_path::naive ? " naive" : " absorbed")
+                << " b=" << b << " t=" << t;
+            EXPECT_NEAR(y(b, t, d), clean(b, t, d), bound) << "T=" << T << " t=" << t;
+          }
+    }
+}
+
+TEST(MlaRegressions, RmsNormWithZeroEpsOfATinyOrZeroLatent) {
+  // norm_eps = 0 (allowed: "a finite value >= 0"). A latent of rms 2e-40
+  // normalises to exactly 1 each, but 1/rms rounded to float overflowed to
+  // inf (cached c = inf, output inf). An all-zero latent (here: weights of
+  // the smallest denormal times x < 0.5 underflow to 0) gave 0/0 = NaN; it
+  // now gives 0, the value for every eps > 0.
+  attn::mla_config cfg;
+  cfg.dim = 2;
+  cfg.n_heads = 1;
+  cfg.q_lora_rank = 0;
+  cfg.kv_lora_rank = 4;
+  cfg.qk_nope_head_dim = 2;
+  cfg.qk_rope_head_dim = 2;
+  cfg.v_head_dim = 2;
+  cfg.max_seq_len = cfg.original_seq_len = 16;
+  cfg.norm_eps = 0.0f;
+  attn::mla_weights w;
+  w.wq = matrix::Constant(4, 2, 0.5f);
+  w.wkv_a = matrix::Ones(6, 2);
+  w.kv_norm = Eigen::VectorXf::Ones(4);
+  w.wkv_b = matrix::Constant(4, 4, 0.25f);
+  w.wo = matrix::Ones(2, 2);
+  const attn::multi_head_latent_attention tiny_layer(cfg, w);
+  for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+    auto cache = tiny_layer.make_cache<float>(1, 2);
+    tensor3 x(1, 1, 2);
+    x.setConstant(1e-40f);  // latent [2e-40] x 4: RMSNorm gives [1, 1, 1, 1]
+    const tensor3 y = tiny_layer.forward(x, cache, with_path(path));
+    for (index i = 0; i < 4; ++i) EXPECT_EQ(*cache.rows().at(0, 0, i), 1.0f) << i;
+    // v = W_UV c = 1 per feature, one key: o = 1, y = wo o = 2.
+    EXPECT_FLOAT_EQ(y(0, 0, 0), 2.0f);
+    EXPECT_FLOAT_EQ(y(0, 0, 1), 2.0f);
+  }
+  w.wkv_a = matrix::Constant(6, 2, -1.4e-45f);  // x · w underflows to 0
+  const attn::multi_head_latent_attention zero_layer(cfg, w);
+  for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+    auto cache = zero_layer.make_cache<float>(1, 2);
+    tensor3 x(1, 1, 2);
+    x.setConstant(0.25f);
+    const tensor3 y = zero_layer.forward(x, cache, with_path(path));
+    for (index i = 0; i < 4; ++i) EXPECT_EQ(*cache.rows().at(0, 0, i), 0.0f) << i;
+    EXPECT_EQ(y(0, 0, 0), 0.0f);
+    EXPECT_EQ(y(0, 0, 1), 0.0f);
+  }
 }
 
 }  // namespace

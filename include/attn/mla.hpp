@@ -355,8 +355,14 @@ class multi_head_latent_attention {
   void rms_norm(float* x, index n, const Eigen::VectorXf& w) const {
     double ss = 0.0;
     for (index i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
-    const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + cfg_.norm_eps));
-    for (index i = 0; i < n; ++i) x[i] = x[i] * inv * w[i];
+    // 1/rms stays in double until it has multiplied x: with norm_eps = 0 and
+    // a tiny latent (rms < 2^-126) it passes FLT_MAX although every x / rms
+    // is at most sqrt(n) (fuzz_mla_cache found the float inverse giving inf).
+    // An all-zero latent with norm_eps = 0 (e.g. a projection that underflowed)
+    // gives 0, the value for every eps > 0, rather than 0 / 0 = NaN.
+    const double ms = ss / static_cast<double>(n) + cfg_.norm_eps;
+    const double inv = ms > 0 ? 1.0 / std::sqrt(ms) : 0.0;
+    for (index i = 0; i < n; ++i) x[i] = static_cast<float>(x[i] * inv) * w[i];
   }
 
   // Absorbed: q_lat = [q_nope W_UK │ q_pe] per head, latent attention over

@@ -25,6 +25,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "attn/core/abi.hpp"
@@ -83,6 +84,8 @@ struct scratch {
   std::vector<float> o;       // [acc_rows][d_c_pad] unnormalised output
   std::vector<float> max, sum, factor;  // [cols]
   std::vector<index> limit;             // [cols] last visible key per row
+  std::vector<index> poison;            // keys of the tile set apart (step 5)
+  std::vector<float> poison_v;          // [kv_tile][d_c] their values
 };
 
 }  // namespace latent_detail
@@ -134,6 +137,8 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
     s.sum.resize(static_cast<std::size_t>(cols));
     s.factor.resize(static_cast<std::size_t>(cols));
     s.limit.resize(static_cast<std::size_t>(cols));
+    s.poison.reserve(static_cast<std::size_t>(BK));
+    s.poison_v.resize(static_cast<std::size_t>(BK * p.d_c));
     return s;
   };
 
@@ -210,8 +215,33 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
       }
 
       // 5. O += P · V, V the first d_c (padded: d_c_pad) columns of the rows.
+      // A key past the first row's limit is hidden from some rows by P = 0,
+      // but 0 · inf = NaN: a non-finite value in its V would reach rows that
+      // never see the key (a later token's NaN in an earlier token's output;
+      // fuzz_mla_cache found it). Such keys' V rows are set apart and zeroed
+      // for the product, then added to only the rows that see them.
+      ws.poison.clear();
+      for (index j = std::max<index>(lim_lo + 1 - j0, 0); j < nk; ++j) {
+        float* v = ws.k.data() + j * d_qk;
+        bool finite = true;
+        for (index d = 0; d < p.d_c; ++d) finite = finite && std::isfinite(v[d]);
+        if (finite) continue;
+        std::copy_n(v, p.d_c, ws.poison_v.data() + static_cast<index>(ws.poison.size()) * p.d_c);
+        std::fill_n(v, p.d_c, 0.0f);
+        ws.poison.push_back(j);
+      }
       core::gemm_block<acc, true>(core::lhs{ws.st.data(), 1, sw}, core::rhs{ws.k.data(), d_qk},
                                   nk, ws.o.data(), d_c_pad, acc_rows, d_c_pad);
+      for (std::size_t i = 0; i < ws.poison.size(); ++i) {
+        const index j = ws.poison[i];
+        const float* v = ws.poison_v.data() + static_cast<index>(i) * p.d_c;
+        for (index r = 0; r < rows; ++r) {
+          if (ws.limit[r] < j0 + j) continue;
+          const float pr = ws.st[j * sw + r];
+          float* o = ws.o.data() + r * d_c_pad;
+          for (index d = 0; d < p.d_c; ++d) o[d] += pr * v[d];
+        }
+      }
     }
 
     // Normalised rows, straight out or into this chunk's partial slot.

@@ -2,7 +2,10 @@
 // bound case that attn::scaled_dot_product_attention serves with its split-KV
 // decode path.
 //
-//   decode/attn/{f32,bf16,f16}/S{4096,32768}/t{1,2}
+//   decode/attn/{f32,bf16,f16}/S{1024,4096,8192,16384,32768}/t{1,2}
+//
+// (The sweep over S is tools/plot_bench.py's GB/s against cache length
+// chart: the smallest caches fit in L2/L3, the largest stream from DRAM.)
 //
 // batch 1, L = 1, Hq = Hkv = 32, D = 128, K/V in float, Eigen::bfloat16 or
 // Eigen::half, layout [batch, seq, heads, dim]. GBps counts the K and V bytes
@@ -48,7 +51,7 @@ const char* dtype_name() {
 }
 
 // K/V of one (dtype, S) and the reference output. Every case stays cached
-// (about 2.3 GiB in all), so the benchmarks may run in any order
+// (about 3.9 GiB in all), so the benchmarks may run in any order
 // (--benchmark_enable_random_interleaving).
 template <class T>
 struct kv_data {
@@ -140,7 +143,7 @@ void bm_decode(benchmark::State& state, int S, int threads) {
 
 template <class T>
 void register_dtype() {
-  for (int S : {4096, 32768})
+  for (int S : {1024, 4096, 8192, 16384, 32768})
     for (int threads = 1; threads <= attn_bench::max_threads(); ++threads) {
       const std::string name = std::string("decode/attn/") + dtype_name<T>() + "/S" +
                                std::to_string(S) + attn_bench::thread_suffix(threads);

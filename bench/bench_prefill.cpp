@@ -1,7 +1,11 @@
 // bench/bench_prefill.cpp: the O(N²) hot path, attn's flash forward against a
 // naive Eigen baseline on the same inputs, in the same run.
 //
-//   prefill/{attn,naive}/D{64,128}/N{512,2048,8192}/causal{0,1}/t{1,2}
+//   prefill/{attn,naive}/D128/N{512,1024,2048,4096,8192}/causal{0,1}/t{1,2}
+//   prefill/{attn,naive}/D64/N{512,2048,8192}/causal{0,1}/t{1,2}
+//
+// (D = 128 sweeps N in powers of two for tools/plot_bench.py's GFLOP/s
+// against N chart; D = 64 keeps the three sizes of the summary table.)
 //
 // batch 1, 8 heads, L = S = N, fp32, layout [batch, seq, heads, dim]; causal
 // is attn::causal::bottom_right (= top-left here, since L = S). FLOPs are
@@ -53,7 +57,7 @@ double prefill_flops(int N, int D, bool causal) {
 
 // Inputs of one (N, D) shape, shared by every benchmark of that shape, and
 // the naive outputs, kept as references for attn's max_err. Every shape stays
-// cached (about 0.3 GiB in all), so the benchmarks may run in any order
+// cached (about 0.4 GiB in all), so the benchmarks may run in any order
 // (--benchmark_enable_random_interleaving).
 struct shape_data {
   int N = 0, D = 0;
@@ -190,8 +194,9 @@ std::string case_name(const char* impl, int N, int D, bool causal, int threads) 
 }
 
 void register_prefill() {
-  for (int N : {512, 2048, 8192})
-    for (int D : {64, 128})
+  for (int N : {512, 1024, 2048, 4096, 8192})
+    for (int D : {64, 128}) {
+      if (D == 64 && (N == 1024 || N == 4096)) continue;  // D = 64: three sizes only
       for (bool causal : {false, true})
         for (int threads = 1; threads <= attn_bench::max_threads(); ++threads) {
           benchmark::RegisterBenchmark(case_name("naive", N, D, causal, threads).c_str(), bm_naive,
@@ -203,6 +208,7 @@ void register_prefill() {
               ->UseRealTime()
               ->Unit(benchmark::kMillisecond);
         }
+    }
 }
 
 }  // namespace

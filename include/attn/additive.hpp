@@ -75,13 +75,14 @@ enum class score_function {
 ///
 /// Matrices use nn.Linear's orientation [out_features, in_features].
 struct additive_weights {
+  /// Row-major float matrix, [out_features, in_features].
   using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  score_function score = score_function::additive;
-  matrix w_q;
-  matrix w_k;
-  Eigen::VectorXf bias;
-  Eigen::VectorXf v;
-  bool normalize = false;
+  score_function score = score_function::additive;  ///< which e_ij (see score_function)
+  matrix w_q;            ///< additive: W_q [d_a, d_q], or empty (identity)
+  matrix w_k;            ///< additive: W_k [d_a, d_k] or empty; general: W [d_q, d_k]
+  Eigen::VectorXf bias;  ///< additive: b [d_a], or empty (no bias)
+  Eigen::VectorXf v;     ///< additive: v [d_a] (required)
+  bool normalize = false;  ///< additive: use g · v / ‖v‖ instead of v
   float g = 1.0f;  ///< the scalar of weight normalisation (used when normalize)
 };
 
@@ -112,9 +113,10 @@ class additive_attention;
 /// that made it, from any number of threads at once.
 class additive_keys {
  public:
+  /// An empty projection (B = S = 0); made for real by project_keys.
   additive_keys() = default;
-  index batch() const { return B_; }
-  index length() const { return S_; }
+  index batch() const { return B_; }   ///< batch size B of the projected keys
+  index length() const { return S_; }  ///< keys per batch entry, S
   /// Features per projected key: d_a (additive), d_q (general), d_k (dot).
   index dim() const { return D_; }
   /// Projected key j of batch b: dim() floats (padded with zeros to stride).
@@ -293,9 +295,11 @@ struct additive_scratch {
 /// threads at once.
 class additive_attention {
  public:
-  using matrix = additive_weights::matrix;
+  using matrix = additive_weights::matrix;  ///< row-major float matrix
+  /// Row-major float tensor [batch, seq, features].
   using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
 
+  /// Checks the weights and keeps them (with v normalised when asked).
   /// @throws attn::error naming the field when a weight has the wrong shape,
   ///         a field is set that the score function does not use, v is
   ///         missing (additive), or normalize is asked with ‖v‖ = 0 or a
@@ -351,17 +355,21 @@ class additive_attention {
       v_.assign(static_cast<std::size_t>(stride), 0.0f);
       double norm2 = 0.0;
       for (index a = 0; a < Da_; ++a) norm2 += double(w_.v[a]) * double(w_.v[a]);
-      float factor = 1.0f;
+      // In double: g / ‖v‖ alone may pass FLT_MAX (tiny v) while every
+      // g · v_a / ‖v‖ is at most |g|.
+      double factor = 1.0;
       if (w_.normalize) {
         require(std::isfinite(w_.g), fn, "weights.g", "a finite number", w_.g);
         require(norm2 > 0.0 && std::isfinite(norm2), fn, "weights.v",
                 "a finite vector of nonzero norm (normalize is on)", "norm 0 or non-finite");
-        factor = static_cast<float>(double(w_.g) / std::sqrt(norm2));
+        factor = double(w_.g) / std::sqrt(norm2);
       }
-      for (index a = 0; a < Da_; ++a) v_[static_cast<std::size_t>(a)] = factor * w_.v[a];
+      for (index a = 0; a < Da_; ++a)
+        v_[static_cast<std::size_t>(a)] = static_cast<float>(factor * double(w_.v[a]));
     }
   }
 
+  /// The score function the layer was built with.
   score_function score() const { return w_.score; }
   /// Query features d_q (0 for `dot`: any, equal to the key features).
   index query_dim() const { return Dq_; }

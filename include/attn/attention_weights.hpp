@@ -22,9 +22,11 @@ inline namespace ATTN_ABI {
 
 /// Attention probabilities into probs [B, Hq, L, S] (float).
 ///
-/// @param q, k  as for scaled_dot_product_attention ([B, L, Hq, d_qk],
-///              [B, S, Hkv, d_qk], K float, bf16 or half).
-/// @param opt   the same options (scale, causal, window, key_lengths,
+/// @param q      as for scaled_dot_product_attention: [B, L, Hq, d_qk] float.
+/// @param k      [B, S, Hkv, d_qk]: float, Eigen::bfloat16 or Eigen::half.
+/// @param probs  [B, Hq, L, S] float, written: softmax over each row's keys;
+///               a row that sees no key is all zeros.
+/// @param opt    the same options (scale, causal, window, key_lengths,
 ///              masks, threads); opt.lse is ignored.
 /// @throws attn::error on shape mismatches (probs must be [B, Hq, L, S]).
 template <class KT>

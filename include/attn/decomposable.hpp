@@ -409,6 +409,7 @@ inline void run(problem& p, strided<float, 2> row_lse, strided<float, 2> col_lse
 /// may.
 class decomposable_attention {
  public:
+  /// Row-major float matrix: F's input and output.
   using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   /// What F receives: the [L, d] rows of one batch element of one sequence
   /// (row-major, rows at a stride; masked positions are rows of zeros).
@@ -419,6 +420,7 @@ class decomposable_attention {
   /// thread only, once per batch element and sequence, before any kernel
   /// work; results are bit-identical for any num_threads if F's are.
   using feed_forward = std::function<matrix(const rows&)>;
+  /// Row-major [batch, seq, features] tensor of the convenience overloads.
   using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
 
   /// F empty = the identity (e_ij = scale · a_i · b_j).

@@ -23,8 +23,12 @@ namespace attn {
 
 /// Thrown for every invalid argument: shapes, strides, options, masks.
 /// Derives from std::invalid_argument so generic handlers catch it too.
+/// Under -fno-exceptions the library prints the same message to stderr and
+/// calls std::abort() instead of throwing.
 class error : public std::invalid_argument {
  public:
+  /// An error with message `what`; the library's messages read
+  /// "attn::FUNCTION: ARGUMENT: expected E, got G".
   explicit error(const std::string& what) : std::invalid_argument(what) {}
 };
 

@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -54,24 +55,34 @@ class kv_cache {
     detail::require(capacity >= 0, fn, "capacity", ">= 0", capacity);
     detail::require(kv_heads >= 1, fn, "kv_heads", ">= 1", kv_heads);
     detail::require(head_dim >= 1, fn, "head_dim", ">= 1", head_dim);
+    // batch · capacity · kv_heads · dim must be a size this machine can hold
+    // (checked by division: the product itself could overflow).
+    const index per_token = std::max(head_dim, v_head_dim_);
+    const index limit = std::numeric_limits<index>::max() / static_cast<index>(sizeof(Storage));
+    detail::require(
+        batch == 0 || capacity <= limit / batch / kv_heads / per_token, fn, "capacity",
+        [&] { return "batch · capacity · kv_heads · head_dim within the address space"; },
+        capacity);
     keys_.resize(static_cast<std::size_t>(batch * capacity * kv_heads * head_dim));
     values_.resize(static_cast<std::size_t>(batch * capacity * kv_heads * v_head_dim_));
     lengths_.assign(static_cast<std::size_t>(batch), 0);
   }
 
-  index batch() const { return batch_; }
-  index capacity() const { return capacity_; }
-  index kv_heads() const { return kv_heads_; }
-  index head_dim() const { return head_dim_; }
-  index v_head_dim() const { return v_head_dim_; }
+  index batch() const { return batch_; }            ///< sequences held
+  index capacity() const { return capacity_; }      ///< tokens each sequence can hold
+  index kv_heads() const { return kv_heads_; }      ///< K/V heads
+  index head_dim() const { return head_dim_; }      ///< key head dim d_qk
+  index v_head_dim() const { return v_head_dim_; }  ///< value head dim d_v
   /// Tokens held by each sequence.
   const std::vector<index>& lengths() const { return lengths_; }
   /// Bytes of K and V storage (the whole capacity).
   std::size_t bytes() const { return (keys_.size() + values_.size()) * sizeof(Storage); }
 
-  /// All stored keys / values as [batch, capacity, kv_heads, dim] views;
+  /// All stored keys as a [batch, capacity, kv_heads, head_dim] view;
   /// positions at or past lengths()[b] hold nothing meaningful.
   strided<const Storage, 4> keys() const { return view_of(keys_.data(), head_dim_); }
+  /// All stored values as a [batch, capacity, kv_heads, v_head_dim] view;
+  /// positions at or past lengths()[b] hold nothing meaningful.
   strided<const Storage, 4> values() const { return view_of(values_.data(), v_head_dim_); }
 
   /// Forgets every sequence's tokens (capacity stays).
@@ -126,6 +137,20 @@ class kv_cache {
     detail::require(opt.key_lengths.empty() && opt.bool_mask.empty() && opt.additive_mask.empty(),
                     fn, "opt", "no key_lengths or dense masks", "some given");
     const index T = q.dims[1];
+    // out and lse are cut into per-sequence prefixes below, which the
+    // attention checks only within themselves: their batch and length here.
+    detail::require(out.dims[0] == batch_ && out.dims[1] == T, fn, "out",
+                    [&] { return "[batch = " + std::to_string(batch_) + ", T = " +
+                                 std::to_string(T) + ", heads_q, v_head_dim]"; },
+                    out.dims);
+    detail::require(opt.lse.empty() || (opt.lse.dims[0] == batch_ && opt.lse.dims[2] == T), fn,
+                    "opt.lse",
+                    [&] { return "[batch = " + std::to_string(batch_) + ", heads_q, T = " +
+                                 std::to_string(T) + "]"; },
+                    opt.lse.dims);
+    detail::require(counts.empty() || static_cast<index>(counts.size()) == batch_, fn,
+                    "counts.size()", [&] { return "0 or batch = " + std::to_string(batch_); },
+                    counts.size());
     for (index b = 0; b < batch_; ++b) {
       const index n = counts.empty() ? T : counts[static_cast<std::size_t>(b)];
       detail::require(n >= 0 && n <= T && n <= lengths_[b], fn, "counts",
@@ -188,7 +213,8 @@ class kv_cache {
         v.dims == vd, fn, "v_new", [&] { return "dims " + dims_text(vd); }, v.dims);
     detail::require(k.strides[3] == 1 && v.strides[3] == 1, fn, "k_new/v_new strides[3]",
                     "1 (contiguous head dim)", k.strides[3] != 1 ? k.strides[3] : v.strides[3]);
-    detail::require(T == 0 || (k.data && v.data), fn, "k_new/v_new", "non-null views", "null data");
+    detail::require((k.data || detail::has_zero_extent(k)) && (v.data || detail::has_zero_extent(v)),
+                    fn, "k_new/v_new", "non-null views (null only without elements)", "null data");
     detail::require(
         counts.empty() || static_cast<index>(counts.size()) == batch_, fn, "counts.size()",
         [&] { return "0 or batch = " + std::to_string(batch_); }, counts.size());

@@ -38,7 +38,7 @@ enum class alignment {
 
 /// Causal masking: none, or causal with a named alignment.
 enum class causal {
-  none,
+  none,          ///< no causal mask
   top_left,      ///< query i sees keys j <= i (PyTorch's is_causal=True)
   bottom_right,  ///< query i sees keys j <= i + S - L (FlashAttention, KV caches)
 };
@@ -53,9 +53,9 @@ constexpr index unbounded = std::numeric_limits<index>::max() / 4;
 /// makes it causal). When combined with `causal`, each keeps its own
 /// alignment; they only differ when L != S.
 struct sliding_window {
-  index left = unbounded;
-  index right = unbounded;
-  alignment align = alignment::bottom_right;
+  index left = unbounded;   ///< keys before the diagonal, >= 0 (attn::unbounded: all)
+  index right = unbounded;  ///< keys after the diagonal, >= 0 (attn::unbounded: all)
+  alignment align = alignment::bottom_right;  ///< which diagonal the sides count from
 };
 
 namespace detail {

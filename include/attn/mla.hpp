@@ -132,6 +132,7 @@ struct mla_config {
 /// nn.Linear's orientation [out_features, in_features]. H = n_heads,
 /// qk = qk_head_dim().
 struct mla_weights {
+  /// Row-major float matrix, [out_features, in_features].
   using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   matrix wq;               ///< [H·qk, dim]; only when q_lora_rank = 0
   matrix wq_a;             ///< [q_lora_rank, dim]; only when q_lora_rank > 0
@@ -152,6 +153,7 @@ enum class mla_path {
 
 /// Per-call options of multi_head_latent_attention::forward.
 struct mla_options {
+  /// The computation to use (see mla_path).
   mla_path path = mla_path::automatic;
   /// The automatic choice's threshold on new tokens per call. The absorbed
   /// path costs about 2·(rank + rope + rank) FLOPs per head, query and key;
@@ -173,6 +175,7 @@ inline namespace ATTN_ABI {
 /// its own cache.
 class multi_head_latent_attention {
  public:
+  /// Row-major float matrix, as in mla_weights.
   using matrix = mla_weights::matrix;
 
   /// @throws attn::error naming the field when the config is inconsistent
@@ -236,6 +239,7 @@ class multi_head_latent_attention {
     }
   }
 
+  /// The configuration the layer was built with.
   const mla_config& config() const { return cfg_; }
   /// The softmax scale in use (mla_config::softmax_scale, as float).
   float softmax_scale() const { return scale_; }

@@ -14,6 +14,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -49,13 +50,23 @@ class mla_cache {
     detail::require(capacity >= 0, fn, "capacity", ">= 0", capacity);
     detail::require(kv_lora_rank >= 1, fn, "kv_lora_rank", ">= 1", kv_lora_rank);
     detail::require(rope_dim >= 0, fn, "rope_dim", ">= 0", rope_dim);
+    // batch · capacity · row_width must be a size this machine can hold
+    // (checked by division: the product itself could overflow).
+    const index limit = std::numeric_limits<index>::max() / static_cast<index>(sizeof(Storage));
+    detail::require(batch == 0 || capacity <= limit / batch / (kv_lora_rank + rope_dim), fn,
+                    "capacity", "batch · capacity · (kv_lora_rank + rope_dim) within the address space",
+                    capacity);
     rows_.resize(static_cast<std::size_t>(batch * capacity * row_width()));
     lengths_.assign(static_cast<std::size_t>(batch), 0);
   }
 
+  /// Sequences held.
   index batch() const { return batch_; }
+  /// Tokens each sequence can hold.
   index capacity() const { return capacity_; }
+  /// Width of the cached latent c_kv.
   index kv_lora_rank() const { return rank_; }
+  /// Width of the cached rotated key part k_pe.
   index rope_dim() const { return rope_; }
   /// Values cached per token: kv_lora_rank + rope_dim (576 for V2/V3).
   index row_width() const { return rank_ + rope_; }

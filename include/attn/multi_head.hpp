@@ -15,6 +15,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <unsupported/Eigen/CXX11/Tensor>
@@ -50,13 +51,16 @@ struct mha_config {
 /// The four projections: q [Hq·head_dim, E], k [Hkv·head_dim, kdim],
 /// v [Hkv·head_dim, vdim], o [E, Hq·head_dim]; biases optional.
 struct mha_weights {
-  linear q, k, v, o;
+  linear q;  ///< query projection [Hq·head_dim, E]
+  linear k;  ///< key projection [Hkv·head_dim, kdim]
+  linear v;  ///< value projection [Hkv·head_dim, vdim]
+  linear o;  ///< output projection [E, Hq·head_dim]
 };
 
 /// Rotary embeddings applied to Q and K inside the layer.
 struct mha_rope {
-  std::shared_ptr<const rope_table> table;  ///< rotary_dim <= head_dim
-  rope_layout layout = rope_layout::half_split;
+  std::shared_ptr<const rope_table> table;       ///< rotary_dim <= head_dim; null = no RoPE
+  rope_layout layout = rope_layout::half_split;  ///< how the rotated features are paired
 };
 
 /// What to return besides the output, as nn.MultiheadAttention's
@@ -74,10 +78,15 @@ struct mha_options {
   /// Position of the first token of each sequence for RoPE (a forward
   /// without a cache); cached forwards use the cache's lengths.
   index position_offset = 0;
+  /// Attention probabilities to return through forward's `weights`
+  /// argument (none, averaged over heads, or per head).
   weights_mode weights = weights_mode::none;
 };
 
+/// Row-major float tensor of rank 3: the layer's [batch, seq, features].
 using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
+/// Row-major float tensor of rank 4: [batch, seq, heads, head_dim], or
+/// [batch, heads, L, S] attention weights.
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
 
 // The layer holds weights packed for this instruction set's micro-kernel, so
@@ -89,8 +98,11 @@ inline namespace ATTN_ABI {
 /// own caches.
 class multi_head_attention {
  public:
+  /// Row-major float matrix, the type of linear::weight.
   using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+  /// Checks the config and weights and packs the weights for the
+  /// micro-kernel (the layer keeps its own copy; `weights` may go).
   /// @throws attn::error naming the field if the config is inconsistent
   ///         (heads not dividing, head_dim unset and E % Hq != 0) or a weight
   ///         or bias has the wrong shape.
@@ -128,10 +140,10 @@ class multi_head_attention {
           [&] { return "<= head_dim = " + std::to_string(hd_); }, rope_.table->rotary_dim());
   }
 
-  index embed_dim() const { return E_; }
-  index num_heads() const { return Hq_; }
-  index num_kv_heads() const { return Hkv_; }
-  index head_dim() const { return hd_; }
+  index embed_dim() const { return E_; }        ///< model width E
+  index num_heads() const { return Hq_; }       ///< query heads Hq
+  index num_kv_heads() const { return Hkv_; }   ///< key/value heads Hkv
+  index head_dim() const { return hd_; }        ///< features per head
 
   /// Cross- (or self-) attention: query [B, L, E], key [B, S, kdim],
   /// value [B, S, vdim] -> [B, L, E]. With opt.weights != none, `weights`
@@ -203,6 +215,26 @@ class multi_head_attention {
                     "a cache of another shape");
     detail::require(opt.weights == weights_mode::none, fn, "opt.weights", "none",
                     "a weights request");
+    // Everything the attention would refuse, checked before the cache grows
+    // (a failed call leaves the cache as it was).
+    const sdpa_options& ao = opt.attention;
+    detail::require(ao.causal == causal::none, fn, "opt.attention.causal",
+                    "causal::none (the cache applies bottom-right causal itself)", "another value");
+    detail::require(ao.key_lengths.empty() && ao.bool_mask.empty() && ao.additive_mask.empty(), fn,
+                    "opt.attention", "no key_lengths or dense masks (the cache sets them)",
+                    "some given");
+    if (ao.scale)
+      detail::require(std::isfinite(*ao.scale) && std::isfinite(*ao.scale * 1.4426950408889634f),
+                      fn, "opt.attention.scale", "a finite number below FLT_MAX / log2(e)",
+                      *ao.scale);
+    if (ao.window) {
+      detail::require(ao.window->left >= 0, fn, "opt.attention.window.left", ">= 0",
+                      ao.window->left);
+      detail::require(ao.window->right >= 0, fn, "opt.attention.window.right", ">= 0",
+                      ao.window->right);
+    }
+    detail::require(ao.num_threads >= 0, fn, "opt.attention.num_threads", ">= 0 (0 = default)",
+                    ao.num_threads);
     for (index b = 0; b < B; ++b)
       detail::require(
           cache.lengths()[b] + T <= cache.capacity(), fn, "cache",

@@ -309,9 +309,13 @@ inline void apply_rope(const rope_table& table, strided<float, 4> x, index posit
 /// position_offsets[b] + s (KV-cache decoding of sequences of different
 /// lengths).
 ///
+/// @param table             cos / sin table, as in the single-offset overload.
+/// @param x                 [batch, seq, heads, head_dim] float, rotated in
+///                          place, as in the single-offset overload.
 /// @param position_offsets  batch values, each >= 0.
+/// @param layout            how features are paired (see rope_layout).
+/// @param num_threads       threads to use, 0 = OpenMP's default.
 ///
-/// Other parameters as in the single-offset overload.
 /// @throws attn::error as the single-offset overload (an offset out of
 ///         range is named position_offsets[b]), and if
 ///         position_offsets.size() != batch.

@@ -156,11 +156,21 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, s
   require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
 
   if (B == 0 || L == 0) return;
+  strided<const KV, 4> values(v);
+  if (Dv == 0) {
+    // No value features: only the LSE is computed. V and the output have no
+    // elements and may have null data (Eigen's zero-size tensors); point
+    // them at a dummy with zero strides, so the kernels' address arithmetic
+    // stays defined and touches nothing.
+    static const KV dummy_v{};
+    static float dummy_out = 0.0f;
+    values = strided<const KV, 4>{&dummy_v, v.dims, {0, 0, 0, 0}};
+    out = strided<float, 4>{&dummy_out, out.dims, {0, 0, 0, 0}};
+  }
   if (kernel::split_kv_policy::applies(L, Hq / Hkv))
-    kernel::split_kv_decode<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
-                                opt);
+    kernel::split_kv_decode<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
   else
-    kernel::flash_forward<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale, opt);
+    kernel::flash_forward<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
 }
 
 /// Tensor convenience overload: [B, L, Hq, d_qk], [B, S, Hkv, d_qk],

@@ -367,8 +367,8 @@ inline void segmentation_attention(strided<const float, 2> scores, strided<const
 ///
 /// @param query  [B, d_k], features contiguous.
 /// @param keys   [B, S, d_k], features contiguous.
-/// Other parameters as in the scores entry; opt.scale defaults to
-/// 1/sqrt(d_k) and must be finite.
+/// @param values, marginals, context, log_partition, opt  as in the scores
+///        entry; opt.scale defaults to 1/sqrt(d_k) and must be finite.
 /// @throws attn::error on any shape, stride or option mismatch.
 inline void segmentation_attention(strided<const float, 2> query, strided<const float, 3> keys,
                                    strided<const float, 3> values, strided<float, 2> marginals,

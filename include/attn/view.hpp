@@ -29,12 +29,12 @@ namespace attn {
 /// elements between neighbours along dimension r.
 template <class T, int Rank>
 struct strided {
-  using value_type = T;
-  static constexpr int rank = Rank;
+  using value_type = T;              ///< element type, possibly const
+  static constexpr int rank = Rank;  ///< number of dimensions
 
-  T* data = nullptr;
-  std::array<index, Rank> dims{};
-  std::array<index, Rank> strides{};
+  T* data = nullptr;                   ///< element (0, ..., 0); nullptr = an absent view
+  std::array<index, Rank> dims{};      ///< extent of each dimension
+  std::array<index, Rank> strides{};   ///< step of each dimension, in elements (not bytes)
 
   /// True when the view points at nothing (an absent optional argument).
   bool empty() const { return data == nullptr; }
@@ -51,6 +51,8 @@ struct strided {
 
   /// The same view with const elements.
   strided<const T, Rank> as_const() const { return {data, dims, strides}; }
+  /// Implicit conversion to the const view (a writable view may be passed
+  /// where a read-only one is expected).
   operator strided<const T, Rank>() const { return {data, dims, strides}; }  // NOLINT
 };
 
@@ -111,7 +113,7 @@ constexpr void check_row_major() {
 }  // namespace detail
 
 /// View of a dense row-major Eigen::Tensor / TensorMap of any rank, in its own
-/// dimension order.
+/// dimension order. Column-major tensors are rejected at compile time.
 template <class E>
 auto view(E& t) {
   detail::check_row_major<E>();
@@ -144,6 +146,7 @@ auto bhsd(E& t) {
 
 /// One of Q (which = 0), K (1) or V (2) from a packed projection output of
 /// shape [batch, seq, 3, heads, dim], as a [batch, seq, heads, dim] view.
+/// @throws attn::error if t.dimension(2) != 3 or `which` is not 0, 1 or 2.
 template <class E>
 auto packed_qkv(E& t, int which) {
   static_assert(std::decay_t<E>::NumDimensions == 5,

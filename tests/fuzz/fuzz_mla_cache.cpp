@@ -124,7 +124,7 @@ namespace known_mla {
 /// exact). Plain sdpa reproducer: causal top_left L = S = 40, d = 4, V row
 /// 39 NaN: queries 36..38 come out NaN. While set, the naive output of such
 /// a call is only checked when every token of the call is clean.
-constexpr bool flash_edge_tile_nan_leak = true;
+constexpr bool flash_edge_tile_nan_leak = false;  // fixed in flash_forward.hpp
 }  // namespace known_mla
 
 struct breakage {

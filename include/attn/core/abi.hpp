@@ -40,5 +40,12 @@
 #define ATTN_DETAIL_CAT(isa, threads) abi_##isa##_##threads
 #define ATTN_DETAIL_NAME(isa, threads) ATTN_DETAIL_CAT(isa, threads)
 
+/// \namespace attn::abi
+/// The inline namespace of attn's ISA- and OpenMP-dependent code. Its real
+/// name depends on the compiler flags (attn::abi_avx512_omp,
+/// attn::abi_sse2_serial, ...; the reference shows it as attn::abi); it is
+/// inline, so its contents are named as members of attn (attn::kv_cache,
+/// not attn::abi::kv_cache) and users never write it.
+
 /// The inline namespace that holds attn's ISA- and OpenMP-dependent code.
 #define ATTN_ABI ATTN_DETAIL_NAME(ATTN_DETAIL_ISA, ATTN_DETAIL_THREADS)

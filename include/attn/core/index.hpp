@@ -3,6 +3,8 @@
 
 #include <cstddef>
 
+/// attn: attention kernels over Eigen tensors, header-only (everything is
+/// included by <attn/attn.hpp>). Conventions: README.md.
 namespace attn {
 
 /// Signed index type used for every extent and stride (same as Eigen::Index).

@@ -26,10 +26,11 @@ namespace core {
 /// construction; apply() may run from many threads at once.
 class packed_linear {
  public:
-  using shape = score_tile;  // rows: tokens, columns: output features
-  using single_row = tile_shape<1, shape::packets>;
-  static constexpr index panel_cols = shape::cols;
+  using shape = score_tile;  ///< register tile: rows = tokens, columns = output features
+  using single_row = tile_shape<1, shape::packets>;  ///< the tile for leftover rows
+  static constexpr index panel_cols = shape::cols;   ///< output features per packed panel
 
+  /// An empty layer (0 x 0); assign a constructed one before apply().
   packed_linear() = default;
 
   /// weight [out, in] (nn.Linear's orientation), bias [out] or empty.
@@ -44,8 +45,8 @@ class packed_linear {
                                          c % panel_cols)] = weight(c, d);
   }
 
-  index out_features() const { return out_; }
-  index in_features() const { return in_; }
+  index out_features() const { return out_; }  ///< rows of the weight
+  index in_features() const { return in_; }    ///< columns of the weight
 
   /// y[r, :] = x[r, :] Wᵀ + b for r < rows; x rows have in_features()
   /// floats at stride ldx, y rows out_features() at stride ldy.

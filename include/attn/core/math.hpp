@@ -21,7 +21,7 @@ constexpr float exp_max_rel_error = 3.0e-7f;
 /// Range over which the error bound holds: from ln(FLT_MIN), where results
 /// stop being normal floats, up to where 2^n would overflow the exponent.
 constexpr float exp_accurate_min = -87.33654f;
-constexpr float exp_accurate_max = 88.3f;
+constexpr float exp_accurate_max = 88.3f;  ///< upper end of that range
 
 /// e^x per lane. Below exp_accurate_min the result is exactly 0 (the true
 /// value would be subnormal), so exp(-inf) = 0 and exp(-inf - m) = 0; above

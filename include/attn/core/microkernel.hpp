@@ -23,9 +23,9 @@ namespace core {
 /// A register tile shape: Rows rows of A by Packets vectors of columns.
 template <int Rows, int Packets>
 struct tile_shape {
-  static constexpr int rows = Rows;
-  static constexpr int packets = Packets;
-  static constexpr index cols = Packets * simd::width;
+  static constexpr int rows = Rows;                     ///< rows of A (and C) per tile
+  static constexpr int packets = Packets;               ///< packets of B (and C) per row
+  static constexpr index cols = Packets * simd::width;  ///< columns of C per tile
 };
 
 /// Shape for Sᵀ = K · Qᵀ (rows = keys, columns = queries). With AVX-512's 32
@@ -40,15 +40,15 @@ using accumulate_tile = tile_shape<simd::registers >= 32 ? 6 : 4, simd::register
 
 /// Left operand: element (r, d) at data[r * row_stride + d * depth_stride].
 struct lhs {
-  const float* data;
-  index row_stride;
-  index depth_stride;
+  const float* data;   ///< element (0, 0)
+  index row_stride;    ///< step between rows, in floats
+  index depth_stride;  ///< step along the depth (summed) index, in floats
 };
 
 /// Right operand: element (d, c) at data[d * row_stride + c].
 struct rhs {
-  const float* data;
-  index row_stride;
+  const float* data;  ///< element (0, 0)
+  index row_stride;   ///< step between depth rows, in floats; columns are contiguous
 };
 
 /// C[r][c] (=|+=) sum_{d < depth} A(r, d) B(d, c) for one Shape::rows x

@@ -16,6 +16,9 @@
 
 namespace attn {
 inline namespace ATTN_ABI {
+/// The shared core below every attention family: the parallel loop, the
+/// register-blocked micro-kernel and the packed linear layer. Knows nothing
+/// of attention.
 namespace core {
 
 /// Number of threads parallel_for will use for `requested` (0 = default),

@@ -17,6 +17,9 @@
 
 namespace attn {
 inline namespace ATTN_ABI {
+/// The packet layer: float vectors of the widest width the compiler flags
+/// enable (attn::simd::width lanes), over Eigen's packet math, and vector
+/// elementary functions with stated error (attn/core/math.hpp).
 namespace simd {
 
 namespace ei = Eigen::internal;
@@ -44,14 +47,21 @@ constexpr int registers = 32;
 constexpr int registers = 16;
 #endif
 
+/// `width` floats from p (no alignment needed).
 inline packet load(const float* p) { return ei::ploadu<packet>(p); }
+/// Writes the `width` lanes of a to p (no alignment needed).
 inline void store(float* p, const packet& a) { ei::pstoreu(p, a); }
+/// x in every lane.
 inline packet broadcast(float x) { return ei::pset1<packet>(x); }
+/// 0 in every lane.
 inline packet zero() { return ei::pset1<packet>(0.0f); }
 /// a * b + c
 inline packet fma(const packet& a, const packet& b, const packet& c) { return ei::pmadd(a, b, c); }
+/// a + b
 inline packet add(const packet& a, const packet& b) { return ei::padd(a, b); }
+/// a - b
 inline packet sub(const packet& a, const packet& b) { return ei::psub(a, b); }
+/// a * b
 inline packet mul(const packet& a, const packet& b) { return ei::pmul(a, b); }
 /// Lane-wise max; a NaN in `a` propagates (Eigen follows std::max).
 inline packet max(const packet& a, const packet& b) { return ei::pmax(a, b); }
@@ -59,13 +69,17 @@ inline packet max(const packet& a, const packet& b) { return ei::pmax(a, b); }
 inline packet min(const packet& a, const packet& b) { return ei::pmin(a, b); }
 /// Round to nearest, ties to even (the current rounding mode).
 inline packet round(const packet& a) { return ei::print(a); }
+/// Sum of the lanes (in Eigen's reduction order).
 inline float reduce_add(const packet& a) { return ei::predux(a); }
+/// Largest lane.
 inline float reduce_max(const packet& a) { return ei::predux_max(a); }
 /// Per-lane select: mask lanes (all bits set) take a, others b.
 inline packet select(const packet& mask, const packet& a, const packet& b) {
   return ei::pselect(mask, a, b);
 }
+/// Per-lane a < b as a select mask (all bits set where true).
 inline packet less(const packet& a, const packet& b) { return ei::pcmp_lt(a, b); }
+/// Per-lane a == b as a select mask (all bits set where true).
 inline packet equal(const packet& a, const packet& b) { return ei::pcmp_eq(a, b); }
 
 /// 2^n for packets holding integral n in [-127, 127], exact; n = -127 gives

@@ -9,6 +9,7 @@
 // all merge through merge_partial().
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -18,14 +19,17 @@
 
 namespace attn {
 inline namespace ATTN_ABI {
+/// Softmax building blocks shared by the kernels: the online (streaming)
+/// softmax state, row softmax, and the log-sum-exp merge of partial results.
 namespace softmax {
 
+/// -inf: the score of a masked key, the LSE of a row that sees no key.
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
 // The kernels keep scores in log2 units: scale·log2(e)·q·k, so that the
 // softmax's exponentials are the cheap simd::exp2_nonpositive. These convert.
-constexpr float log2e = 1.44269504088896341f;
-constexpr float ln2 = 0.693147180559945309f;
+constexpr float log2e = 1.44269504088896341f;  ///< log2(e)
+constexpr float ln2 = 0.693147180559945309f;    ///< ln(2)
 
 /// An additive mask value in log2 units: -inf stays -inf (masked); finite
 /// values saturate at +-FLT_MAX instead of overflowing to a mask (-FLT_MAX,
@@ -41,14 +45,33 @@ inline float additive_to_log2(float a) {
 /// overflowed to +inf gives weight 1 (2^min(inf - max, 0)) instead of NaN.
 constexpr float max_finite = std::numeric_limits<float>::max();
 
+/// x clamped to [-max_finite, max_finite]; NaN stays NaN.
+inline float clamp_finite(float x) {
+  return x > max_finite ? max_finite : (x < -max_finite ? -max_finite : x);
+}
+
+/// A score (log2 units) with an additive mask value applied: -inf in the
+/// mask masks whatever the score is (even a NaN or an overflowed +inf, so
+/// the hidden key cannot turn the row NaN), and a score already masked (by a
+/// bool mask or the band) stays masked whatever the mask holds.
+inline float apply_additive_log2(float score, float a) {
+  if (a == neg_inf || score == neg_inf) return neg_inf;
+  return score + additive_to_log2(a);
+}
+
 /// Result of one finished row in log2 units (running max m, sum l): the
 /// output scale 1/l and the natural-log LSE; an empty row (l = 0) gives
 /// scale 0 (output 0) and LSE -inf.
 struct row_result {
-  float inv_sum;
-  float lse;
+  float inv_sum;  ///< 1 / l, or 0 for an empty row
+  float lse;      ///< natural-log log-sum-exp, or -inf for an empty row
 };
+/// The row_result of a row whose running max (log2 units) is m and whose
+/// sum of 2^(s - m) is l.
+/// A NaN sum (the row met a NaN score) gives NaN for both: the row's output
+/// is NaN, never mistaken for an empty row's 0.
 inline row_result finish_row_log2(float m, float l) {
+  if (std::isnan(l)) return {l, l};
   if (!(l > 0.0f)) return {0.0f, neg_inf};
   return {1.0f / l, (m + std::log2(l)) * ln2};
 }
@@ -75,10 +98,12 @@ struct online_state {
 
   /// Natural log of the total: max + log(sum); -inf for a row that saw
   /// nothing (sum == 0).
-  float lse() const { return sum > 0.0f ? max + std::log(sum) : neg_inf; }
+  float lse() const {
+    return std::isnan(sum) ? sum : sum > 0.0f ? max + std::log(sum) : neg_inf;
+  }
 
   /// 1 / sum, or 0 for a row that saw nothing (its output is 0).
-  float inv_sum() const { return sum > 0.0f ? 1.0f / sum : 0.0f; }
+  float inv_sum() const { return std::isnan(sum) ? sum : sum > 0.0f ? 1.0f / sum : 0.0f; }
 };
 
 /// One online-softmax step for simd::width rows at once (one row per lane),
@@ -90,9 +115,13 @@ struct online_state {
 /// seen only -inf, so 2^(-inf - pivot) = 0, never NaN). Maxima are clamped
 /// to max_finite (see there).
 struct packet_step {
-  simd::packet max, factor, pivot;
+  simd::packet max;     ///< the new running maxima
+  simd::packet factor;  ///< 2^(old max - pivot): rescales what was accumulated
+  simd::packet pivot;   ///< subtracted from this block's scores before exp2
 };
 
+/// The packet_step for rows with maxima `running_max` so far and
+/// `block_max` in the new block (log2 units).
 inline packet_step online_step(const simd::packet& running_max, const simd::packet& block_max) {
   using namespace simd;
   const packet m = simd::min(simd::max(running_max, block_max), broadcast(max_finite));
@@ -109,18 +138,22 @@ inline float row_softmax(float* x, index n) {
   for (; j + width <= n; j += width) vmax = simd::max(vmax, load(x + j));
   float m = reduce_max(vmax);
   for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  // A score that overflowed to +inf: the max is clamped to max_finite and
+  // every exponent to <= 0, so that score weighs 1 (as in the flash
+  // kernels) instead of making the row inf / inf = NaN.
+  if (m > max_finite) m = max_finite;
   online_state st;
   st.raise_max(m);
   const packet pivot = broadcast(st.pivot());
   packet vsum = zero();
   for (j = 0; j + width <= n; j += width) {
-    const packet e = simd::exp(sub(load(x + j), pivot));
+    const packet e = simd::exp(simd::min(sub(load(x + j), pivot), zero()));
     store(x + j, e);
     vsum = add(vsum, e);
   }
   float s = reduce_add(vsum);
   for (; j < n; ++j) {
-    x[j] = exp_scalar(x[j] - st.pivot());
+    x[j] = exp_scalar(std::min(x[j] - st.pivot(), 0.0f));
     s += x[j];
   }
   st.sum = s;

@@ -23,6 +23,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -63,6 +64,8 @@ struct flash_scratch {
   std::vector<float> max;     // [q_tile]           running max per query
   std::vector<float> sum;     // [q_tile]           running sum per query
   std::vector<float> factor;  // [q_tile]        this step's rescale factors
+  std::vector<index> hidden_bad;  // keys with a non-finite V that some rows do not see
+  std::vector<float> hidden_v;    // [kv_tile][d_v_pad] their V rows
 
   flash_scratch(index d_qk, index d_v_pad)
       : qt(d_qk * flash_tiles::q_tile),
@@ -72,7 +75,10 @@ struct flash_scratch {
         o(flash_tiles::q_tile * d_v_pad),
         max(flash_tiles::q_tile),
         sum(flash_tiles::q_tile),
-        factor(flash_tiles::q_tile) {}
+        factor(flash_tiles::q_tile),
+        hidden_v(flash_tiles::kv_tile * d_v_pad) {
+    hidden_bad.reserve(flash_tiles::kv_tile);
+  }
 };
 
 // Copies rows [j0, j0 + n) of one head into dst as float, row stride `cols`;
@@ -157,7 +163,9 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     // the softmax can use exp2; padding columns are zero (results dropped).
     for (index r = 0; r < cols; ++r) {
       const float* src = r < rows ? q.at(b, i0 + r, h, 0) : nullptr;
-      for (index d = 0; d < d_qk; ++d) ws.qt[d * BQ + r] = src ? src[d] * scale2 : 0.0f;
+      // Clamped: |q| near FLT_MAX would overflow to inf and score inf · 0 = NaN.
+      for (index d = 0; d < d_qk; ++d)
+        ws.qt[d * BQ + r] = src ? softmax::clamp_finite(src[d] * scale2) : 0.0f;
     }
     std::fill(ws.o.begin(), ws.o.begin() + cols * d_v_pad, 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
@@ -234,7 +242,8 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
           if (has_add) {
             const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
             const index as = opt.additive_mask.strides[3];
-            for (index j = lo; j <= hi; ++j) col[j * BQ] += softmax::additive_to_log2(a[j * as]);
+            for (index j = lo; j <= hi; ++j)
+              col[j * BQ] = softmax::apply_additive_log2(col[j * BQ], a[j * as]);
           }
         }
       }
@@ -270,6 +279,28 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       // sit heads·d_v floats apart, typically a multiple of 4 KiB, which maps
       // them all to one L1 set (measured: 194 vs 235 GFLOP/s for this GEMM).
       const core::rhs vt = tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
+      // Where some rows do not see some keys (edge tiles, dense masks), the
+      // products below rely on P = 0 for them, but 0 · inf = NaN: a NaN or
+      // inf in a hidden key's V would reach rows that never attend to it.
+      // Such V rows (rare: only non-finite data) are set apart, their
+      // non-finite entries zeroed for the products, and those entries then
+      // added to exactly the rows that see the key (the finite entries stay
+      // in the products, so every other output keeps its bits).
+      ws.hidden_bad.clear();
+      if (!full)
+        for (index j = 0; j < n; ++j) {
+          float* row = ws.v.data() + j * d_v_pad;
+          packet probe = zero();  // x · 0 is NaN exactly for x = NaN or +-inf
+          for (index d = 0; d < d_v_pad; d += width) probe = add(probe, mul(load(row + d), zero()));
+          if (reduce_add(probe) == 0.0f) continue;
+          float* kept = ws.hidden_v.data() + static_cast<index>(ws.hidden_bad.size()) * d_v_pad;
+          for (index d = 0; d < d_v_pad; ++d) {
+            const bool bad = !std::isfinite(row[d]);
+            kept[d] = bad ? row[d] : 0.0f;
+            if (bad) row[d] = 0.0f;
+          }
+          ws.hidden_bad.push_back(j);
+        }
       if (in_band) {
         core::gemm_block<core::accumulate_tile, true>(core::lhs{ws.st.data(), 1, BQ}, vt, n,
                                                       ws.o.data(), d_v_pad, cols, d_v_pad);
@@ -286,6 +317,20 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
                                         core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},
                                         hi - lo, ws.o.data() + r0 * d_v_pad, d_v_pad, shape::rows,
                                         d_v_pad);
+        }
+      }
+      for (std::size_t i = 0; i < ws.hidden_bad.size(); ++i) {
+        const index j = ws.hidden_bad[i];
+        const float* vj = ws.hidden_v.data() + static_cast<index>(i) * d_v_pad;
+        for (index r = 0; r < rows; ++r) {
+          const detail::key_band kb = band.row(i0 + r);
+          if (j0 + j < kb.first || j0 + j > kb.last) continue;
+          if (has_bool && !*opt.bool_mask.at(b, h, i0 + r, j0 + j)) continue;
+          if (has_add && *opt.additive_mask.at(b, h, i0 + r, j0 + j) == softmax::neg_inf) continue;
+          const float pj = ws.st[j * BQ + r];
+          float* o = ws.o.data() + r * d_v_pad;
+          for (index d = 0; d < d_v; ++d)
+            if (vj[d] != 0.0f) o[d] += pj * vj[d];
         }
       }
     }

@@ -153,7 +153,8 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
     for (index r = 0; r < cols; ++r) {
       const bool real = r < rows;
       const float* src = real ? qb + (tk.r0 + r) * d_qk : nullptr;
-      for (index d = 0; d < d_qk; ++d) ws.qt[d * cols + r] = real ? src[d] * scale2 : 0.0f;
+      for (index d = 0; d < d_qk; ++d)
+        ws.qt[d * cols + r] = real ? softmax::clamp_finite(src[d] * scale2) : 0.0f;
       ws.limit[r] = real ? n - p.T + (tk.r0 + r) / p.H : -1;
     }
     std::fill(ws.o.begin(), ws.o.end(), 0.0f);

@@ -157,7 +157,9 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     const detail::band_mask band(L, S, key_len, opt.causal, window);
     for (index r = 0; r < R; ++r) {
       const float* src = q.at(b, r % L, r / L, 0);
-      for (index d = 0; d < d_qk; ++d) ws.q[r * d_qk + d] = src[d] * scale2;
+      // Clamped: |q| near FLT_MAX would overflow to inf and score inf · 0 =
+      // NaN against a zero key (the exact score is finite).
+      for (index d = 0; d < d_qk; ++d) ws.q[r * d_qk + d] = softmax::clamp_finite(src[d] * scale2);
     }
     std::fill(ws.o.begin(), ws.o.end(), 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
@@ -187,13 +189,17 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
         if (has_add) {
           const float* a = opt.additive_mask.at(b, h, i, j0);
           const index as = opt.additive_mask.strides[3];
-          for (index jj = lo; jj < hi; ++jj) s[jj] += softmax::additive_to_log2(a[jj * as]);
+          for (index jj = lo; jj < hi; ++jj) s[jj] = softmax::apply_additive_log2(s[jj], a[jj * as]);
         }
         simd::packet block_max = simd::broadcast(softmax::neg_inf);
         for (index jj = 0; jj < n_vec; jj += simd::width)
           block_max = simd::max(block_max, simd::load(s + jj));
         const float m = std::min(simd::reduce_max(block_max), softmax::max_finite);
-        if (m == softmax::neg_inf) {  // nothing visible in this block
+        if (m == softmax::neg_inf) {  // nothing visible in this block...
+          // ...unless the max skipped NaN scores (a NaN query or key): then
+          // the row is NaN, never an empty row's 0.
+          for (index jj = 0; jj < n; ++jj)
+            if (std::isnan(s[jj])) ws.sum[r] = s[jj];
           std::fill(s, s + n, 0.0f);
           continue;
         }

@@ -1,0 +1,544 @@
+// tests/test_errors.cpp: every attn::error the library can throw (the
+// README's "Errors" table), each triggered once on purpose and checked for
+// its message: "attn::<function>: <argument>: expected <what>, got <what>".
+//
+// One test per entry point; each row of a test is one check in the library
+// (a detail::require or detail::fail call site), in the order the library
+// makes them, so a missing check shows as "no exception thrown" and a check
+// that moved or lost its argument's name as a message mismatch. Every call
+// is otherwise valid, so the row's check is the one that fires. Views point
+// into buffers large enough for the shapes claimed, so a missing check reads
+// valid memory here (the fuzzers in tests/fuzz look for the reads).
+//
+// The MLA family and the families added after issue 7 have their errors
+// tested with their own code.
+#include <gtest/gtest.h>
+
+#include <attn/attn.hpp>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "expect_error.hpp"
+
+namespace {
+
+using attn::index;
+using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
+using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
+using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+constexpr float inf_f = std::numeric_limits<float>::infinity();
+
+struct error_case {
+  std::string label;
+  std::function<void()> call;
+  std::string prefix;  // "attn::<function>: <argument>: expected"
+};
+
+void run(const std::vector<error_case>& cases) {
+  for (const error_case& c : cases)
+    attn_test::expect_error(c.label, c.call, {c.prefix.c_str()});
+}
+
+// ---------------------------------------------------------------------------
+// scaled_dot_product_attention
+
+// A valid call (B 2, L 3, S 5, Hq 4, Hkv 2, d 8) whose pieces the cases break.
+struct sdpa_call {
+  std::vector<float> qb = std::vector<float>(4096, 0.5f), kb = qb, vb = qb, ob = qb;
+  attn::strided<const float, 4> q{qb.data(), {2, 3, 4, 8}, {96, 32, 8, 1}};
+  attn::strided<const float, 4> k{kb.data(), {2, 5, 2, 8}, {80, 16, 8, 1}};
+  attn::strided<const float, 4> v{vb.data(), {2, 5, 2, 8}, {80, 16, 8, 1}};
+  attn::strided<float, 4> out{ob.data(), {2, 3, 4, 8}, {96, 32, 8, 1}};
+  attn::sdpa_options opt;
+  std::vector<char> mask = std::vector<char>(4096, 1);
+  std::vector<float> add = std::vector<float>(4096, 0.0f), lse = std::vector<float>(4096);
+  void operator()() const { attn::scaled_dot_product_attention(q, k, v, out, opt); }
+};
+
+error_case sdpa_case(const std::string& arg, const std::function<void(sdpa_call&)>& brk) {
+  auto c = std::make_shared<sdpa_call>();
+  brk(*c);
+  return {arg, [c] { (*c)(); }, "attn::scaled_dot_product_attention: " + arg + ": expected"};
+}
+
+TEST(Errors, ScaledDotProductAttention) {
+  run({
+      sdpa_case("q", [](sdpa_call& c) { c.q.data = nullptr; }),
+      sdpa_case("k", [](sdpa_call& c) { c.k.data = nullptr; }),
+      sdpa_case("v", [](sdpa_call& c) { c.v.data = nullptr; }),
+      sdpa_case("out", [](sdpa_call& c) { c.out.data = nullptr; }),
+      sdpa_case("q", [](sdpa_call& c) { c.q.dims[1] = -1; }),  // non-negative dims
+      sdpa_case("k", [](sdpa_call& c) { c.k.dims[1] = -1; }),
+      sdpa_case("v", [](sdpa_call& c) { c.v.dims[3] = -1; }),
+      sdpa_case("q.dims[3] (d_qk)", [](sdpa_call& c) { c.q.dims[3] = c.k.dims[3] = 0; }),
+      sdpa_case("q.dims[2] (heads_q)", [](sdpa_call& c) { c.q.dims[2] = 0; }),
+      sdpa_case("k", [](sdpa_call& c) { c.k.dims[3] = 7; }),  // dims [batch, S, heads_kv, d_qk]
+      sdpa_case("k.dims[2] (heads_kv)", [](sdpa_call& c) { c.k.dims[2] = c.v.dims[2] = 3; }),
+      sdpa_case("v", [](sdpa_call& c) { c.v.dims[1] = 4; }),  // dims [batch, S, heads_kv, d_v]
+      sdpa_case("out", [](sdpa_call& c) { c.out.dims[1] = 2; }),
+      sdpa_case("q.strides[3]", [](sdpa_call& c) { c.q.strides[3] = 2; }),
+      sdpa_case("k.strides[3]", [](sdpa_call& c) { c.k.strides[3] = 2; }),
+      sdpa_case("v.strides[3]", [](sdpa_call& c) { c.v.strides[3] = 2; }),
+      sdpa_case("out.strides[3]", [](sdpa_call& c) { c.out.strides[3] = 2; }),
+      sdpa_case("scale", [](sdpa_call& c) { c.opt.scale = nan_f; }),
+      sdpa_case("scale", [](sdpa_call& c) { c.opt.scale = std::numeric_limits<float>::max(); }),
+      sdpa_case("window.left", [](sdpa_call& c) { c.opt.window = attn::sliding_window{-1, 0}; }),
+      sdpa_case("window.right", [](sdpa_call& c) { c.opt.window = attn::sliding_window{0, -2}; }),
+      sdpa_case("key_lengths.size()", [](sdpa_call& c) { c.opt.key_lengths = {5}; }),
+      sdpa_case("key_lengths[1]", [](sdpa_call& c) { c.opt.key_lengths = {5, 6}; }),
+      sdpa_case("key_lengths[0]", [](sdpa_call& c) { c.opt.key_lengths = {-1, 0}; }),
+      sdpa_case("bool_mask",
+                [](sdpa_call& c) {  // dims [batch, heads_q, L, S]
+                  c.opt.bool_mask = {reinterpret_cast<const bool*>(c.mask.data()),
+                                     {2, 4, 3, 6}, {0, 0, 0, 1}};
+                }),
+      sdpa_case("bool_mask",
+                [](sdpa_call& c) {  // non-negative strides
+                  c.opt.bool_mask = {reinterpret_cast<const bool*>(c.mask.data()) + 100,
+                                     {2, 4, 3, 5}, {0, -1, 0, 1}};
+                }),
+      sdpa_case("additive_mask",
+                [](sdpa_call& c) {
+                  c.opt.additive_mask = {c.add.data(), {1, 4, 3, 5}, {0, 0, 5, 1}};
+                }),
+      sdpa_case("additive_mask",
+                [](sdpa_call& c) {
+                  c.opt.additive_mask = {c.add.data() + 100, {2, 4, 3, 5}, {0, 0, -5, 1}};
+                }),
+      sdpa_case("lse", [](sdpa_call& c) { c.opt.lse = {c.lse.data(), {2, 4, 2}, {8, 2, 1}}; }),
+      sdpa_case("out.strides", [](sdpa_call& c) { c.out.strides[1] = 0; }),
+      sdpa_case("lse.strides", [](sdpa_call& c) { c.opt.lse = {c.lse.data(), {2, 4, 3}, {0, 0, 1}}; }),
+      sdpa_case("num_threads", [](sdpa_call& c) { c.opt.num_threads = -1; }),
+  });
+  // The Eigen tensor and matrix overloads report through the same checks.
+  const tensor4 q(1, 2, 3, 4), k(1, 2, 2, 4);
+  run({{"tensor overload",
+        [&] { (void)attn::scaled_dot_product_attention(q, k, k); },
+        "attn::scaled_dot_product_attention: k.dims[2] (heads_kv): expected"}});
+  const Eigen::MatrixXf mq = Eigen::MatrixXf::Zero(2, 4), mk = Eigen::MatrixXf::Zero(3, 5);
+  run({{"matrix overload",
+        [&] { (void)attn::scaled_dot_product_attention(mq, mk, mk); },
+        "attn::scaled_dot_product_attention: k: expected"}});
+}
+
+// ---------------------------------------------------------------------------
+// views
+
+TEST(Errors, Views) {
+  Eigen::Tensor<float, 5, Eigen::RowMajor> packed(1, 2, 4, 2, 8), qkv(1, 2, 3, 2, 8);
+  Eigen::Tensor<float, 3, Eigen::RowMajor> m3(3, 4, 5);
+  run({
+      {"packed_qkv dim 2", [&] { (void)attn::packed_qkv(packed, 0); },
+       "attn::packed_qkv: t.dimension(2): expected"},
+      {"packed_qkv which", [&] { (void)attn::packed_qkv(qkv, 3); },
+       "attn::packed_qkv: which: expected"},
+      {"broadcast_mask", [&] { (void)attn::broadcast_mask(m3, 2, 4, 4, 5); },
+       "attn::broadcast_mask: mask: expected"},
+  });
+}
+
+// ---------------------------------------------------------------------------
+// attention_weights
+
+TEST(Errors, AttentionWeights) {
+  tensor4 q(1, 3, 4, 8), k(1, 5, 2, 8), probs(1, 4, 3, 5);
+  q.setZero();
+  k.setZero();
+  auto call = [&](index kd3, index kh, index pl) {
+    auto kv = attn::view(k);
+    kv.dims[3] = kd3;
+    kv.dims[2] = kh;
+    auto pv = attn::view(probs);
+    pv.dims[2] = pl;
+    attn::attention_weights(attn::view(q).as_const(), kv.as_const(), pv);
+  };
+  run({
+      {"k", [&] { call(7, 2, 3); }, "attn::attention_weights: k: expected"},
+      {"heads_kv", [&] { call(8, 3, 3); }, "attn::attention_weights: k.dims[2] (heads_kv): expected"},
+      {"probs", [&] { call(8, 2, 2); }, "attn::attention_weights: probs: expected"},
+  });
+}
+
+// ---------------------------------------------------------------------------
+// additive_attention
+
+attn::additive_weights additive_w(index da, index dq, index dk) {
+  attn::additive_weights w;
+  w.w_q = matrix::Constant(da, dq, 0.1f);
+  w.w_k = matrix::Constant(da, dk, 0.1f);
+  w.bias = Eigen::VectorXf::Zero(da);
+  w.v = Eigen::VectorXf::Ones(da);
+  return w;
+}
+
+error_case additive_ctor(const std::string& arg, const std::function<void(attn::additive_weights&)>& brk) {
+  auto w = std::make_shared<attn::additive_weights>(additive_w(4, 3, 5));
+  brk(*w);
+  return {arg, [w] { attn::additive_attention layer(*w); },
+          "attn::additive_attention: " + arg + ": expected"};
+}
+
+TEST(Errors, AdditiveAttentionConstructor) {
+  using sf = attn::score_function;
+  auto luong = [](sf s) {
+    return [s](attn::additive_weights& w) {
+      w = attn::additive_weights{};
+      w.score = s;
+      if (s == sf::general) w.w_k = matrix::Ones(3, 5);
+    };
+  };
+  run({
+      additive_ctor("weights.score", [](attn::additive_weights& w) { w.score = static_cast<sf>(7); }),
+      additive_ctor("weights.v", [](attn::additive_weights& w) { w.v.resize(0); }),
+      additive_ctor("weights.w_q", [](attn::additive_weights& w) { w.w_q = matrix::Ones(3, 3); }),
+      additive_ctor("weights.w_k", [](attn::additive_weights& w) { w.w_k = matrix::Ones(5, 5); }),
+      additive_ctor("weights.bias", [](attn::additive_weights& w) { w.bias = Eigen::VectorXf::Ones(3); }),
+      additive_ctor("weights.w_q",
+                    [&](attn::additive_weights& w) {
+                      luong(sf::dot)(w);
+                      w.w_q = matrix::Ones(2, 2);
+                    }),
+      additive_ctor("weights.bias",
+                    [&](attn::additive_weights& w) {
+                      luong(sf::general)(w);
+                      w.bias = Eigen::VectorXf::Ones(3);
+                    }),
+      additive_ctor("weights.v",
+                    [&](attn::additive_weights& w) {
+                      luong(sf::dot)(w);
+                      w.v = Eigen::VectorXf::Ones(3);
+                    }),
+      additive_ctor("weights.normalize",
+                    [&](attn::additive_weights& w) {
+                      luong(sf::general)(w);
+                      w.normalize = true;
+                    }),
+      additive_ctor("weights.w_k",
+                    [&](attn::additive_weights& w) {
+                      luong(sf::dot)(w);
+                      w.w_k = matrix::Ones(2, 2);
+                    }),
+      additive_ctor("weights.w_k",
+                    [&](attn::additive_weights& w) {
+                      luong(sf::general)(w);
+                      w.w_k.resize(0, 0);
+                    }),
+      additive_ctor("weights.g",
+                    [](attn::additive_weights& w) {
+                      w.normalize = true;
+                      w.g = inf_f;
+                    }),
+      additive_ctor("weights.v",
+                    [](attn::additive_weights& w) {
+                      w.normalize = true;
+                      w.v.setZero();
+                    }),
+  });
+}
+
+// A valid call (B 2, L 3, S 5, d_q 3, d_k 5, d_v 6) whose pieces the cases
+// break.
+struct additive_call {
+  attn::additive_attention layer{additive_w(4, 3, 5)};
+  std::vector<float> qb = std::vector<float>(1024, 0.5f), kb = qb, vb = qb, ob = qb, wb = qb;
+  std::vector<char> mb = std::vector<char>(1024, 1);
+  attn::strided<const float, 3> q{qb.data(), {2, 3, 3}, {9, 3, 1}};
+  attn::strided<const float, 3> k{kb.data(), {2, 5, 5}, {25, 5, 1}};
+  attn::strided<const float, 3> v{vb.data(), {2, 5, 6}, {30, 6, 1}};
+  attn::strided<float, 3> out{ob.data(), {2, 3, 6}, {18, 6, 1}};
+  attn::additive_options opt;
+  bool project_first = true;  // forward over project_keys(k), else forward(q, k, v, ...)
+  const attn::additive_attention* keys_layer = &layer;
+  void operator()() const {
+    if (project_first)
+      layer.forward(q, keys_layer->project_keys(k), v, out, opt);
+    else
+      layer.forward(q, k, v, out, opt);
+  }
+};
+
+error_case additive_fwd(const std::string& fn, const std::string& arg,
+                        const std::function<void(additive_call&)>& brk) {
+  auto c = std::make_shared<additive_call>();
+  brk(*c);
+  return {fn + " " + arg, [c] { (*c)(); }, "attn::" + fn + ": " + arg + ": expected"};
+}
+
+TEST(Errors, AdditiveAttentionForward) {
+  const std::string fwd = "additive_attention::forward", proj = "additive_attention::project_keys";
+  attn::additive_weights dot_w;
+  dot_w.score = attn::score_function::dot;
+  const attn::additive_attention dot_layer(dot_w);
+  run({
+      additive_fwd(fwd, "keys", [&](additive_call& c) { c.keys_layer = &dot_layer; }),
+      additive_fwd(fwd, "query", [](additive_call& c) { c.q.data = nullptr; }),
+      additive_fwd(fwd, "query", [](additive_call& c) { c.q.dims[2] = 4; }),
+      additive_fwd(fwd, "query.strides[2]", [](additive_call& c) { c.q.strides[2] = 2; }),
+      additive_fwd(fwd, "values", [](additive_call& c) { c.v.data = nullptr; }),
+      additive_fwd(fwd, "values", [](additive_call& c) { c.v.dims[1] = 4; }),
+      additive_fwd(fwd, "values.strides[2]", [](additive_call& c) { c.v.strides[2] = 2; }),
+      additive_fwd(fwd, "out", [](additive_call& c) { c.out.data = nullptr; }),
+      additive_fwd(fwd, "out", [](additive_call& c) { c.out.dims[2] = 5; }),
+      additive_fwd(fwd, "out.strides[2]", [](additive_call& c) { c.out.strides[2] = 2; }),
+      additive_fwd(fwd, "out.strides", [](additive_call& c) { c.out.strides[1] = 0; }),
+      additive_fwd(fwd, "key_lengths.size()", [](additive_call& c) { c.opt.key_lengths = {1}; }),
+      additive_fwd(fwd, "key_lengths[0]", [](additive_call& c) { c.opt.key_lengths = {6, 1}; }),
+      additive_fwd(fwd, "key_mask",
+                   [](additive_call& c) {
+                     c.opt.key_mask = {reinterpret_cast<const bool*>(c.mb.data()), {2, 4}, {4, 1}};
+                   }),
+      additive_fwd(fwd, "key_mask.strides",
+                   [](additive_call& c) {
+                     c.opt.key_mask = {reinterpret_cast<const bool*>(c.mb.data()) + 10, {2, 5}, {-5, 1}};
+                   }),
+      additive_fwd(fwd, "query_mask",
+                   [](additive_call& c) {
+                     c.opt.query_mask = {reinterpret_cast<const bool*>(c.mb.data()), {1, 3}, {3, 1}};
+                   }),
+      additive_fwd(fwd, "query_mask.strides",
+                   [](additive_call& c) {
+                     c.opt.query_mask = {reinterpret_cast<const bool*>(c.mb.data()) + 10, {2, 3}, {3, -1}};
+                   }),
+      additive_fwd(fwd, "weights",
+                   [](additive_call& c) { c.opt.weights = {c.wb.data(), {2, 3, 4}, {12, 4, 1}}; }),
+      additive_fwd(fwd, "weights.strides",
+                   [](additive_call& c) { c.opt.weights = {c.wb.data(), {2, 3, 5}, {5, 0, 1}}; }),
+      additive_fwd(fwd, "num_threads", [](additive_call& c) { c.opt.num_threads = -1; }),
+      // Key checks: in project_keys, and in the forward that projects itself.
+      additive_fwd(proj, "keys", [](additive_call& c) { c.k.data = nullptr; }),
+      additive_fwd(proj, "keys", [](additive_call& c) { c.k.dims[1] = -1; }),
+      additive_fwd(proj, "keys", [](additive_call& c) { c.k.dims[2] = 4; }),
+      additive_fwd(proj, "keys.strides[2]", [](additive_call& c) { c.k.strides[2] = 2; }),
+      additive_fwd(fwd, "keys",
+                   [](additive_call& c) {
+                     c.project_first = false;
+                     c.k.dims[2] = 4;
+                   }),
+      additive_fwd(fwd, "query",
+                   [](additive_call& c) {
+                     c.project_first = false;
+                     c.q.dims[0] = 1;
+                   }),
+  });
+  // dot: the keys' feature count is free but must be >= 1.
+  std::vector<float> buf(64, 1.0f), ob(64);
+  const attn::strided<const float, 3> q0{buf.data(), {1, 2, 0}, {0, 0, 1}}, k0 = q0;
+  run({{"dot keys d = 0",
+        [&] {
+          (void)dot_layer.project_keys(k0);
+        },
+        "attn::additive_attention::project_keys: keys: expected"}});
+}
+
+// ---------------------------------------------------------------------------
+// kv_cache
+
+TEST(Errors, KvCache) {
+  const std::string ctor = "attn::kv_cache: ";
+  run({
+      {"batch", [] { attn::kv_cache<float>(-1, 4, 1, 8); }, ctor + "batch: expected"},
+      {"capacity", [] { attn::kv_cache<float>(1, -1, 1, 8); }, ctor + "capacity: expected"},
+      {"kv_heads", [] { attn::kv_cache<float>(1, 4, 0, 8); }, ctor + "kv_heads: expected"},
+      {"head_dim", [] { attn::kv_cache<float>(1, 4, 1, 0); }, ctor + "head_dim: expected"},
+  });
+
+  attn::kv_cache<Eigen::bfloat16> cache(2, 6, 2, 8);
+  tensor4 k(2, 4, 2, 8), v(2, 4, 2, 8), q(2, 4, 4, 8), out(2, 4, 4, 8), kb(2, 4, 3, 8);
+  k.setConstant(0.5f);
+  v.setConstant(0.5f);
+  q.setConstant(0.5f);
+  kb.setZero();
+  const auto K = attn::view(k).as_const(), V = attn::view(v).as_const(), KB = attn::view(kb).as_const();
+  const std::string app = "attn::kv_cache::append: ";
+  auto K2 = K;
+  K2.strides[3] = 2;
+  auto Knull = K;
+  Knull.data = nullptr;
+  run({
+      {"k_new dims", [&] { cache.append(KB, V); }, app + "k_new: expected"},
+      {"v_new dims", [&] { cache.append(K, KB); }, app + "v_new: expected"},
+      {"strides", [&] { cache.append(K2, V); }, app + "k_new/v_new strides[3]: expected"},
+      {"null", [&] { cache.append(Knull, V); }, app + "k_new/v_new: expected"},
+      {"counts.size()", [&] { cache.append(K, V, {1}); }, app + "counts.size(): expected"},
+      {"counts[1]", [&] { cache.append(K, V, {1, 5}); }, app + "counts[1]: expected"},
+  });
+  cache.append(K, V, {4, 1});
+  run({{"overflow", [&] { cache.append(K, V); }, app + "sequence 0: expected"}});
+  EXPECT_EQ(cache.lengths(), (std::vector<index>{4, 1}));  // unchanged by the failures
+
+  const std::string att = "attn::kv_cache::attend: ";
+  auto Q = attn::view(q).as_const();
+  auto O = attn::view(out);
+  auto Qb = Q;
+  Qb.dims[0] = 1;
+  auto Qd = Q;
+  Qd.dims[3] = 4;
+  attn::sdpa_options causal_opt, mask_opt;
+  causal_opt.causal = attn::causal::top_left;
+  mask_opt.key_lengths = {1, 1};
+  run({
+      {"batch", [&] { cache.attend(Qb, O); }, att + "q.dims[0] (batch): expected"},
+      {"head_dim", [&] { cache.attend(Qd, O); }, att + "q.dims[3] (head_dim): expected"},
+      {"causal", [&] { cache.attend(Q, O, causal_opt); }, att + "opt.causal: expected"},
+      {"masks", [&] { cache.attend(Q, O, mask_opt); }, att + "opt: expected"},
+      {"counts", [&] { cache.attend(Q, O, {}, {1, 2}); }, att + "counts: expected"},
+  });
+  const std::string tr = "attn::kv_cache::truncate: ";
+  run({
+      {"truncate b", [&] { cache.truncate(2, 0); }, tr + "b: expected"},
+      {"truncate length", [&] { cache.truncate(1, 2); }, tr + "length: expected"},
+  });
+}
+
+// ---------------------------------------------------------------------------
+// multi_head_attention
+
+struct mha_parts {
+  attn::mha_config cfg;
+  attn::mha_weights w;
+  attn::mha_rope rope;
+  mha_parts() {
+    cfg.embed_dim = 16;
+    cfg.num_heads = 4;
+    cfg.num_kv_heads = 2;
+    w.q.weight = matrix::Constant(16, 16, 0.01f);
+    w.k.weight = matrix::Constant(8, 16, 0.01f);
+    w.v.weight = matrix::Constant(8, 16, 0.01f);
+    w.o.weight = matrix::Constant(16, 16, 0.01f);
+  }
+  attn::multi_head_attention make() const { return attn::multi_head_attention(cfg, w, rope); }
+};
+
+error_case mha_ctor(const std::string& arg, const std::function<void(mha_parts&)>& brk) {
+  auto p = std::make_shared<mha_parts>();
+  brk(*p);
+  return {arg, [p] { (void)p->make(); }, "attn::multi_head_attention: " + arg + ": expected"};
+}
+
+TEST(Errors, MultiHeadAttention) {
+  run({
+      mha_ctor("config.embed_dim", [](mha_parts& p) { p.cfg.embed_dim = 0; }),
+      mha_ctor("config.num_heads", [](mha_parts& p) { p.cfg.num_heads = 0; }),
+      mha_ctor("config.num_kv_heads", [](mha_parts& p) { p.cfg.num_kv_heads = 3; }),
+      mha_ctor("config.head_dim", [](mha_parts& p) { p.cfg.num_heads = p.cfg.num_kv_heads = 3; }),
+      mha_ctor("config.head_dim", [](mha_parts& p) { p.cfg.head_dim = -4; }),
+      mha_ctor("weights.q", [](mha_parts& p) { p.w.q.weight = matrix::Zero(16, 15); }),
+      mha_ctor("weights.k", [](mha_parts& p) { p.w.k.bias = Eigen::VectorXf::Zero(16); }),
+      mha_ctor("weights.v", [](mha_parts& p) { p.w.v.weight = matrix::Zero(4, 16); }),
+      mha_ctor("weights.o", [](mha_parts& p) { p.w.o.weight = matrix::Zero(15, 16); }),
+      mha_ctor("rope.table->rotary_dim()",
+               [](mha_parts& p) { p.rope.table = std::make_shared<attn::rope_table>(8, 6); }),
+  });
+
+  mha_parts p;
+  p.cfg.kdim = 8;  // cross-attention shapes
+  p.w.k.weight = matrix::Constant(8, 8, 0.01f);
+  const attn::multi_head_attention cross = p.make();
+  const attn::multi_head_attention self = mha_parts().make();
+  tensor3 x(1, 3, 16), k8(1, 5, 8), v16(1, 5, 16), k8b(1, 4, 8);
+  x.setConstant(0.5f);
+  k8.setConstant(0.5f);
+  v16.setConstant(0.5f);
+  k8b.setConstant(0.5f);
+  attn::mha_options weights_opt;
+  weights_opt.weights = attn::weights_mode::averaged;
+  const std::string fwd = "attn::multi_head_attention::forward: ";
+  run({
+      {"query", [&] { (void)cross.forward(k8, k8, v16); }, fwd + "query.dimension(2): expected"},
+      {"key", [&] { (void)cross.forward(x, v16, v16); }, fwd + "key: expected"},
+      {"value", [&] { (void)cross.forward(x, k8, x); }, fwd + "value: expected"},
+      {"weights", [&] { (void)cross.forward(x, k8, v16, weights_opt); }, fwd + "weights: expected"},
+  });
+  attn::kv_cache<float> cache(1, 4, 2, 4), other(1, 4, 2, 8);
+  const std::string fc = "attn::multi_head_attention::forward(cache): ";
+  tensor3 five(1, 5, 16);
+  five.setZero();
+  run({
+      {"x", [&] { (void)self.forward(k8, cache); }, fc + "x.dimension(2): expected"},
+      {"kdim", [&] { (void)cross.forward(x, cache); }, fc + "x.dimension(2): expected"},
+      {"cache shape", [&] { (void)self.forward(x, other); }, fc + "cache: expected"},
+      {"weights", [&] { (void)self.forward(x, cache, weights_opt); }, fc + "opt.weights: expected"},
+      {"capacity", [&] { (void)self.forward(five, cache); }, fc + "cache: expected"},
+  });
+  EXPECT_EQ(cache.lengths()[0], 0);
+}
+
+// ---------------------------------------------------------------------------
+// rope
+
+TEST(Errors, Rope) {
+  const std::string tb = "attn::rope_table: ";
+  auto opts = [](auto f) {
+    attn::rope_options o;
+    f(o);
+    return o;
+  };
+  run({
+      {"max_positions", [] { attn::rope_table(-1, 4); }, tb + "max_positions: expected"},
+      {"rotary_dim odd", [] { attn::rope_table(4, 3); }, tb + "rotary_dim: expected"},
+      {"rotary_dim < 0", [] { attn::rope_table(4, -2); }, tb + "rotary_dim: expected"},
+      {"theta",
+       [&] { attn::rope_table(4, 4, opts([](attn::rope_options& o) { o.theta = 0; })); },
+       tb + "theta: expected"},
+      {"inv_freq size",
+       [&] { attn::rope_table(4, 4, opts([](attn::rope_options& o) { o.inv_freq = {1.0}; })); },
+       tb + "opt.inv_freq: expected"},
+      {"inv_freq finite",
+       [&] {
+         attn::rope_table(4, 4, opts([](attn::rope_options& o) { o.inv_freq = {1.0, std::nan("")}; }));
+       },
+       tb + "opt.inv_freq: expected"},
+      {"mscale",
+       [&] { attn::rope_table(4, 4, opts([](attn::rope_options& o) { o.mscale = -1; })); },
+       tb + "opt.mscale: expected"},
+      {"default_inv_freq",
+       [] { (void)attn::rope_table::default_inv_freq(5); },
+       "attn::rope_table::default_inv_freq: rotary_dim: expected"},
+      {"default_inv_freq theta",
+       [] { (void)attn::rope_table::default_inv_freq(4, inf_f); },
+       "attn::rope_table::default_inv_freq: theta: expected"},
+  });
+
+  const attn::rope_table table(8, 4);
+  tensor4 x(2, 3, 2, 8);
+  x.setZero();
+  const std::string ap = "attn::apply_rope: ";
+  auto with = [&](auto f) {
+    auto v = attn::view(x);
+    f(v);
+    return v;
+  };
+  const auto half = attn::rope_layout::half_split;
+  run({
+      {"dims", [&] { attn::apply_rope(table, with([](auto& v) { v.dims[1] = -1; }), 0, half); },
+       ap + "x: expected"},
+      {"null", [&] { attn::apply_rope(table, with([](auto& v) { v.data = nullptr; }), 0, half); },
+       ap + "x: expected"},
+      {"stride", [&] { attn::apply_rope(table, with([](auto& v) { v.strides[3] = 2; }), 0, half); },
+       ap + "x.strides[3]: expected"},
+      {"head_dim", [&] { attn::apply_rope(table, with([](auto& v) { v.dims[3] = 3; }), 0, half); },
+       ap + "x.dims[3] (head_dim): expected"},
+      {"layout",
+       [&] { attn::apply_rope(table, attn::view(x), 0, static_cast<attn::rope_layout>(9)); },
+       ap + "layout: expected"},
+      {"num_threads", [&] { attn::apply_rope(table, attn::view(x), 0, half, -1); },
+       ap + "num_threads: expected"},
+      {"overlap", [&] { attn::apply_rope(table, with([](auto& v) { v.strides[1] = 0; }), 0, half); },
+       ap + "x: expected"},
+      {"position_offset", [&] { attn::apply_rope(table, attn::view(x), 6, half); },
+       ap + "position_offset: expected"},
+      {"position_offsets size",
+       [&] { attn::apply_rope(table, attn::view(x), std::vector<index>{0}, half); },
+       ap + "position_offsets: expected"},
+      {"position_offsets[1]",
+       [&] { attn::apply_rope(table, attn::view(x), std::vector<index>{0, -1}, half); },
+       ap + "position_offsets[1]: expected"},
+  });
+}
+
+}  // namespace

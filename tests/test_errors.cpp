@@ -145,22 +145,50 @@ TEST(Errors, Views) {
 // ---------------------------------------------------------------------------
 // attention_weights
 
+// A valid call (B 2, L 3, S 5, Hq 4, Hkv 2, d 8) whose pieces the cases break.
+struct weights_call {
+  std::vector<float> qb = std::vector<float>(4096, 0.5f), kb = qb, pb = qb;
+  attn::strided<const float, 4> q{qb.data(), {2, 3, 4, 8}, {96, 32, 8, 1}};
+  attn::strided<const float, 4> k{kb.data(), {2, 5, 2, 8}, {80, 16, 8, 1}};
+  attn::strided<float, 4> probs{pb.data(), {2, 4, 3, 5}, {60, 15, 5, 1}};
+  attn::sdpa_options opt;
+  std::vector<char> mask = std::vector<char>(4096, 1);
+  void operator()() const { attn::attention_weights(q, k, probs, opt); }
+};
+
+error_case weights_case(const std::string& arg, const std::function<void(weights_call&)>& brk) {
+  auto c = std::make_shared<weights_call>();
+  brk(*c);
+  return {arg, [c] { (*c)(); }, "attn::attention_weights: " + arg + ": expected"};
+}
+
 TEST(Errors, AttentionWeights) {
-  tensor4 q(1, 3, 4, 8), k(1, 5, 2, 8), probs(1, 4, 3, 5);
-  q.setZero();
-  k.setZero();
-  auto call = [&](index kd3, index kh, index pl) {
-    auto kv = attn::view(k);
-    kv.dims[3] = kd3;
-    kv.dims[2] = kh;
-    auto pv = attn::view(probs);
-    pv.dims[2] = pl;
-    attn::attention_weights(attn::view(q).as_const(), kv.as_const(), pv);
-  };
   run({
-      {"k", [&] { call(7, 2, 3); }, "attn::attention_weights: k: expected"},
-      {"heads_kv", [&] { call(8, 3, 3); }, "attn::attention_weights: k.dims[2] (heads_kv): expected"},
-      {"probs", [&] { call(8, 2, 2); }, "attn::attention_weights: probs: expected"},
+      weights_case("k", [](weights_call& c) { c.k.dims[3] = 7; }),
+      weights_case("k.dims[2] (heads_kv)", [](weights_call& c) { c.k.dims[2] = 3; }),
+      weights_case("probs", [](weights_call& c) { c.probs.dims[2] = 2; }),
+      weights_case("q", [](weights_call& c) { c.q.data = nullptr; }),
+      weights_case("k", [](weights_call& c) { c.k.data = nullptr; }),
+      weights_case("probs", [](weights_call& c) { c.probs.data = nullptr; }),
+      weights_case("q.strides[3]", [](weights_call& c) { c.q.strides[3] = 2; }),
+      weights_case("k.strides[3]", [](weights_call& c) { c.k.strides[3] = 2; }),
+      weights_case("scale", [](weights_call& c) { c.opt.scale = nan_f; }),
+      weights_case("window.left", [](weights_call& c) { c.opt.window = attn::sliding_window{-1, 0}; }),
+      weights_case("window.right", [](weights_call& c) { c.opt.window = attn::sliding_window{0, -1}; }),
+      weights_case("key_lengths.size()", [](weights_call& c) { c.opt.key_lengths = {5}; }),
+      weights_case("key_lengths[1]", [](weights_call& c) { c.opt.key_lengths = {5, 6}; }),
+      weights_case("bool_mask",
+                   [](weights_call& c) {
+                     c.opt.bool_mask = {reinterpret_cast<const bool*>(c.mask.data()),
+                                        {2, 4, 3, 6}, {0, 0, 0, 1}};
+                   }),
+      weights_case("additive_mask",
+                   [](weights_call& c) {
+                     static const float zero[64] = {};
+                     c.opt.additive_mask = {zero + 10, {2, 4, 3, 5}, {0, 0, -1, 1}};
+                   }),
+      weights_case("probs.strides", [](weights_call& c) { c.probs.strides[2] = 0; }),
+      weights_case("num_threads", [](weights_call& c) { c.opt.num_threads = -1; }),
   });
 }
 
@@ -345,6 +373,8 @@ TEST(Errors, KvCache) {
       {"capacity", [] { attn::kv_cache<float>(1, -1, 1, 8); }, ctor + "capacity: expected"},
       {"kv_heads", [] { attn::kv_cache<float>(1, 4, 0, 8); }, ctor + "kv_heads: expected"},
       {"head_dim", [] { attn::kv_cache<float>(1, 4, 1, 0); }, ctor + "head_dim: expected"},
+      {"size overflow", [] { attn::kv_cache<float>(1, index{1} << 62, 4, 1); },
+       ctor + "capacity: expected"},
   });
 
   attn::kv_cache<Eigen::bfloat16> cache(2, 6, 2, 8);
@@ -378,6 +408,11 @@ TEST(Errors, KvCache) {
   Qb.dims[0] = 1;
   auto Qd = Q;
   Qd.dims[3] = 4;
+  auto Ob = O;
+  Ob.dims[1] = 3;  // rows: q has 4
+  tensor3 lse_t(1, 4, 4);
+  attn::sdpa_options lse_opt;
+  lse_opt.lse = attn::view(lse_t);  // batch 1: the cache holds 2
   attn::sdpa_options causal_opt, mask_opt;
   causal_opt.causal = attn::causal::top_left;
   mask_opt.key_lengths = {1, 1};
@@ -386,6 +421,9 @@ TEST(Errors, KvCache) {
       {"head_dim", [&] { cache.attend(Qd, O); }, att + "q.dims[3] (head_dim): expected"},
       {"causal", [&] { cache.attend(Q, O, causal_opt); }, att + "opt.causal: expected"},
       {"masks", [&] { cache.attend(Q, O, mask_opt); }, att + "opt: expected"},
+      {"out", [&] { cache.attend(Q, Ob); }, att + "out: expected"},
+      {"lse", [&] { cache.attend(Q, O, lse_opt); }, att + "opt.lse: expected"},
+      {"counts.size()", [&] { cache.attend(Q, O, {}, {1}); }, att + "counts.size(): expected"},
       {"counts", [&] { cache.attend(Q, O, {}, {1, 2}); }, att + "counts: expected"},
   });
   const std::string tr = "attn::kv_cache::truncate: ";
@@ -465,6 +503,22 @@ TEST(Errors, MultiHeadAttention) {
       {"weights", [&] { (void)self.forward(x, cache, weights_opt); }, fc + "opt.weights: expected"},
       {"capacity", [&] { (void)self.forward(five, cache); }, fc + "cache: expected"},
   });
+  // The attention options, checked before the cache grows.
+  std::vector<attn::mha_options> bad(7);
+  bad[0].attention.causal = attn::causal::top_left;
+  bad[1].attention.key_lengths = {3};
+  bad[2].attention.scale = nan_f;
+  bad[3].attention.window = attn::sliding_window{-1, 0};
+  bad[4].attention.window = attn::sliding_window{0, -1};
+  bad[5].attention.num_threads = -1;
+  static const bool yes = true;
+  bad[6].attention.bool_mask = {&yes, {1, 4, 3, 3}, {0, 0, 0, 0}};
+  const char* args[] = {"opt.attention.causal", "opt.attention", "opt.attention.scale",
+                        "opt.attention.window.left", "opt.attention.window.right",
+                        "opt.attention.num_threads", "opt.attention"};
+  for (std::size_t i = 0; i < bad.size(); ++i)
+    run({{args[i], [&] { (void)self.forward(x, cache, bad[i]); },
+          fc + args[i] + ": expected"}});
   EXPECT_EQ(cache.lengths()[0], 0);
 }
 

@@ -21,7 +21,9 @@
 //     every projection term w·x representable in fp32 (or the terms of one
 //     sign), and |v| small enough that the visible values sum below FLT_MAX.
 //
-// Where the library breaks the policy today the test is DISABLED_ and names
+// Each finding a test was written for is named (F2, F3, F4, F6, F14:
+// tests/fuzz/fuzz_input.hpp); where the library still breaks the policy the
+// test is DISABLED_ (only F4, the accumulation overflow, is left) and names
 // the finding (tests/test_fuzz_regressions.cpp, tests/fuzz/fuzz_input.hpp).
 #include <gtest/gtest.h>
 
@@ -323,8 +325,7 @@ TEST(NanPolicy, PlusInfAdditiveSaturates) {
   }
 }
 
-// A NaN in the additive mask stays in its row (which is NaN once F14 is
-// fixed; today the split-KV path reports it as 0).
+// A NaN in the additive mask stays in its row (and makes that row NaN).
 TEST(NanPolicy, NaNInAdditiveMaskStaysInItsRow) {
   for (const path& p : {decode_path, tiled_path}) {
     SCOPED_TRACE(p.name);
@@ -584,7 +585,7 @@ TEST(NanPolicy, MultiHeadCrossAttentionQueryNaN) { mha_query_nan(false); }
 TEST(NanPolicy, MultiHeadCrossAttentionQueryNaNPropagates) { mha_query_nan(true); }
 
 // Causal self-attention, token j NaN: its Q, K and V reach rows >= j only.
-// (L = 8, 2 heads: the split-KV path; the tiled path has F2.)
+// (L = 8, 2 heads: the split-KV path; the tiled path, once F2, likewise.)
 void mha_causal_token_nan(bool check_hits) {
   const attn::multi_head_attention layer = small_layer();
   tensor3 x(1, 8, 16);

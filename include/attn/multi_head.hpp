@@ -215,6 +215,21 @@ class multi_head_attention {
                     "a cache of another shape");
     detail::require(opt.weights == weights_mode::none, fn, "opt.weights", "none",
                     "a weights request");
+    for (index b = 0; b < B; ++b)
+      detail::require(
+          cache.lengths()[b] + T <= cache.capacity(), fn, "cache",
+          [&] { return "room for " + std::to_string(T) + " more tokens"; },
+          [&] {
+            return "sequence " + std::to_string(b) + " at " + std::to_string(cache.lengths()[b]) +
+                   " of " + std::to_string(cache.capacity());
+          });
+    const int threads = opt.attention.num_threads;
+    tensor4 q = project(x, q_, Hq_, threads), k = project(x, k_, Hkv_, threads),
+            v = project(x, v_, Hkv_, threads);
+    if (rope_.table) {
+      apply_rope(*rope_.table, view(q), cache.lengths(), rope_.layout, opt.attention.num_threads);
+      apply_rope(*rope_.table, view(k), cache.lengths(), rope_.layout, opt.attention.num_threads);
+    }
     // Everything the attention would refuse, checked before the cache grows
     // (a failed call leaves the cache as it was).
     const sdpa_options& ao = opt.attention;
@@ -235,21 +250,6 @@ class multi_head_attention {
     }
     detail::require(ao.num_threads >= 0, fn, "opt.attention.num_threads", ">= 0 (0 = default)",
                     ao.num_threads);
-    for (index b = 0; b < B; ++b)
-      detail::require(
-          cache.lengths()[b] + T <= cache.capacity(), fn, "cache",
-          [&] { return "room for " + std::to_string(T) + " more tokens"; },
-          [&] {
-            return "sequence " + std::to_string(b) + " at " + std::to_string(cache.lengths()[b]) +
-                   " of " + std::to_string(cache.capacity());
-          });
-    const int threads = opt.attention.num_threads;
-    tensor4 q = project(x, q_, Hq_, threads), k = project(x, k_, Hkv_, threads),
-            v = project(x, v_, Hkv_, threads);
-    if (rope_.table) {
-      apply_rope(*rope_.table, view(q), cache.lengths(), rope_.layout, opt.attention.num_threads);
-      apply_rope(*rope_.table, view(k), cache.lengths(), rope_.layout, opt.attention.num_threads);
-    }
     cache.append(view(k).as_const(), view(v).as_const());
     tensor4 o(B, T, Hq_, hd_);
     sdpa_options so = opt.attention;

@@ -46,15 +46,13 @@ std::string dims_note(const std::array<index, N>& d, const char* names) {
 // Checks a [B, H, L, S] mask view; `what` names the argument.
 template <class T>
 void check_mask(const strided<const T, 4>& m, const char* what, index B, index H, index L,
-                index S) {
+                index S, const char* fn = "scaled_dot_product_attention") {
   if (m.empty()) return;
   const std::array<index, 4> want{B, H, L, S};
   detail::require(
-      m.dims == want, "scaled_dot_product_attention", what,
-      [&] { return dims_note(want, "[batch, heads_q, L, S]"); }, m.dims);
+      m.dims == want, fn, what, [&] { return dims_note(want, "[batch, heads_q, L, S]"); }, m.dims);
   for (int r = 0; r < 4; ++r)
-    detail::require(m.strides[r] >= 0, "scaled_dot_product_attention", what, "non-negative strides",
-                    m.strides);
+    detail::require(m.strides[r] >= 0, fn, what, "non-negative strides", m.strides);
 }
 
 }  // namespace detail

@@ -484,7 +484,7 @@ void run(input& in) {
           switch (which) {
             case 0: opt.weights = attn::weights_mode::averaged; br.set("weights", "opt.weights"); break;
             case 1: opt.weights = attn::weights_mode::per_head; br.set("weights", "opt.weights"); break;
-            case 2: opt.attention.causal = attn::causal::top_left; br.set("causal", "opt.causal"); break;
+            case 2: opt.attention.causal = attn::causal::top_left; br.set("causal", "attention.causal"); break;
             case 3: opt.attention.key_lengths.assign(static_cast<std::size_t>(B + 1), 0); br.set("key_lengths", "opt"); break;
             case 4: opt.attention.scale = std::numeric_limits<float>::quiet_NaN(); br.set("scale", "scale"); break;
             case 5: {
@@ -512,6 +512,9 @@ void run(input& in) {
       else if (kdim != E || vdim != E) expect.set("kdim/vdim != embed_dim", "x.dimension(2)");
       else if (!cache_shape_ok) expect.set("cache of another shape", "cache");
       else if (!br.valid && (br.why == "weights")) expect = br;
+      // With the options checked up front (known::mha_cache_checks_after_append
+      // false) they come next, before the capacity and the RoPE positions.
+      else if (!br.valid && !known::mha_cache_checks_after_append) expect = br;
       else {
         for (index b = 0; b < B && expect.valid; ++b)
           if (cache.lengths()[static_cast<std::size_t>(b)] + T > capacity)
@@ -529,7 +532,10 @@ void run(input& in) {
           // Options seen by kv_cache::attend (always) or by the attention
           // (only when some sequence attends: B > 0 and T > 0).
           const bool attend_checks = br.why == "causal" || br.why == "key_lengths" || br.why == "bool_mask";
-          if (attend_checks || (B > 0 && T > 0)) expect = br;
+          // With the options checked up front (known::mha_cache_checks_after_append
+          // false), every broken option throws, whatever B and T.
+          if (attend_checks || !known::mha_cache_checks_after_append || (B > 0 && T > 0))
+            expect = br;
         }
       }
       tensor3 y;
@@ -663,7 +669,7 @@ void run(input& in) {
           case 3: opt.key_lengths.assign(static_cast<std::size_t>(cB + 1), 0); br.set("key_lengths", "opt"); break;
           case 4:
             if (!known::kv_cache_attend_unchecked_out && cB > 0)
-              counts.assign(static_cast<std::size_t>(cB - 1), 0), br.set("counts size", "counts");
+              counts.assign(static_cast<std::size_t>(cB + 1), 0), br.set("counts size", "counts");
             break;
           case 5:
             if (!known::kv_cache_attend_unchecked_out && cB > 1 && T > 0)

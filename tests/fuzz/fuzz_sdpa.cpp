@@ -226,7 +226,14 @@ ATTN_FUZZ_NO_COVERAGE void check_valid_call(const laid_out<float, 4>& out,
           for (index d = 0; d < Dqk; ++d) poisoned = poisoned || std::isnan(qi[d]);
           for (index j : visible) {
             for (index d = 0; d < Dqk; ++d) poisoned = poisoned || std::isnan(as_float(at(kv, b, j, hk, 0)[d]));
-            if (!opt.additive_mask.empty()) poisoned = poisoned || std::isnan(*at(opt.additive_mask, b, h, i, j));
+            if (!opt.additive_mask.empty() && std::isnan(*at(opt.additive_mask, b, h, i, j))) {
+              // (a score that overflowed to -inf has weight 0 whatever is
+              // added to it: the library treats it as masked)
+              double sa = 0;
+              for (index d = 0; d < Dqk; ++d)
+                sa += std::fabs(double(qi[d]) * double(as_float(at(kv, b, j, hk, 0)[d])) * scale);
+              poisoned = poisoned || sa * 1.4427 < 3e38;
+            }
           }
           if (poisoned) {
             bool any_nan = false;

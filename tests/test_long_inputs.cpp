@@ -60,42 +60,7 @@
 #define ATTN_LONG_SANITIZED 0
 #endif
 
-namespace {
-
-std::atomic<long long> live_bytes{0};
-std::atomic<long long> peak_bytes{0};
-
-struct header {
-  std::size_t size;
-  std::size_t pad;  // keeps the user block 16-byte aligned
-};
-
-void* counted_alloc(std::size_t n) {
-  void* p = std::malloc(n + sizeof(header));
-  if (!p) throw std::bad_alloc();
-  static_cast<header*>(p)->size = n;
-  const long long now = live_bytes += static_cast<long long>(n);
-  long long peak = peak_bytes.load();
-  while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
-  }
-  return static_cast<header*>(p) + 1;
-}
-
-void counted_free(void* p) noexcept {
-  if (!p) return;
-  header* h = static_cast<header*>(p) - 1;
-  live_bytes -= static_cast<long long>(h->size);
-  std::free(h);
-}
-
-}  // namespace
-
-void* operator new(std::size_t n) { return counted_alloc(n); }
-void* operator new[](std::size_t n) { return counted_alloc(n); }
-void operator delete(void* p) noexcept { counted_free(p); }
-void operator delete[](void* p) noexcept { counted_free(p); }
-void operator delete(void* p, std::size_t) noexcept { counted_free(p); }
-void operator delete[](void* p, std::size_t) noexcept { counted_free(p); }
+#include "counting_allocator.hpp"
 
 namespace {
 

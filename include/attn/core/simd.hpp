@@ -82,6 +82,18 @@ inline packet less(const packet& a, const packet& b) { return ei::pcmp_lt(a, b);
 /// Per-lane a == b as a select mask (all bits set where true).
 inline packet equal(const packet& a, const packet& b) { return ei::pcmp_eq(a, b); }
 
+/// Asks for the cache lines of [p, p + bytes) to be brought into L2 ahead of
+/// use (a hint: no effect on results, a no-op where the compiler has no
+/// prefetch builtin).
+inline void prefetch_l2(const void* p, std::size_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
 /// 2^n for packets holding integral n in [-127, 127], exact; n = -127 gives
 /// 0 (a zero exponent field). No range check.
 template <class P>

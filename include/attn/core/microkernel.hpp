@@ -12,6 +12,9 @@
 // step.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
+
 #include "attn/core/abi.hpp"
 #include "attn/core/index.hpp"
 #include "attn/core/simd.hpp"
@@ -90,6 +93,31 @@ inline void gemm_block(const lhs& a, const rhs& b, index depth, float* c, index 
                                    ldc);
   }
 }
+
+/// Prefetches a byte range into L2 a share at a time, spread over `steps`
+/// calls of step() (a burst of hundreds of prefetches would fill the miss
+/// buffers and be dropped or stall the loads of the work it should hide
+/// behind).
+class prefetch_stream {
+ public:
+  prefetch_stream(const void* data, std::size_t bytes, std::size_t steps)
+      : next_(static_cast<const char*>(data)),
+        end_(next_ + bytes),
+        share_((bytes / (steps > 0 ? steps : 1) + 63) / 64 * 64) {}
+  /// Prefetches the next share (nothing once the range is done).
+  void step() {
+    if (next_ >= end_) return;
+    const std::size_t n = std::min<std::size_t>(share_ > 0 ? share_ : 64,
+                                                 static_cast<std::size_t>(end_ - next_));
+    simd::prefetch_l2(next_, n);
+    next_ += n;
+  }
+
+ private:
+  const char* next_;
+  const char* end_;
+  std::size_t share_;
+};
 
 }  // namespace core
 }  // namespace ATTN_ABI

@@ -204,23 +204,25 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
       }
       std::fill(ws.k.begin() + nk * d_qk, ws.k.begin() + nk_pad * d_qk, 0.0f);
 
-      // 2. Sᵀ = K · Qᵀ, one key row block at a time, each followed by a
-      // share of the prefetch of the next tile's rows into L2 (the rows
-      // come from memory; converting them in step 1 would otherwise wait).
-      const index next = std::min(BK, j_end - j0 - nk);
-      const std::size_t next_bytes = static_cast<std::size_t>(std::max<index>(next, 0) * d_qk) *
-                                     sizeof(Storage);
-      const std::size_t share = static_cast<std::size_t>(detail::round_up(
-          static_cast<index>(next_bytes / static_cast<std::size_t>(nk_pad / score::rows)) + 1, 64));
-      const char* next_rows = reinterpret_cast<const char*>(kb + (j0 + nk) * d_qk);
-      for (index k0 = 0; k0 < nk_pad; k0 += score::rows) {
-        core::gemm_block<score, false>(core::lhs{ws.k.data() + k0 * d_qk, d_qk, 1},
-                                       core::rhs{qt, cols}, d_qk, ws.st.data() + k0 * sw, sw,
-                                       score::rows, cols);
-        const std::size_t from = static_cast<std::size_t>(k0 / score::rows) * share;
-        if (from < next_bytes)
-          simd::prefetch_l2(next_rows + from, std::min(share, next_bytes - from));
-      }
+      // The next tile's rows are prefetched into L2 a few lines per register
+      // tile of steps 2 and 5 (the rows come from memory; converting them
+      // in step 1 would otherwise wait on every line).
+      const index next = std::max<index>(0, std::min(BK, j_end - j0 - nk));
+      const std::size_t tiles_per_step =
+          static_cast<std::size_t>((nk_pad / score::rows) * (cols / score::cols) +
+                                   (acc_rows / acc::rows) * (d_c_pad / acc::cols));
+      core::prefetch_stream ahead(kb + (j0 + nk) * d_qk,
+                                  static_cast<std::size_t>(next * d_qk) * sizeof(Storage),
+                                  tiles_per_step);
+
+      // 2. Sᵀ = K · Qᵀ.
+      for (index k0 = 0; k0 < nk_pad; k0 += score::rows)
+        for (index c0 = 0; c0 < cols; c0 += score::cols) {
+          core::gemm_tile<score, false>(core::lhs{ws.k.data() + k0 * d_qk, d_qk, 1},
+                                        core::rhs{qt + c0, cols}, d_qk, ws.st.data() + k0 * sw + c0,
+                                        sw);
+          ahead.step();
+        }
 
       // 3. Causal limits (only a tile reaching past the first row's limit
       // needs them) and padding keys.
@@ -272,8 +274,13 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
         std::fill_n(v, p.d_c, 0.0f);
         ws.poison.push_back(j);
       }
-      core::gemm_block<acc, true>(core::lhs{ws.st.data(), 1, sw}, core::rhs{ws.k.data(), d_qk},
-                                  nk, ws.o.data(), d_c_pad, acc_rows, d_c_pad);
+      for (index r0 = 0; r0 < acc_rows; r0 += acc::rows)
+        for (index c0 = 0; c0 < d_c_pad; c0 += acc::cols) {
+          core::gemm_tile<acc, true>(core::lhs{ws.st.data() + r0, 1, sw},
+                                     core::rhs{ws.k.data() + c0, d_qk}, nk,
+                                     ws.o.data() + r0 * d_c_pad + c0, d_c_pad);
+          ahead.step();
+        }
       for (std::size_t i = 0; i < ws.poison.size(); ++i) {
         const index j = ws.poison[i];
         const float* v = ws.poison_v.data() + static_cast<index>(i) * p.d_c;

@@ -142,31 +142,8 @@ outputs run(const inputs<KV>& in, attn::sdpa_options opt, bool want_lse = true) 
   return r;
 }
 
-// The reference's options from attn's: structural fields copied, dense masks
-// read element by element through their views.
-attn_ref::options to_ref(const attn::sdpa_options& o) {
-  attn_ref::options r;
-  if (o.scale) r.scale = static_cast<double>(*o.scale);
-  r.causal = o.causal;
-  if (o.window) {
-    r.window = true;
-    r.window_left = o.window->left;
-    r.window_right = o.window->right;
-    r.window_align = o.window->align;
-  }
-  r.key_lengths = o.key_lengths;
-  if (!o.bool_mask.empty()) {
-    const auto m = o.bool_mask;
-    r.allow = [m](index b, index h, index i, index j) { return *m.at(b, h, i, j); };
-  }
-  if (!o.additive_mask.empty()) {
-    const auto m = o.additive_mask;
-    r.bias = [m](index b, index h, index i, index j) {
-      return static_cast<double>(*m.at(b, h, i, j));
-    };
-  }
-  return r;
-}
+// The reference's options from attn's.
+attn_ref::options to_ref(const attn::sdpa_options& o) { return attn_ref::options_from(o); }
 
 template <class T>
 double max_abs(const tensor4_t<T>& t) {

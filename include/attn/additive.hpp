@@ -22,7 +22,11 @@
 // The fused kernel never forms the [L, S, d_a] tensor of pre-activations:
 // for each (query, key) pair it adds the two projections a packet at a time,
 // takes attn::simd::tanh in registers and folds it into the dot with v.
-// Scores go through the core's row softmax (attn::softmax::row_softmax).
+// Keys are taken in blocks of 64: a block's scores, then the core's online
+// softmax state (attn::softmax::online_state) and the block's weighted value
+// rows, prefetched into L2 while its scores were computed, added to the
+// output, which is divided by the row sum at the end. Attention weights,
+// when asked for, go through the core's row softmax.
 //
 // Conventions (as in the rest of attn, ../DESIGN.md):
 //  * bool masks: true = may attend. key_lengths[b] hides keys j >= len.
@@ -224,69 +228,132 @@ inline void dot_scores2x4(const float* qa, const float* qb, const float* const* 
   dot_scores4(qb, k[0], k[1], k[2], k[3], n, out + 4);
 }
 
-// o_r[d · os] = Σ_m a_r[vis[m]] · v(b, vis[m], d) for the nr (<= 4) rows,
-// d < Dv, summed in the order of vis. Keys whose weight is 0 for a row add
-// nothing to it (so an inf in such a value cannot make NaN). Outputs stay in
-// registers while the value rows stream past, each loaded once for all rows.
-inline void weighted_sum(const float* const* a, float* const* o, index nr, const index* vis,
-                         index nv, const strided<const float, 3>& values, index b, index os,
-                         index Dv) {
+// Largest of x[0..n), NaN ignored; -inf for none.
+inline float block_max(const float* x, index n) {
   using namespace simd;
-  constexpr int kr = static_cast<int>(rows_per_task), kc = 4;
-  index d = 0;
-  if (os == 1) {
-    for (; d + kc * width <= Dv; d += kc * width) {
-      packet acc[kr][kc];
-      for (int r = 0; r < kr; ++r)
-        for (int c = 0; c < kc; ++c) acc[r][c] = zero();
-      for (index m = 0; m < nv; ++m) {
-        const float* vj = values.at(b, vis[m], d);
-        packet x[kc];
-        for (int c = 0; c < kc; ++c) x[c] = load(vj + c * width);
-        for (int r = 0; r < kr; ++r) {
-          if (r >= nr) break;
-          const float w = a[r][vis[m]];
-          if (w == 0.0f) continue;
-          const packet pw = broadcast(w);
-          for (int c = 0; c < kc; ++c) acc[r][c] = simd::fma(pw, x[c], acc[r][c]);
-        }
-      }
-      for (int r = 0; r < kr && r < nr; ++r)
-        for (int c = 0; c < kc; ++c) store(o[r] + d + c * width, acc[r][c]);
-    }
-    for (; d + width <= Dv; d += width) {
-      packet acc[kr];
-      for (int r = 0; r < kr; ++r) acc[r] = zero();
-      for (index m = 0; m < nv; ++m) {
-        const packet x = load(values.at(b, vis[m], d));
-        for (int r = 0; r < kr; ++r) {
-          if (r >= nr) break;
-          const float w = a[r][vis[m]];
-          if (w == 0.0f) continue;
-          acc[r] = simd::fma(broadcast(w), x, acc[r]);
-        }
-      }
-      for (int r = 0; r < kr && r < nr; ++r) store(o[r] + d, acc[r]);
-    }
+  packet vm = broadcast(softmax::neg_inf);
+  index j = 0;
+  for (; j + width <= n; j += width) vm = simd::max(vm, load(x + j));  // a NaN x keeps vm
+  float m = reduce_max(vm);
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// x[j] <- exp(min(x[j] - pivot, 0)) for j < n; returns their sum. A NaN
+// score stays NaN (and so does the sum).
+inline float exp_in_place(float* x, index n, float pivot) {
+  using namespace simd;
+  const packet pv = broadcast(pivot);
+  packet vs = zero();
+  index j = 0;
+  for (; j + width <= n; j += width) {
+    const packet e = simd::exp(simd::min(sub(load(x + j), pv), zero()));
+    store(x + j, e);
+    vs = add(vs, e);
   }
-  for (; d < Dv; ++d) {
-    for (index r = 0; r < nr; ++r) {
-      float acc = 0.0f;
-      for (index m = 0; m < nv; ++m) {
-        const float w = a[r][vis[m]];
+  float sum = reduce_add(vs);
+  for (; j < n; ++j) {
+    x[j] = simd::exp_scalar(std::min(x[j] - pivot, 0.0f));
+    sum += x[j];
+  }
+  return sum;
+}
+
+// Strips of KC packets of accumulate_block for KR rows (nr <= KR): returns
+// the first feature not done.
+template <int KR, int KC>
+inline index accumulate_strips(const float* const* p, const float* f, float* const* o, index nr,
+                               const float* const* v, index nk, index Dv, index d) {
+  using namespace simd;
+  auto start = [&](int r, const float* src) {
+    return f[r] == 0.0f ? zero() : f[r] == 1.0f ? load(src) : mul(load(src), broadcast(f[r]));
+  };
+  for (; d + KC * width <= Dv; d += KC * width) {
+    packet acc[KR][KC];
+    for (int r = 0; r < KR; ++r)  // (rows past nr: zero, never stored)
+      for (int c = 0; c < KC; ++c) acc[r][c] = r < nr ? start(r, o[r] + d + c * width) : zero();
+    for (index m = 0; m < nk; ++m) {
+      packet x[KC];
+      for (int c = 0; c < KC; ++c) x[c] = load(v[m] + d + c * width);
+      for (int r = 0; r < KR && r < nr; ++r) {
+        const float w = p[r][m];
         if (w == 0.0f) continue;
-        acc = w * *values.at(b, vis[m], d) + acc;
+        const packet pw = broadcast(w);
+        for (int c = 0; c < KC; ++c) acc[r][c] = simd::fma(pw, x[c], acc[r][c]);
       }
-      o[r][d * os] = acc;
     }
+    for (int r = 0; r < KR && r < nr; ++r)
+      for (int c = 0; c < KC; ++c) store(o[r] + d + c * width, acc[r][c]);
+  }
+  return d;
+}
+
+// One key block of the context sum, for nr (<= rows_per_task) rows:
+// o_r[d] <- o_r[d] · f_r + Σ_m p_r[m] · v_m[d] over the block's nk value rows
+// (contiguous, d < Dv), summed in key order. f_r rescales what earlier
+// blocks accumulated when the row's running max moved; f_r = 0 (the row had
+// seen nothing) clears o_r instead, so an inf there cannot make NaN. Keys of
+// weight 0 add nothing to a row (an inf in such a value cannot make NaN
+// either). Outputs stay in registers while the block's value rows, hot in
+// L2, stream past, each loaded once for all rows.
+inline void accumulate_block(const float* const* p, const float* f, float* const* o, index nr,
+                             const float* const* v, index nk, index Dv) {
+  constexpr int kr = static_cast<int>(rows_per_task);
+  index d = 0;
+  if (nr == 1) {  // one row (a decoder step): wider strips, more FMA chains
+    d = accumulate_strips<1, 8>(p, f, o, nr, v, nk, Dv, d);
+    d = accumulate_strips<1, 4>(p, f, o, nr, v, nk, Dv, d);
+  } else {
+    d = accumulate_strips<kr, 4>(p, f, o, nr, v, nk, Dv, d);
+  }
+  d = accumulate_strips<kr, 1>(p, f, o, nr, v, nk, Dv, d);
+  if (d == Dv) return;
+  // The last Dv % width features, keys outer so each value row is read once.
+  for (index r = 0; r < nr; ++r)
+    for (index e = d; e < Dv; ++e) o[r][e] = f[r] == 0.0f ? 0.0f : o[r][e] * f[r];
+  for (index m = 0; m < nk; ++m)
+    for (index r = 0; r < nr; ++r) {
+      const float w = p[r][m];
+      if (w == 0.0f) continue;
+      for (index e = d; e < Dv; ++e) o[r][e] = w * v[m][e] + o[r][e];
+    }
+}
+
+// Features of the context row o (stride os) that came out non-finite,
+// summed again in double: Σ_j a_j v_j is a convex combination of the values,
+// at most max|v|, but with values near FLT_MAX the rounded weights and sums
+// can pass FLT_MAX (inf). A feature takes the double sum (clamped to
+// ±FLT_MAX, a difference below one ulp) when that is finite; an inf or NaN
+// value of a key the row weighs stays in its feature. Finite features are
+// never rewritten.
+inline void weighted_sum_fp64_if_nonfinite(const float* a, float* o, const index* vis, index nv,
+                                           const strided<const float, 3>& values, index b,
+                                           index os, index Dv) {
+  constexpr double big = std::numeric_limits<float>::max();
+  for (index d = 0; d < Dv; ++d) {
+    if (std::isfinite(o[d * os])) continue;
+    double acc = 0.0;
+    for (index m = 0; m < nv; ++m) {
+      const double w = a[vis[m]];
+      if (w == 0.0) continue;  // as accumulate_block: a key of weight 0 adds nothing
+      acc += w * static_cast<double>(*values.at(b, vis[m], d));
+    }
+    if (std::isfinite(acc)) o[d * os] = static_cast<float>(std::min(std::max(acc, -big), big));
   }
 }
 
 // Per-thread working memory: the row's scores and its visible key indices.
 struct additive_scratch {
-  std::vector<float> scores;
-  std::vector<index> visible;
+  std::vector<float> scores;         // [rows_per_task][S]
+  std::vector<index> visible;        // [S]
+  std::vector<float> weights;        // [rows_per_task][key_block]: one block's exp
+  std::vector<const float*> values;  // [key_block]: the block's value rows
 };
+
+/// Visible keys per block of the context sum: their value rows (256 KiB at
+/// d_v = 1000) are prefetched into L2 while the block's scores are computed,
+/// then summed from there.
+constexpr index key_block = 64;
 
 }  // namespace kernel
 
@@ -599,6 +666,8 @@ class additive_attention {
           kernel::additive_scratch s;
           s.scores.resize(static_cast<std::size_t>(R * S));
           s.visible.resize(static_cast<std::size_t>(S));
+          s.weights.resize(static_cast<std::size_t>(R * kernel::key_block));
+          s.values.resize(static_cast<std::size_t>(kernel::key_block));
           return s;
         },
         [&](kernel::additive_scratch& s, index t) {
@@ -630,57 +699,113 @@ class additive_attention {
             float* sc = scores_of(rows[r]);
             for (index j = 0; j < S; ++j) sc[j] = softmax::neg_inf;
           }
-          // Scores: two queries x four keys at a time, then the leftovers.
-          index r = 0;
-          for (; r + 2 <= nr; r += 2) {
-            const float *qa = query_of(rows[r]), *qb = query_of(rows[r + 1]);
-            float *sa = scores_of(rows[r]), *sb = scores_of(rows[r + 1]);
-            float tmp[8];
-            index n = 0;
-            for (; n + 4 <= nv; n += 4) {
-              const float* k[4] = {keys.row(b, vis[n]), keys.row(b, vis[n + 1]),
-                                   keys.row(b, vis[n + 2]), keys.row(b, vis[n + 3])};
-              if (additive)
-                kernel::additive_scores2x4(qa, qb, vv, k, stride, tmp);
-              else
-                kernel::dot_scores2x4(qa, qb, k, stride, tmp);
-              for (int c = 0; c < 4; ++c) {
-                sa[vis[n + c]] = tmp[c];
-                sb[vis[n + c]] = tmp[4 + c];
+          // Scores of visible keys [n0, n1) for every row: two queries x four
+          // keys at a time, then the leftovers. A key's score has the same
+          // bits whichever group it falls in. The block's value rows are
+          // prefetched into L2 meanwhile (accumulate_block reads them next).
+          auto score_block = [&](index n0, index n1) {
+            auto prefetch_values = [&](index n) {
+              simd::prefetch_l2(values.at(b, vis[n], 0),
+                                static_cast<std::size_t>(Dv) * sizeof(float));
+            };
+            index r = 0;
+            for (; r + 2 <= nr; r += 2) {
+              const float *qa = query_of(rows[r]), *qb = query_of(rows[r + 1]);
+              float *sa = scores_of(rows[r]), *sb = scores_of(rows[r + 1]);
+              float tmp[8];
+              index n = n0;
+              for (; n + 4 <= n1; n += 4) {
+                if (r == 0)
+                  for (int c = 0; c < 4; ++c) prefetch_values(n + c);
+                const float* k[4] = {keys.row(b, vis[n]), keys.row(b, vis[n + 1]),
+                                     keys.row(b, vis[n + 2]), keys.row(b, vis[n + 3])};
+                if (additive)
+                  kernel::additive_scores2x4(qa, qb, vv, k, stride, tmp);
+                else
+                  kernel::dot_scores2x4(qa, qb, k, stride, tmp);
+                for (int c = 0; c < 4; ++c) {
+                  sa[vis[n + c]] = tmp[c];
+                  sb[vis[n + c]] = tmp[4 + c];
+                }
+              }
+              for (; n < n1; ++n) {
+                if (r == 0) prefetch_values(n);
+                const float* k0 = keys.row(b, vis[n]);
+                sa[vis[n]] = additive ? kernel::additive_score1(qa, vv, k0, stride)
+                                      : kernel::dot_score1(qa, k0, stride);
+                sb[vis[n]] = additive ? kernel::additive_score1(qb, vv, k0, stride)
+                                      : kernel::dot_score1(qb, k0, stride);
               }
             }
-            for (; n < nv; ++n) {
-              const float* k0 = keys.row(b, vis[n]);
-              sa[vis[n]] = additive ? kernel::additive_score1(qa, vv, k0, stride)
-                                    : kernel::dot_score1(qa, k0, stride);
-              sb[vis[n]] = additive ? kernel::additive_score1(qb, vv, k0, stride)
-                                    : kernel::dot_score1(qb, k0, stride);
+            for (; r < nr; ++r) {
+              const float* q = query_of(rows[r]);
+              float* sc = scores_of(rows[r]);
+              float tmp[4];
+              index n = n0;
+              for (; n + 4 <= n1; n += 4) {
+                if (r == 0)
+                  for (int c = 0; c < 4; ++c) prefetch_values(n + c);
+                const float* k0 = keys.row(b, vis[n]);
+                const float* k1 = keys.row(b, vis[n + 1]);
+                const float* k2 = keys.row(b, vis[n + 2]);
+                const float* k3 = keys.row(b, vis[n + 3]);
+                if (additive)
+                  kernel::additive_scores4(q, vv, k0, k1, k2, k3, stride, tmp);
+                else
+                  kernel::dot_scores4(q, k0, k1, k2, k3, stride, tmp);
+                for (int c = 0; c < 4; ++c) sc[vis[n + c]] = tmp[c];
+              }
+              for (; n < n1; ++n) {
+                if (r == 0) prefetch_values(n);
+                const float* k0 = keys.row(b, vis[n]);
+                sc[vis[n]] = additive ? kernel::additive_score1(q, vv, k0, stride)
+                                      : kernel::dot_score1(q, k0, stride);
+              }
             }
+          };
+
+          // c_i = Σ_j softmax(e_i)_j v_j for the live rows, one key block at
+          // a time with the core's online softmax state: the block's value
+          // rows are summed while still in L2, and the division by the row
+          // sum comes last.
+          float* o[R] = {};
+          const float* p[R] = {};
+          softmax::online_state st[R];
+          for (index m = 0; m < nl; ++m) {
+            o[m] = out.at(b, live[m], 0);
+            p[m] = s.weights.data() + m * kernel::key_block;
           }
-          for (; r < nr; ++r) {
-            const float* q = query_of(rows[r]);
-            float* sc = scores_of(rows[r]);
-            float tmp[4];
-            index n = 0;
-            for (; n + 4 <= nv; n += 4) {
-              const float* k0 = keys.row(b, vis[n]);
-              const float* k1 = keys.row(b, vis[n + 1]);
-              const float* k2 = keys.row(b, vis[n + 2]);
-              const float* k3 = keys.row(b, vis[n + 3]);
-              if (additive)
-                kernel::additive_scores4(q, vv, k0, k1, k2, k3, stride, tmp);
-              else
-                kernel::dot_scores4(q, k0, k1, k2, k3, stride, tmp);
-              for (int c = 0; c < 4; ++c) sc[vis[n + c]] = tmp[c];
+          for (index n0 = 0; n0 < nv; n0 += kernel::key_block) {
+            const index n1 = std::min(nv, n0 + kernel::key_block), nk = n1 - n0;
+            score_block(n0, n1);
+            float factor[R] = {};
+            for (index m = 0; m < nl; ++m) {
+              const float* sc = scores_of(live[m]);
+              float* e = s.weights.data() + m * kernel::key_block;
+              for (index n = 0; n < nk; ++n) e[n] = sc[vis[n0 + n]];
+              // (an overflowed +inf score weighs 1, as in row_softmax)
+              const float bmax = kernel::block_max(e, nk);
+              factor[m] = st[m].raise_max(std::min(bmax, softmax::max_finite));
+              if (n0 == 0) factor[m] = 0.0f;  // nothing accumulated yet
+              st[m].sum += kernel::exp_in_place(e, nk, st[m].pivot());
             }
-            for (; n < nv; ++n) {
-              const float* k0 = keys.row(b, vis[n]);
-              sc[vis[n]] = additive ? kernel::additive_score1(q, vv, k0, stride)
-                                    : kernel::dot_score1(q, k0, stride);
-            }
+            for (index n = 0; n < nk; ++n)
+              s.values[static_cast<std::size_t>(n)] = values.at(b, vis[n0 + n], 0);
+            kernel::accumulate_block(p, factor, o, nl, s.values.data(), nk, Dv);
           }
-          // Softmax through the core's row softmax; weights out on request.
-          for (r = 0; r < nr; ++r) {
+          for (index m = 0; m < nl; ++m) {
+            const float inv = st[m].inv_sum();
+            for (index d = 0; d < Dv; ++d) o[m][d * os] = nv == 0 ? 0.0f : o[m][d * os] * inv;
+          }
+
+          // Attention weights through the core's row softmax, on request;
+          // and the context features that came out non-finite from finite
+          // values (the unnormalised sum can pass FLT_MAX) summed again.
+          bool nonfinite = false;
+          for (index m = 0; m < nl && !nonfinite; ++m)
+            for (index d = 0; d < Dv; ++d) nonfinite = nonfinite || !std::isfinite(o[m][d * os]);
+          if (!want_weights && !nonfinite) return;
+          for (index r = 0; r < nr; ++r) {
             float* sc = scores_of(rows[r]);
             softmax::row_softmax(sc, S);
             if (want_weights) {
@@ -689,14 +814,10 @@ class additive_attention {
               for (index j = 0; j < S; ++j) w[j * ws] = sc[j];
             }
           }
-          // c_i = Σ_j a_ij v_j for the rows whose output is wanted.
-          const float* a[R];
-          float* o[R];
-          for (index m = 0; m < nl; ++m) {
-            a[m] = scores_of(live[m]);
-            o[m] = out.at(b, live[m], 0);
-          }
-          kernel::weighted_sum(a, o, nl, vis, nv, values, b, os, Dv);
+          if (nonfinite)
+            for (index m = 0; m < nl; ++m)
+              kernel::weighted_sum_fp64_if_nonfinite(scores_of(live[m]), o[m], vis, nv, values, b,
+                                                     os, Dv);
         });
   }
 

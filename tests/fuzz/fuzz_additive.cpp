@@ -17,8 +17,10 @@
 //    query_mask entry is false gives output 0;
 //  * a row whose inputs (its query, the visible keys and values, the weights
 //    of the layer) are finite, and whose projections and scores are
-//    representable in fp32, gives a finite output and finite weights;
-//  * on small problems, rows whose inputs are tame match the fp64 reference
+//    representable in fp32, gives a finite output and finite weights (values
+//    of any finite size, up to FLT_MAX);
+//  * on small problems, rows whose query, keys and layer weights are tame
+//    and whose values are finite (any size) match the fp64 reference
 //    (tests/reference/additive_reference.hpp).
 //
 // Error bound: the reference returns E, a bound on each row's fp32 score
@@ -520,10 +522,9 @@ void run(input& in) {
           clean = clean && std::isfinite(*kv.at(b, j, c));
           tame = tame && is_tame(*kv.at(b, j, c));
         }
-        for (index c = 0; c < Dv; ++c) {
+        for (index c = 0; c < Dv; ++c) {  // any finite size: the bound scales with max|V|
           const float x = *values.at(b, j, c);
           clean = clean && std::isfinite(x);
-          tame = tame && is_tame(x);
           vmax = std::max(vmax, std::fabs(double(x)));
         }
         if (!clean) break;
@@ -544,7 +545,8 @@ void run(input& in) {
           rep_ok = rep_ok && (sa < rep || (!known::additive_score_overflow_nan && (pos || neg)));
         }
       }
-      rep_ok = rep_ok && vmax < rep;
+      // (values of any finite size: Σ a_j v_j near FLT_MAX is repaired in
+      // double by the library, F4)
       if (clean && rep_ok) {
         if (on)
           for (index d = 0; d < Dv; ++d)

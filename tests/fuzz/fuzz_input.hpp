@@ -92,8 +92,11 @@ constexpr bool flash_additive_minus_inf_adds = false;  // fixed (softmax::apply_
 /// overflows fp32 when the visible |v_j| add up past FLT_MAX (e.g. 2 keys
 /// with v = 3e38): the output is inf instead of 3e38, and NaN (inf · 0) if a
 /// later key then raises the row maximum far enough. Finite inputs, NaN
-/// output. Test: test_nan_policy.cpp DISABLED_HugeValuesNeverMakeNaN.
-constexpr bool value_accumulation_overflow = true;
+/// output. (additive_attention's Σ a_j v_j likewise, near FLT_MAX, where the
+/// rounded weights add up to a little over 1; so could softmax::merge_partial.)
+/// Tests: test_nan_policy.cpp HugeValues*, AdditiveAttentionHugeValues,
+/// MergePartialOfHugeOutputsStaysFinite.
+constexpr bool value_accumulation_overflow = false;  // fixed (core/fp64_row.hpp: a row that comes out non-finite is recomputed in double by both sdpa kernels and the MLA latent kernel; additive.hpp likewise per feature; merge_partial clamps)
 
 /// F13: both sdpa paths pre-scale Q by scale · log2(e) and keep the product
 /// in fp32, which overflows for |q| > FLT_MAX / (1.44 · scale): q = FLT_MAX
@@ -147,8 +150,8 @@ constexpr bool kv_cache_attend_unchecked_out = false;  // fixed (kv_cache::atten
 /// (causal, key_lengths, masks, scale, window, num_threads): such a call
 /// throws with the cache already grown by T tokens, where "the cache is then
 /// unchanged" is promised. multi_head.hpp forward(x, cache).
-/// Regression test: FuzzRegressions.DISABLED_MhaCacheForwardBadOptionsLeaveCache.
-constexpr bool mha_cache_checks_after_append = true;  // library fixed (options checked before the append; regression test MhaCacheForwardBadOptionsLeaveCache); the harness still steers around these cases: its model of which error comes first when a broken option meets a full cache is not updated yet
+/// Regression test: FuzzRegressions.MhaCacheForwardBadOptionsLeaveCache.
+constexpr bool mha_cache_checks_after_append = false;  // fixed (multi_head.hpp checks every option before the append; fuzz_mha_cache.cpp's error model follows its check order)
 
 /// F10: kv_cache::append rejects k_new / v_new views with null data whenever
 /// T > 0, also when they have no elements (batch 0, or a zero head dim),

@@ -239,10 +239,9 @@ ATTN_FUZZ_NO_COVERAGE void check_forward(const attn::mha_weights& w, const attn:
         for (index c = 0; c < Hq * hd; ++c) r += std::fabs(double(w.o.weight(e, c)));
         wo_l1 = std::max(wo_l1, r * vmax + (w.o.bias.size() ? std::fabs(w.o.bias[e]) : 0.0));
       }
-      // F4 (known::value_accumulation_overflow): the attention's
-      // unnormalised sum of up to n values must stay below FLT_MAX.
-      const bool f4_ok = !known::value_accumulation_overflow || vmax * double(n) < 1e37;
-      if (clean && f4_ok && wo_l1 < 1e37)
+      // (values of any finite size: F4, the attention's fp32 accumulation
+      // overflowing, is fixed)
+      if (clean && wo_l1 < 1e37)
         for (index e = 0; e < E; ++e)
           check(std::isfinite(yt[e]), "forward(cache): finite inputs gave " +
                                           std::to_string(yt[e]) + " at b=" + std::to_string(b) +
@@ -482,45 +481,53 @@ void run(input& in) {
       }
       opt.attention.num_threads = static_cast<int>(in.range(0, 2));
       if (br.valid && in.chance(40)) {
-        // Options the cached forward refuses. Some are only seen by the
-        // attention after K/V were appended (F9): steered around while
-        // known::mha_cache_checks_after_append is set.
+        // Options the cached forward refuses (each checked before the cache
+        // grows, F9 fixed).
         const std::uint8_t which = in.u8() % 8;
-        const bool late = which >= 2;
-        if (!late || !known::mha_cache_checks_after_append) {
-          switch (which) {
-            case 0: opt.weights = attn::weights_mode::averaged; br.set("weights", "opt.weights"); break;
-            case 1: opt.weights = attn::weights_mode::per_head; br.set("weights", "opt.weights"); break;
-            case 2: opt.attention.causal = attn::causal::top_left; br.set("causal", "attention.causal"); break;
-            case 3: opt.attention.key_lengths.assign(static_cast<std::size_t>(B + 1), 0); br.set("key_lengths", "opt"); break;
-            case 4: opt.attention.scale = std::numeric_limits<float>::quiet_NaN(); br.set("scale", "scale"); break;
-            case 5: {
-              attn::sliding_window win;
-              win.left = -1;
-              opt.attention.window = win;
-              br.set("window", "window.left");
-              break;
-            }
-            case 6: opt.attention.num_threads = -1; br.set("num_threads", "num_threads"); break;
-            default: {
-              static const bool mask_value = true;
-              opt.attention.bool_mask.data = &mask_value;
-              opt.attention.bool_mask.dims = {B, Hq, T, 1};
-              br.set("bool_mask", "opt");
-              break;
-            }
+        switch (which) {
+          case 0: opt.weights = attn::weights_mode::averaged; br.set("weights", "opt.weights"); break;
+          case 1: opt.weights = attn::weights_mode::per_head; br.set("weights", "opt.weights"); break;
+          case 2: opt.attention.causal = attn::causal::top_left; br.set("causal", "attention.causal"); break;
+          case 3: opt.attention.key_lengths.assign(static_cast<std::size_t>(B + 1), 0); br.set("key_lengths", "opt"); break;
+          case 4: opt.attention.scale = std::numeric_limits<float>::quiet_NaN(); br.set("scale", "scale"); break;
+          case 5: {
+            attn::sliding_window win;
+            win.left = -1;
+            opt.attention.window = win;
+            br.set("window", "window.left");
+            break;
+          }
+          case 6: opt.attention.num_threads = -1; br.set("num_threads", "num_threads"); break;
+          default: {
+            static const bool mask_value = true;
+            opt.attention.bool_mask.data = &mask_value;
+            opt.attention.bool_mask.dims = {B, Hq, T, 1};
+            br.set("bool_mask", "opt");
+            break;
           }
         }
       }
-      // Every check the call fails; the layer may report any one of them
-      // (the order of its checks is its own business), so the message must
-      // name one of these.
+      // The error model: every check of forward(x, cache) that this call
+      // fails, in the layer's order (multi_head.hpp), all of them before the
+      // cache grows:
+      //  1. x.dimension(2) == embed_dim, and kdim == vdim == embed_dim
+      //  2. the cache's batch, kv_heads and head dims match the layer
+      //  3. opt.weights == none
+      //  4. room for T more tokens in every sequence            } shapes
+      //  5. RoPE (with a table): apply_rope's num_threads >= 0,  } matching
+      //     then positions lengths[b] + [0, T) in the table      } only
+      //  6. opt.attention: causal none, no key_lengths or dense masks, a
+      //     finite scale, window sides >= 0, num_threads >= 0 (F9: checked
+      //     here, before the append, also when B = 0 or T = 0).
+      // The layer reports the first one it meets; the harness accepts any
+      // that fails (the order is the layer's business), so the message must
+      // name one of these, and a failed call must leave the cache as it was.
       std::vector<std::pair<std::string, std::string>> fails;  // (why, needle)
       if (xE != E) fails.emplace_back("x features", "x.dimension(2)");
       if (kdim != E || vdim != E) fails.emplace_back("kdim/vdim != embed_dim", "x.dimension(2)");
       if (!cache_shape_ok) fails.emplace_back("cache of another shape", "cache");
       if (!br.valid && br.why == "weights") fails.emplace_back(br.why, br.needle);
-      if (fails.empty()) {  // the rest assumes shapes that match
+      if (fails.empty()) {  // 4 and 5 assume shapes that match
         for (index b = 0; b < B; ++b)
           if (cache.lengths()[static_cast<std::size_t>(b)] + T > capacity) {
             fails.emplace_back("cache overflow", "cache");
@@ -538,14 +545,7 @@ void run(input& in) {
           }
         }
       }
-      if (!br.valid && br.why != "weights") {
-        // Options seen by kv_cache::attend (always) or by the attention
-        // (only when some sequence attends: B > 0 and T > 0), or, with the
-        // options checked before the cache grows (F9 fixed), always.
-        const bool attend_checks = br.why == "causal" || br.why == "key_lengths" || br.why == "bool_mask";
-        if (attend_checks || !known::mha_cache_checks_after_append || (B > 0 && T > 0))
-          fails.emplace_back(br.why, br.needle);
-      }
+      if (!br.valid && br.why != "weights") fails.emplace_back(br.why, br.needle);  // 6
       breakage expect;
       std::string whys;
       for (const auto& f : fails) whys += (whys.empty() ? "" : ", ") + f.first;

@@ -25,6 +25,7 @@
 
 #include <Eigen/Core>
 #include <attn/mask.hpp>
+#include <attn/sdpa_options.hpp>
 #include <attn/view.hpp>
 #include <cmath>
 #include <cstddef>
@@ -51,6 +52,38 @@ struct options {
   std::function<bool(index, index, index, index)> allow;   ///< empty = all true
   std::function<double(index, index, index, index)> bias;  ///< empty = 0
 };
+
+/// The reference options for attn's: structural fields copied, dense masks
+/// read element by element through (copies of) their views. An additive -inf
+/// is folded into `allow`: the policy masks such a key whatever its score
+/// (a NaN or overflowed +inf score under it must not stay visible), where
+/// adding -inf to such a score would not.
+inline options options_from(const attn::sdpa_options& o) {
+  options r;
+  if (o.scale) r.scale = static_cast<double>(*o.scale);
+  r.causal = o.causal;
+  if (o.window) {
+    r.window = true;
+    r.window_left = o.window->left;
+    r.window_right = o.window->right;
+    r.window_align = o.window->align;
+  }
+  r.key_lengths = o.key_lengths;
+  constexpr float minus_inf = -std::numeric_limits<float>::infinity();
+  const auto allow = o.bool_mask;
+  const auto add = o.additive_mask;
+  if (!allow.empty() || !add.empty())
+    r.allow = [allow, add](index b, index h, index i, index j) {
+      if (!allow.empty() && !*allow.at(b, h, i, j)) return false;
+      return add.empty() || *add.at(b, h, i, j) != minus_inf;
+    };
+  if (!add.empty())
+    r.bias = [add](index b, index h, index i, index j) {
+      const float a = *add.at(b, h, i, j);
+      return a == minus_inf ? 0.0 : static_cast<double>(a);
+    };
+  return r;
+}
 
 /// Output [B, L, Hq, Dv] and LSE [B, Hq, L], row-major, in double.
 struct result {

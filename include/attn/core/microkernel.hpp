@@ -100,6 +100,7 @@ inline void gemm_block(const lhs& a, const rhs& b, index depth, float* c, index 
 /// behind).
 class prefetch_stream {
  public:
+  /// The range [data, data + bytes), to be prefetched over `steps` calls.
   prefetch_stream(const void* data, std::size_t bytes, std::size_t steps)
       : next_(static_cast<const char*>(data)),
         end_(next_ + bytes),

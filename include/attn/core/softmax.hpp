@@ -167,6 +167,11 @@ inline float row_softmax(float* x, index n) {
 /// values. A side with LSE -inf contributes nothing: if b is empty, a is
 /// left as it is; if only a is empty, a becomes b. (An empty partial's
 /// output is 0 when it comes from the kernels, so two empty ones give 0.)
+/// Finite outputs merge to finite ones: the result is a convex combination,
+/// at most max(|o_a|, |o_b|) <= FLT_MAX, but the rounded weights may add up
+/// to a little over 1, which could round a sum near FLT_MAX up to inf; such
+/// a sum is clamped to ±FLT_MAX (an error below one ulp). Non-finite outputs
+/// propagate as before.
 inline void merge_partial(float* o_a, float& lse_a, const float* o_b, float lse_b, index d) {
   if (lse_b == neg_inf) return;
   if (lse_a == neg_inf) {
@@ -178,7 +183,14 @@ inline void merge_partial(float* o_a, float& lse_a, const float* o_b, float lse_
   const float wa = simd::exp_scalar(lse_a - m), wb = simd::exp_scalar(lse_b - m);
   const float total = wa + wb;  // in [1, 2]
   const float ca = wa / total, cb = wb / total;
-  for (index i = 0; i < d; ++i) o_a[i] = ca * o_a[i] + cb * o_b[i];
+  for (index i = 0; i < d; ++i) {
+    const float x = ca * o_a[i] + cb * o_b[i];
+    // (|x| == inf with finite operands: the overflow described above)
+    o_a[i] = std::fabs(x) == std::numeric_limits<float>::infinity() && std::isfinite(o_a[i]) &&
+                     std::isfinite(o_b[i])
+                 ? std::copysign(max_finite, x)
+                 : x;
+  }
   lse_a = m + std::log(total);
 }
 

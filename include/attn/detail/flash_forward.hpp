@@ -17,6 +17,9 @@
 //      units (Q is pre-scaled by scale·log2 e), so exp is the cheap
 //      exp2_nonpositive.
 //   4. O += P · V, reading Pᵀ down its columns and V from a packed copy.
+// Each finished row is normalised and checked (O(d_v)): a row whose fp32
+// accumulation overflowed (values near FLT_MAX) is recomputed in double,
+// recompute_sdpa_row; every other row keeps the fast path's bits.
 // Tasks share nothing and each always runs the same operations in the same
 // order, so the output is bit-identical for any thread count.
 #pragma once
@@ -30,6 +33,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/fp64_row.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/microkernel.hpp"
 #include "attn/core/parallel.hpp"
@@ -125,6 +129,46 @@ core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, ind
   }
   pack_rows(t, b, h, j0, n, rows_pad, width, cols, buffer);
   return {buffer, cols};
+}
+
+// Output row (b, i, query head h) of the attention recomputed in double
+// (softmax::recompute_row_fp64) with the kernels' own visibility rules: the
+// band (causal, window, key_lengths), a false bool-mask entry and an additive
+// -inf hide a key; other additive values are added in log2 units as
+// softmax::apply_additive_log2 adds them. q2 is the row's query as the
+// kernels pre-scale it (clamp_finite(q · scale · log2 e)), element d at
+// q2[d · q2_stride]. The non-finite features of dst (d_v contiguous floats)
+// and a non-finite *lse (lse may be null) take their recomputed values where
+// those are finite; finite ones keep their bits. Returns whether dst is
+// finite afterwards. Both kernels call this for a finished row that came out
+// non-finite.
+template <class KV>
+bool recompute_sdpa_row(const float* q2, index q2_stride, const strided<const KV, 4>& k,
+                        const strided<const KV, 4>& v, const sdpa_options& opt,
+                        const detail::band_mask& band, index b, index i, index h, index hk,
+                        float* dst, float* lse) {
+  const index d_qk = k.dims[3], d_v = v.dims[3];
+  const detail::key_band kb = band.row(i);
+  const index first = std::max<index>(kb.first, 0);
+  const index n = std::max<index>(kb.last + 1 - first, 0);
+  auto key = [&](index jj) -> softmax::fp64_key {
+    const index j = first + jj;
+    if (!opt.bool_mask.empty() && !*opt.bool_mask.at(b, h, i, j)) return {false, 0.0};
+    float a = 0.0f;
+    if (!opt.additive_mask.empty()) {
+      a = *opt.additive_mask.at(b, h, i, j);
+      if (a == softmax::neg_inf) return {false, 0.0};
+    }
+    const KV* kr = k.at(b, j, hk, 0);
+    double s = 0.0;
+    for (index d = 0; d < d_qk; ++d)
+      s += static_cast<double>(q2[d * q2_stride]) * static_cast<double>(static_cast<float>(kr[d]));
+    if (!opt.additive_mask.empty() && s != -std::numeric_limits<double>::infinity())
+      s += static_cast<double>(softmax::additive_to_log2(a));
+    return {true, s};
+  };
+  auto value = [&](index jj) { return v.at(b, first + jj, hk, 0); };
+  return softmax::recompute_row_fp64(n, key, value, d_v, dst, lse);
 }
 
 template <class KV>
@@ -340,7 +384,13 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       const float* src = ws.o.data() + r * d_v_pad;
       float* dst = out.at(b, i0 + r, h, 0);
       for (index d = 0; d < d_v; ++d) dst[d] = src[d] * res.inv_sum;
-      if (!opt.lse.empty()) *opt.lse.at(b, h, i0 + r) = res.lse;
+      float* lse = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i0 + r);
+      if (lse) *lse = res.lse;
+      // The unnormalised O overflows fp32 when the visible |v| sum past
+      // FLT_MAX (then inf, or NaN once a later key rescales it): such a row,
+      // and only such a row, is redone in double (recompute_sdpa_row).
+      if (!softmax::all_finite(dst, d_v))
+        recompute_sdpa_row(ws.qt.data() + r, BQ, k, v, opt, band, b, i0 + r, h, hk, dst, lse);
     }
   };
 

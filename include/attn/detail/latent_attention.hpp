@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/fp64_row.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/microkernel.hpp"
 #include "attn/core/parallel.hpp"
@@ -94,6 +95,38 @@ struct scratch {
   std::vector<index> poison;            // keys of the tile set apart (step 5)
   std::vector<float> poison_v;          // [kv_tile][d_c] their values
 };
+
+// The unnormalised accumulation O = Σ 2^(s - max) v of a row overflows fp32
+// when its visible values sum past FLT_MAX (the exact output, a convex
+// combination, is at most max|v|). Such rows, and only they, are redone in
+// double by softmax::recompute_row_fp64 with the kernel's own scores (the
+// clamped pre-scaled query, the causal limit); finite rows keep their bits.
+template <class Storage>
+void repair_nonfinite_rows(const latent_problem<Storage>& p) {
+  const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
+  const float scale2 = p.scale * softmax::log2e;
+  std::vector<double> q2(static_cast<std::size_t>(d_qk));
+  for (index b = 0; b < p.B; ++b)
+    for (index r = 0; r < rows_all; ++r) {
+      float* dst = p.out + (b * rows_all + r) * p.d_c;
+      if (softmax::all_finite(dst, p.d_c)) continue;
+      const float* q = p.q + (b * rows_all + r) * d_qk;
+      for (index d = 0; d < d_qk; ++d)  // as the kernel packs it
+        q2[static_cast<std::size_t>(d)] = softmax::clamp_finite(q[d] * scale2);
+      const index n = p.lengths[b], limit = n - p.T + r / p.H;
+      const Storage* rows = p.rows + b * p.capacity * d_qk;
+      softmax::recompute_row_fp64(
+          n,
+          [&](index j) {
+            if (j > limit) return softmax::fp64_key{false, 0.0};
+            double s = 0;
+            for (index d = 0; d < d_qk; ++d)
+              s += q2[static_cast<std::size_t>(d)] * static_cast<float>(rows[j * d_qk + d]);
+            return softmax::fp64_key{true, s};
+          },
+          [&](index j) { return rows + j * d_qk; }, p.d_c, dst, nullptr);
+    }
+}
 
 }  // namespace latent_detail
 
@@ -313,31 +346,32 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
     pack_qt(sb.b, sb.r0, sb.r1, shared_qt.data() + i * d_qk * cols);
   });
   core::parallel_for(static_cast<index>(tasks.size()), threads, make_scratch, run);
-  if (slots == 0) return;
-
-  // Merge each chunked row block's partials in chunk order (tasks of one row
-  // block are consecutive in the work list).
-  std::vector<index> firsts;
-  for (index t = 0; t < static_cast<index>(tasks.size()); ++t)
-    if (tasks[t].slot >= 0 && (t == 0 || tasks[t - 1].b != tasks[t].b ||
-                               tasks[t - 1].r0 != tasks[t].r0 || tasks[t - 1].slot < 0))
-      firsts.push_back(t);
-  core::parallel_for(static_cast<index>(firsts.size()), threads, [&](index f) {
-    const index t0 = firsts[static_cast<std::size_t>(f)];
-    const latent_detail::task& head = tasks[static_cast<std::size_t>(t0)];
-    for (index r = 0; r < head.r1 - head.r0; ++r) {
-      float* dst = p.out + (head.b * rows_all + head.r0 + r) * p.d_c;
-      float lse = part_lse[static_cast<std::size_t>(head.slot * block_rows + r)];
-      std::copy_n(part_o.data() + (head.slot * block_rows + r) * p.d_c, p.d_c, dst);
-      for (index t = t0 + 1; t < static_cast<index>(tasks.size()) && tasks[t].b == head.b &&
-                             tasks[t].r0 == head.r0;
-           ++t) {
-        const index s = tasks[static_cast<std::size_t>(t)].slot;
-        softmax::merge_partial(dst, lse, part_o.data() + (s * block_rows + r) * p.d_c,
-                               part_lse[static_cast<std::size_t>(s * block_rows + r)], p.d_c);
+  if (slots > 0) {
+    // Merge each chunked row block's partials in chunk order (tasks of one row
+    // block are consecutive in the work list).
+    std::vector<index> firsts;
+    for (index t = 0; t < static_cast<index>(tasks.size()); ++t)
+      if (tasks[t].slot >= 0 && (t == 0 || tasks[t - 1].b != tasks[t].b ||
+                                 tasks[t - 1].r0 != tasks[t].r0 || tasks[t - 1].slot < 0))
+        firsts.push_back(t);
+    core::parallel_for(static_cast<index>(firsts.size()), threads, [&](index f) {
+      const index t0 = firsts[static_cast<std::size_t>(f)];
+      const latent_detail::task& head = tasks[static_cast<std::size_t>(t0)];
+      for (index r = 0; r < head.r1 - head.r0; ++r) {
+        float* dst = p.out + (head.b * rows_all + head.r0 + r) * p.d_c;
+        float lse = part_lse[static_cast<std::size_t>(head.slot * block_rows + r)];
+        std::copy_n(part_o.data() + (head.slot * block_rows + r) * p.d_c, p.d_c, dst);
+        for (index t = t0 + 1; t < static_cast<index>(tasks.size()) && tasks[t].b == head.b &&
+                               tasks[t].r0 == head.r0;
+             ++t) {
+          const index s = tasks[static_cast<std::size_t>(t)].slot;
+          softmax::merge_partial(dst, lse, part_o.data() + (s * block_rows + r) * p.d_c,
+                                 part_lse[static_cast<std::size_t>(s * block_rows + r)], p.d_c);
+        }
       }
-    }
-  });
+    });
+  }
+  latent_detail::repair_nonfinite_rows(p);
 }
 
 /// Runs the problem on `num_threads` threads (0 = default); the output bits

@@ -14,7 +14,9 @@
 //    registers as they are loaded (simd::load_as_float); accumulation is fp32;
 //  * each task leaves a normalised partial output and its LSE, and the
 //    partials of one row are merged in chunk order with
-//    softmax::merge_partial.
+//    softmax::merge_partial; a merged row that came out non-finite from an
+//    overflowing fp32 accumulation (values near FLT_MAX) is recomputed in
+//    double (recompute_sdpa_row, detail/flash_forward.hpp).
 // The chunking depends only on the shapes, never on the thread count, and
 // the merge order is fixed, so results are bit-identical for any thread
 // count.
@@ -29,6 +31,7 @@
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
+#include "attn/detail/flash_forward.hpp"  // recompute_sdpa_row
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
@@ -295,7 +298,19 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     const index i = r % L, h = r / L;
     float* dst = out.at(b, i, h, 0);
     for (index d = 0; d < d_v; ++d) dst[d] = lse == softmax::neg_inf ? 0.0f : o[d];
-    if (!opt.lse.empty()) *opt.lse.at(b, h, i) = lse;
+    float* lse_out = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i);
+    if (lse_out) *lse_out = lse;
+    // A chunk's unnormalised O overflows fp32 when its visible |v| sum past
+    // FLT_MAX (inf, or NaN once rescaled), and the merged row inherits it:
+    // such a row, and only such a row, is redone in double.
+    if (!softmax::all_finite(dst, d_v)) {
+      std::vector<float> q2(static_cast<std::size_t>(d_qk));
+      const float* src = q.at(b, i, h, 0);
+      for (index d = 0; d < d_qk; ++d) q2[d] = softmax::clamp_finite(src[d] * scale2);
+      const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
+      const detail::band_mask band(L, S, key_len, opt.causal, window);
+      recompute_sdpa_row(q2.data(), 1, k, v, opt, band, b, i, h, h / group, dst, lse_out);
+    }
   };
   core::parallel_for(B * R, threads, merge_row);
 }

@@ -515,6 +515,72 @@ TEST(AdditiveExtreme, SaturatedTanhGivesExactScoresNoNaN) {
   }
 }
 
+// The exponential form of the score (additive.hpp, kernel::exp_form_range):
+// each element v_a tanh(x + y) is computed as v_a (1 - 2 / (e^(2x) e^(2y) + 1))
+// with the two exponentials made once per query and per key. Its error per
+// element must stay within the tanh bound the tolerances above are built on.
+// A sweep of x over [-22, 22] against random y, and against y = -x + δ (the
+// cancellation a tanh-of-a-sum identity would suffer; the product of the
+// exponentials does not), each against std::tanh in double.
+TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
+  using attn::simd::width;
+  std::mt19937 g(1300);
+  std::uniform_real_distribution<float> any(-22.0f, 22.0f), near(-12.0f, 12.0f);
+  std::vector<float> x(width, 0.0f), y(width, 0.0f), e(width), f(width), v(width, 0.0f);
+  v[0] = 1.0f;
+  double worst = 0.0;
+  for (int i = 0; i <= 440000; ++i) {
+    x[0] = -22.0f + 1e-4f * static_cast<float>(i);
+    y[0] = i % 2 ? any(g) : std::min(22.0f, std::max(-22.0f, -x[0] + near(g) * 1e-3f * (i % 7)));
+    ASSERT_TRUE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
+    ASSERT_TRUE(attn::kernel::exp_form_factors(y.data(), width, f.data()));
+    const float t = attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), width, 1.0f);
+    worst = std::max(worst, std::fabs(t - std::tanh(double(x[0]) + double(y[0]))));
+  }
+  std::printf("[ measured ] exponential form: worst |error| per element %.3g (bound %.3g)\n", worst,
+              double(attn::simd::tanh_max_abs_error));
+  EXPECT_LE(worst, double(attn::simd::tanh_max_abs_error));
+  // Out of range (or not finite): the factors report it, and the layer takes tanh.
+  x[0] = 22.5f;
+  EXPECT_FALSE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
+  x[0] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
+}
+
+// Queries and keys on both sides of the exponential form's range in one
+// call: some rows of a task in range and some not, some keys of a group of
+// four in range and some not. Every score takes the form its (query, key)
+// pair allows, so the result matches the reference and has the same bits
+// with and without the weights requested (which changes the rows a task
+// scores) and for any thread count.
+TEST(AdditiveExpForm, MixedRangesMatchTheReference) {
+  std::mt19937 g(1310);
+  problem p;
+  p.B = 2;
+  p.L = 11;
+  p.S = 37;
+  p.da = 24;
+  p.dq = p.dk = p.da;
+  attn::additive_weights w;  // Keras form: the projections are the inputs
+  w.v = Eigen::VectorXf::LinSpaced(p.da, -0.5f, 1.0f);
+  const attn::additive_attention layer(w);
+  tensor3 q = randt(p.B, p.L, p.da, g), k = randt(p.B, p.S, p.da, g), v = randt(p.B, p.S, p.dv, g);
+  for (index b = 0; b < p.B; ++b) {
+    for (index i = 0; i < p.L; i += 3) q(b, i, (i * 5) % p.da) = 30.0f;   // out of range
+    for (index j = 1; j < p.S; j += 4) k(b, j, (j * 7) % p.da) = -40.0f;  // out of range
+  }
+  const masks m = make_masks(3, p, g);
+  tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+  layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out), options(m, &wts, 1));
+  check("mixed ranges", w, p, q, k, v, m, out, wts);
+  for (int t : {1, 2}) {
+    tensor3 out2 = nan_tensor(p.B, p.L, p.dv);
+    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out2),
+                  options(m, nullptr, t));
+    EXPECT_TRUE(same_bits(out2, out)) << "threads " << t;
+  }
+}
+
 TEST(AdditiveThreads, BitIdenticalForAnyThreadCount) {
   // Large enough that the call really runs in parallel
   // (attn::core::min_parallel_flops).

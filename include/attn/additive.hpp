@@ -21,7 +21,13 @@
 //
 // The fused kernel never forms the [L, S, d_a] tensor of pre-activations:
 // for each (query, key) pair it adds the two projections a packet at a time,
-// takes attn::simd::tanh in registers and folds it into the dot with v.
+// takes attn::simd::tanh in registers and folds it into the dot with v. When
+// every projected feature of the query and of the key lies within ±22 (the
+// usual case), it uses the exponential form instead: tanh(x + y) =
+// 1 - 2 / (e^(2x) e^(2y) + 1), with e^(2y) made once per key by project_keys
+// and e^(2x) once per query, which costs an FMA and a division per element
+// instead of a tanh (about 3x the rate) at no more error (see
+// kernel::exp_form_range and tests/test_additive.cpp AdditiveExpForm).
 // Keys are taken in blocks of 64: a block's scores, then the core's online
 // softmax state (attn::softmax::online_state) and the block's weighted value
 // rows, prefetched into L2 while its scores were computed, added to the
@@ -131,6 +137,11 @@ class additive_keys {
   index B_ = 0, S_ = 0, D_ = 0, stride_ = 0;
   score_function score_ = score_function::additive;
   std::vector<float> data_;
+  // Additive score only: e^(2·kp) per feature (the key's factor of the
+  // exponential form, see kernel::exp_form_range) and, per key, whether all
+  // its features are within that form's range.
+  std::vector<float> exp2x_;
+  std::vector<unsigned char> exp_form_;
 };
 
 namespace kernel {
@@ -187,6 +198,61 @@ inline float dot_score1(const float* q, const float* k0, index n) {
   packet a0 = zero();
   for (index d = 0; d < n; d += width) a0 = fma(load(q + d), load(k0 + d), a0);
   return reduce_add(a0);
+}
+
+// The exponential form of the additive score. With x = qp_a, y = kp_a:
+//   tanh(x + y) = 1 - 2 / (e^(2x) e^(2y) + 1),
+// so with E_a = e^(2x) per query and F_a = e^(2y) per key, both computed
+// once, the score is Σ_a v_a - 2 Σ_a v_a / (E_a F_a + 1): one FMA, one
+// division and one FMA per element instead of a tanh (measured 3.1x the
+// element rate). The product E_a F_a = e^(2(x + y)) carries no cancellation,
+// so the element error stays below tanh's (additive_element_max_abs_error).
+// It holds while |x|, |y| <= exp_form_range (then E F <= e^88 < FLT_MAX);
+// a query or key with a feature outside (or non-finite) takes the tanh form.
+constexpr float exp_form_range = 22.0f;
+
+// e^(2x) of n floats (a multiple of the packet width) into out; returns
+// whether every |x| <= exp_form_range (false for NaN).
+inline bool exp_form_factors(const float* x, index n, float* out) {
+  using namespace simd;
+  packet worst = zero(), probe = zero();  // probe: x · 0 is NaN for a NaN or inf x
+  for (index d = 0; d < n; d += width) {
+    const packet xd = load(x + d);
+    worst = simd::max(worst, simd::max(xd, sub(zero(), xd)));
+    probe = add(probe, mul(xd, zero()));
+    store(out + d, simd::exp(add(xd, xd)));
+  }
+  return reduce_max(worst) <= exp_form_range && reduce_add(probe) == 0.0f;
+}
+
+// Scores of one query against 4 keys in the exponential form: e the
+// query's E, f[k] the keys' F, sum_v = Σ_a v_a.
+inline void additive_scores_exp4(const float* e, const float* v, const float* const* f, index n,
+                                 float sum_v, float* out) {
+  using namespace simd;
+  const packet one = broadcast(1.0f);
+  packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+  for (index d = 0; d < n; d += width) {
+    const packet x = load(e + d), w = load(v + d);
+    a0 = fma(w, ei::pdiv(one, fma(x, load(f[0] + d), one)), a0);
+    a1 = fma(w, ei::pdiv(one, fma(x, load(f[1] + d), one)), a1);
+    a2 = fma(w, ei::pdiv(one, fma(x, load(f[2] + d), one)), a2);
+    a3 = fma(w, ei::pdiv(one, fma(x, load(f[3] + d), one)), a3);
+  }
+  out[0] = sum_v - 2.0f * reduce_add(a0);
+  out[1] = sum_v - 2.0f * reduce_add(a1);
+  out[2] = sum_v - 2.0f * reduce_add(a2);
+  out[3] = sum_v - 2.0f * reduce_add(a3);
+}
+
+inline float additive_score_exp1(const float* e, const float* v, const float* f, index n,
+                                 float sum_v) {
+  using namespace simd;
+  const packet one = broadcast(1.0f);
+  packet a0 = zero();
+  for (index d = 0; d < n; d += width)
+    a0 = fma(load(v + d), ei::pdiv(one, fma(load(e + d), load(f + d), one)), a0);
+  return sum_v - 2.0f * reduce_add(a0);
 }
 
 /// Query rows per parallel task (they share the key mask and lengths).
@@ -433,6 +499,10 @@ class additive_attention {
       }
       for (index a = 0; a < Da_; ++a)
         v_[static_cast<std::size_t>(a)] = static_cast<float>(factor * double(w_.v[a]));
+      double sum = 0.0, sum_abs = 0.0;
+      for (const float x : v_) sum += x, sum_abs += std::fabs(double(x));
+      sum_v_ = static_cast<float>(sum);
+      sum_abs_v_ = sum_abs;
     }
   }
 
@@ -472,6 +542,13 @@ class additive_attention {
         P.noalias() = K * w_.w_k.transpose();
       else
         P = K;
+    }
+    if (w_.score == score_function::additive && sum_abs_v_ <= kernel_sum_v_limit) {
+      c.exp2x_.resize(c.data_.size());
+      c.exp_form_.resize(static_cast<std::size_t>(c.B_ * c.S_));
+      for (index k = 0; k < c.B_ * c.S_; ++k)
+        c.exp_form_[static_cast<std::size_t>(k)] = kernel::exp_form_factors(
+            c.data_.data() + k * c.stride_, c.stride_, c.exp2x_.data() + k * c.stride_);
     }
     return c;
   }
@@ -653,6 +730,14 @@ class additive_attention {
     const index stride = keys.stride_;
     const bool additive = w_.score == score_function::additive;
     const std::vector<float> qp = project_queries(query, stride);
+    // The exponential form's query factors E = e^(2 qp), and per query
+    // whether it is in range; only when the keys carry theirs.
+    const bool exp_form = additive && !keys.exp_form_.empty();
+    std::vector<float> qe(exp_form ? qp.size() : 0);
+    std::vector<unsigned char> q_exp_form(exp_form ? static_cast<std::size_t>(B * L) : 0);
+    for (index i = 0; exp_form && i < B * L; ++i)
+      q_exp_form[static_cast<std::size_t>(i)] =
+          kernel::exp_form_factors(qp.data() + i * stride, stride, qe.data() + i * stride);
     const float* vv = v_.data();
     const bool want_weights = !opt.weights.empty();
     const index blocks = detail::ceil_div(L, R);
@@ -709,13 +794,68 @@ class additive_attention {
                                 static_cast<std::size_t>(Dv) * sizeof(float));
             };
             index r = 0;
-            for (; r + 2 <= nr; r += 2) {
-              const float *qa = query_of(rows[r]), *qb = query_of(rows[r + 1]);
-              float *sa = scores_of(rows[r]), *sb = scores_of(rows[r + 1]);
+            // The additive score of query row i against key j, in the
+            // exponential form when both are in its range.
+            auto exp_form_of = [&](index i, index j) {
+              return exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)] &&
+                     keys.exp_form_[static_cast<std::size_t>(b * S + j)];
+            };
+            auto score1 = [&](index i, index j) {
+              const float* k0 = keys.row(b, j);
+              if (!additive) return kernel::dot_score1(query_of(i), k0, stride);
+              if (exp_form_of(i, j))
+                return kernel::additive_score_exp1(qe.data() + (b * L + i) * stride, vv,
+                                                   keys.exp2x_.data() + (b * S + j) * stride,
+                                                   stride, sum_v_);
+              return kernel::additive_score1(query_of(i), vv, k0, stride);
+            };
+            // Rows in the exponential form: one query x four keys; the other
+            // rows (trows) take the tanh form, two queries x four keys.
+            index trows[R] = {};
+            index nt = 0;
+            bool first = true;  // the first row scored prefetches the values
+            for (index x = 0; x < nr; ++x) {
+              const index i = rows[x];
+              if (!exp_form || !q_exp_form[static_cast<std::size_t>(b * L + i)]) {
+                trows[nt++] = i;
+                continue;
+              }
+              const bool pf = first;
+              first = false;
+              {
+                const float* e = qe.data() + (b * L + i) * stride;
+                float* sc = scores_of(i);
+                index n = n0;
+                for (; n + 4 <= n1; n += 4) {
+                  if (pf)
+                    for (int c = 0; c < 4; ++c) prefetch_values(n + c);
+                  bool all = true;
+                  for (int c = 0; c < 4; ++c) all = all && exp_form_of(i, vis[n + c]);
+                  if (!all) {
+                    for (int c = 0; c < 4; ++c) sc[vis[n + c]] = score1(i, vis[n + c]);
+                    continue;
+                  }
+                  const float* f[4];
+                  for (int c = 0; c < 4; ++c)
+                    f[c] = keys.exp2x_.data() + (b * S + vis[n + c]) * stride;
+                  float tmp[4];
+                  kernel::additive_scores_exp4(e, vv, f, stride, sum_v_, tmp);
+                  for (int c = 0; c < 4; ++c) sc[vis[n + c]] = tmp[c];
+                }
+                for (; n < n1; ++n) {
+                  if (pf) prefetch_values(n);
+                  sc[vis[n]] = score1(i, vis[n]);
+                }
+              }
+            }
+            const bool pf = first;  // no row was in the exponential form
+            for (; r + 2 <= nt; r += 2) {
+              const float *qa = query_of(trows[r]), *qb = query_of(trows[r + 1]);
+              float *sa = scores_of(trows[r]), *sb = scores_of(trows[r + 1]);
               float tmp[8];
               index n = n0;
               for (; n + 4 <= n1; n += 4) {
-                if (r == 0)
+                if (pf && r == 0)
                   for (int c = 0; c < 4; ++c) prefetch_values(n + c);
                 const float* k[4] = {keys.row(b, vis[n]), keys.row(b, vis[n + 1]),
                                      keys.row(b, vis[n + 2]), keys.row(b, vis[n + 3])};
@@ -729,7 +869,7 @@ class additive_attention {
                 }
               }
               for (; n < n1; ++n) {
-                if (r == 0) prefetch_values(n);
+                if (pf && r == 0) prefetch_values(n);
                 const float* k0 = keys.row(b, vis[n]);
                 sa[vis[n]] = additive ? kernel::additive_score1(qa, vv, k0, stride)
                                       : kernel::dot_score1(qa, k0, stride);
@@ -737,13 +877,13 @@ class additive_attention {
                                       : kernel::dot_score1(qb, k0, stride);
               }
             }
-            for (; r < nr; ++r) {
-              const float* q = query_of(rows[r]);
-              float* sc = scores_of(rows[r]);
+            for (; r < nt; ++r) {
+              const float* q = query_of(trows[r]);
+              float* sc = scores_of(trows[r]);
               float tmp[4];
               index n = n0;
               for (; n + 4 <= n1; n += 4) {
-                if (r == 0)
+                if (pf && r == 0)
                   for (int c = 0; c < 4; ++c) prefetch_values(n + c);
                 const float* k0 = keys.row(b, vis[n]);
                 const float* k1 = keys.row(b, vis[n + 1]);
@@ -756,7 +896,7 @@ class additive_attention {
                 for (int c = 0; c < 4; ++c) sc[vis[n + c]] = tmp[c];
               }
               for (; n < n1; ++n) {
-                if (r == 0) prefetch_values(n);
+                if (pf && r == 0) prefetch_values(n);
                 const float* k0 = keys.row(b, vis[n]);
                 sc[vis[n]] = additive ? kernel::additive_score1(q, vv, k0, stride)
                                       : kernel::dot_score1(q, k0, stride);
@@ -823,6 +963,11 @@ class additive_attention {
 
   additive_weights w_;
   std::vector<float> v_;  // effective v, zero-padded to the packet stride
+  // Σ_a v_a and Σ_a |v_a| (additive): the exponential form's score is
+  // Σ v - 2 Σ v / (E F + 1), used only while Σ|v| is far from overflow.
+  float sum_v_ = 0.0f;
+  double sum_abs_v_ = 0.0;
+  static constexpr double kernel_sum_v_limit = 1e37;
   index Da_ = 0, Dq_ = 0, Dk_ = 0, D_ = 0;
 };
 

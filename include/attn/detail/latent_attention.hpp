@@ -181,10 +181,12 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   // qt[d_qk][cols]; padding columns are zero.
   auto pack_qt = [&](index b, index r0, index r1, float* qt) {
     const float* qb = p.q + (b * rows_all + r0) * d_qk;
-    for (index r = 0; r < cols; ++r) {
-      const bool real = r < r1 - r0;
-      for (index d = 0; d < d_qk; ++d)
-        qt[d * cols + r] = real ? softmax::clamp_finite(qb[r * d_qk + d] * scale2) : 0.0f;
+    const float big = softmax::max_finite;
+    for (index d = 0; d < d_qk; ++d) {
+      float* dst = qt + d * cols;
+      for (index r = 0; r < r1 - r0; ++r)  // softmax::clamp_finite without branches
+        dst[r] = std::min(std::max(qb[r * d_qk + d] * scale2, -big), big);
+      std::fill(dst + (r1 - r0), dst + cols, 0.0f);
     }
   };
   std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * cols));

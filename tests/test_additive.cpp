@@ -519,19 +519,19 @@ TEST(AdditiveExtreme, SaturatedTanhGivesExactScoresNoNaN) {
 // each element v_a tanh(x + y) is computed as v_a (1 - 2 / (e^(2x) e^(2y) + 1))
 // with the two exponentials made once per query and per key. Its error per
 // element must stay within the tanh bound the tolerances above are built on.
-// A sweep of x over [-22, 22] against random y, and against y = -x + δ (the
+// A sweep of x over [-21.5, 21.5] against random y, and against y = -x + δ (the
 // cancellation a tanh-of-a-sum identity would suffer; the product of the
 // exponentials does not), each against std::tanh in double.
 TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
   using attn::simd::width;
   std::mt19937 g(1300);
-  std::uniform_real_distribution<float> any(-22.0f, 22.0f), near(-12.0f, 12.0f);
+  std::uniform_real_distribution<float> any(-21.5f, 21.5f), near(-12.0f, 12.0f);
   std::vector<float> x(width, 0.0f), y(width, 0.0f), e(width), f(width), v(width, 0.0f);
   v[0] = 1.0f;
   double worst = 0.0;
-  for (int i = 0; i <= 440000; ++i) {
-    x[0] = -22.0f + 1e-4f * static_cast<float>(i);
-    y[0] = i % 2 ? any(g) : std::min(22.0f, std::max(-22.0f, -x[0] + near(g) * 1e-3f * (i % 7)));
+  for (int i = 0; i <= 430000; ++i) {
+    x[0] = -21.5f + 1e-4f * static_cast<float>(i);
+    y[0] = i % 2 ? any(g) : std::min(21.5f, std::max(-21.5f, -x[0] + near(g) * 1e-3f * (i % 7)));
     ASSERT_TRUE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
     ASSERT_TRUE(attn::kernel::exp_form_factors(y.data(), width, f.data()));
     const float t = attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), width, 1.0f);
@@ -545,6 +545,22 @@ TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
   EXPECT_FALSE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
   x[0] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_FALSE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
+}
+
+// Keys projected by one layer and used by another (both Keras form, same
+// d_a) carry the exponential form's factors; the second layer's v, whose
+// Σ|v| overflows, must still send every score through the tanh form, never
+// inf - inf = NaN from finite inputs.
+TEST(AdditiveExpForm, KeysFromAnotherLayerWithHugeV) {
+  attn::additive_weights small, huge;
+  small.v = Eigen::VectorXf::Constant(2, 1.0f);
+  huge.v = Eigen::VectorXf::Constant(2, 3e38f);
+  const attn::additive_attention a(small), b(huge);
+  std::mt19937 g(1320);
+  const tensor3 q = randt(1, 3, 2, g), k = randt(1, 5, 2, g), v = randt(1, 5, 4, g);
+  const attn::additive_keys keys = a.project_keys(attn::view(k));
+  const tensor3 out = b.forward(q, keys, v);
+  for (index i = 0; i < out.size(); ++i) ASSERT_TRUE(std::isfinite(out.data()[i])) << i;
 }
 
 // Queries and keys on both sides of the exponential form's range in one

@@ -22,7 +22,7 @@
 // The fused kernel never forms the [L, S, d_a] tensor of pre-activations:
 // for each (query, key) pair it adds the two projections a packet at a time,
 // takes attn::simd::tanh in registers and folds it into the dot with v. When
-// every projected feature of the query and of the key lies within ±22 (the
+// every projected feature of the query and of the key lies within ±21.5 (the
 // usual case), it uses the exponential form instead: tanh(x + y) =
 // 1 - 2 / (e^(2x) e^(2y) + 1), with e^(2y) made once per key by project_keys
 // and e^(2x) once per query, which costs an FMA and a division per element
@@ -207,9 +207,12 @@ inline float dot_score1(const float* q, const float* k0, index n) {
 // division and one FMA per element instead of a tanh (measured 3.1x the
 // element rate). The product E_a F_a = e^(2(x + y)) carries no cancellation,
 // so the element error stays below tanh's (additive_element_max_abs_error).
-// It holds while |x|, |y| <= exp_form_range (then E F <= e^88 < FLT_MAX);
-// a query or key with a feature outside (or non-finite) takes the tanh form.
-constexpr float exp_form_range = 22.0f;
+// It holds while |x|, |y| <= exp_form_range (then E F <= e^86: no overflow,
+// and 1 / (E F + 1) stays a normal float); a query or key with a feature
+// outside (or non-finite) takes the tanh form. The error is absolute, within
+// tanh's bound per element times |v_a| like the tanh form's; a score near 0
+// does not keep the relative accuracy the tanh form has there.
+constexpr float exp_form_range = 21.5f;
 
 // e^(2x) of n floats (a multiple of the packet width) into out; returns
 // whether every |x| <= exp_form_range (false for NaN).
@@ -732,7 +735,10 @@ class additive_attention {
     const std::vector<float> qp = project_queries(query, stride);
     // The exponential form's query factors E = e^(2 qp), and per query
     // whether it is in range; only when the keys carry theirs.
-    const bool exp_form = additive && !keys.exp_form_.empty();
+    // (keys projected by another layer carry factors too: this layer's v
+    // must allow the form as well)
+    const bool exp_form =
+        additive && !keys.exp_form_.empty() && sum_abs_v_ <= kernel_sum_v_limit;
     std::vector<float> qe(exp_form ? qp.size() : 0);
     std::vector<unsigned char> q_exp_form(exp_form ? static_cast<std::size_t>(B * L) : 0);
     for (index i = 0; exp_form && i < B * L; ++i)

@@ -87,8 +87,11 @@ inline packet equal(const packet& a, const packet& b) { return ei::pcmp_eq(a, b)
 /// prefetch builtin).
 inline void prefetch_l2(const void* p, std::size_t bytes) {
 #if defined(__GNUC__) || defined(__clang__)
-  const char* c = static_cast<const char*>(p);
-  for (std::size_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
+  // From the start of p's cache line, so the range's last line is reached.
+  const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63};
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + bytes;
+  for (std::uintptr_t a = first; a < end; a += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(a), 0, 2);
 #else
   (void)p, (void)bytes;
 #endif

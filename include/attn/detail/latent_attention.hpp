@@ -101,16 +101,29 @@ struct scratch {
 // combination, is at most max|v|). Such rows, and only they, are redone in
 // double by softmax::recompute_row_fp64 with the kernel's own scores (the
 // clamped pre-scaled query, the causal limit); finite rows keep their bits.
+// A row whose query, or whose sequence's cached rows, hold a NaN or an inf
+// is non-finite by the NaN policy and is left alone: redoing it could not
+// make it finite, and would cost O(n · d) in double on every later step of
+// a cache that holds such a value.
 template <class Storage>
 void repair_nonfinite_rows(const latent_problem<Storage>& p) {
   const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
   const float scale2 = p.scale * softmax::log2e;
   std::vector<double> q2(static_cast<std::size_t>(d_qk));
-  for (index b = 0; b < p.B; ++b)
+  for (index b = 0; b < p.B; ++b) {
+    int cache_finite = -1;  // checked on the sequence's first non-finite row
     for (index r = 0; r < rows_all; ++r) {
       float* dst = p.out + (b * rows_all + r) * p.d_c;
       if (softmax::all_finite(dst, p.d_c)) continue;
       const float* q = p.q + (b * rows_all + r) * d_qk;
+      if (!softmax::all_finite(q, d_qk)) continue;
+      if (cache_finite < 0) {
+        const Storage* rows = p.rows + b * p.capacity * d_qk;
+        cache_finite = 1;
+        for (index i = 0; i < p.lengths[b] * d_qk && cache_finite; ++i)
+          cache_finite = std::isfinite(static_cast<float>(rows[i])) ? 1 : 0;
+      }
+      if (cache_finite == 0) continue;
       for (index d = 0; d < d_qk; ++d)  // as the kernel packs it
         q2[static_cast<std::size_t>(d)] = softmax::clamp_finite(q[d] * scale2);
       const index n = p.lengths[b], limit = n - p.T + r / p.H;
@@ -126,6 +139,7 @@ void repair_nonfinite_rows(const latent_problem<Storage>& p) {
           },
           [&](index j) { return rows + j * d_qk; }, p.d_c, dst, nullptr);
     }
+  }
 }
 
 }  // namespace latent_detail

@@ -47,16 +47,6 @@ using namespace attn_fuzz;
 using attn::index;
 using matrix = attn::additive_weights::matrix;
 
-struct breakage {
-  bool valid = true;
-  std::string why, needle;
-  void set(const std::string& w, const std::string& n) {
-    valid = false;
-    why = w;
-    needle = n;
-  }
-};
-
 matrix make_matrix(input& in, index rows, index cols) {
   matrix m(rows, cols);
   fill(in, m.data(), m.size());
@@ -66,17 +56,6 @@ Eigen::VectorXf make_vector(input& in, index n) {
   Eigen::VectorXf v(n);
   fill(in, v.data(), v.size());
   return v;
-}
-
-ATTN_FUZZ_NO_COVERAGE bool all_finite(const float* p, index n) {
-  for (index i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return false;
-  return true;
-}
-ATTN_FUZZ_NO_COVERAGE bool all_tame(const float* p, index n) {
-  for (index i = 0; i < n; ++i)
-    if (!is_tame(p[i])) return false;
-  return true;
 }
 
 // A [B, X] bool mask laid out without negative strides, with optional

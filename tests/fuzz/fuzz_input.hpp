@@ -19,6 +19,7 @@
 //    (and ASan/UBSan findings abort on their own: -fno-sanitize-recover).
 #pragma once
 
+#include <Eigen/Core>
 #include <attn/error.hpp>
 #include <attn/view.hpp>
 #include <algorithm>
@@ -562,5 +563,37 @@ ATTN_FUZZ_NO_COVERAGE std::vector<unsigned char> snapshot(const T* p, std::size_
 
 /// fp32 unit roundoff.
 constexpr double eps32 = 5.9604644775390625e-8;
+
+/// True when all n floats at p are finite / tame (is_tame).
+ATTN_FUZZ_NO_COVERAGE inline bool all_finite(const float* p, index n) {
+  for (index i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+ATTN_FUZZ_NO_COVERAGE inline bool all_tame(const float* p, index n) {
+  for (index i = 0; i < n; ++i)
+    if (!is_tame(p[i])) return false;
+  return true;
+}
+
+/// Relative rounding unit of a value stored as S (float, bf16 or half).
+template <class S>
+constexpr double storage_unit() {
+  if (std::is_same<S, float>::value) return eps32;
+  if (std::is_same<S, Eigen::bfloat16>::value) return 1.0 / 256;
+  return 1.0 / 2048;
+}
+
+/// Whether a harness's input is a valid call, and if not, why and which
+/// text the attn::error it must throw has to contain.
+struct breakage {
+  bool valid = true;
+  std::string why, needle;
+  void set(const std::string& w, const std::string& n) {
+    valid = false;
+    why = w;
+    needle = n;
+  }
+};
 
 }  // namespace attn_fuzz

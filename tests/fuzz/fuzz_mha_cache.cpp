@@ -55,34 +55,6 @@ using attn::index;
 using matrix = attn::multi_head_attention::matrix;
 using tensor3 = attn::tensor3;
 
-struct breakage {
-  bool valid = true;
-  std::string why, needle;
-  void set(const std::string& w, const std::string& n) {
-    valid = false;
-    why = w;
-    needle = n;
-  }
-};
-
-template <class S>
-constexpr double storage_unit() {
-  if (std::is_same<S, float>::value) return eps32;
-  if (std::is_same<S, Eigen::bfloat16>::value) return 1.0 / 256;
-  return 1.0 / 2048;
-}
-
-ATTN_FUZZ_NO_COVERAGE bool finite_all(const float* p, index n) {
-  for (index i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return false;
-  return true;
-}
-ATTN_FUZZ_NO_COVERAGE bool tame_all(const float* p, index n) {
-  for (index i = 0; i < n; ++i)
-    if (!is_tame(p[i])) return false;
-  return true;
-}
-
 // A projection y = W x + b in double with its fp32 error bound and
 // Σ|terms| (to decide representability).
 struct projected {
@@ -188,15 +160,15 @@ ATTN_FUZZ_NO_COVERAGE void check_forward(const attn::mha_weights& w, const attn:
   const index Hkv = cache.kv_heads(), hd = cache.head_dim(), Hq = Hkv * group;
   // Reference for small, tame layers; finiteness for finite ones.
   const bool weights_finite =
-      finite_all(w.q.weight.data(), w.q.weight.size()) && finite_all(w.k.weight.data(), w.k.weight.size()) &&
-      finite_all(w.v.weight.data(), w.v.weight.size()) && finite_all(w.o.weight.data(), w.o.weight.size()) &&
-      finite_all(w.q.bias.data(), w.q.bias.size()) && finite_all(w.k.bias.data(), w.k.bias.size()) &&
-      finite_all(w.v.bias.data(), w.v.bias.size()) && finite_all(w.o.bias.data(), w.o.bias.size());
+      all_finite(w.q.weight.data(), w.q.weight.size()) && all_finite(w.k.weight.data(), w.k.weight.size()) &&
+      all_finite(w.v.weight.data(), w.v.weight.size()) && all_finite(w.o.weight.data(), w.o.weight.size()) &&
+      all_finite(w.q.bias.data(), w.q.bias.size()) && all_finite(w.k.bias.data(), w.k.bias.size()) &&
+      all_finite(w.v.bias.data(), w.v.bias.size()) && all_finite(w.o.bias.data(), w.o.bias.size());
   const bool weights_tame =
-      tame_all(w.q.weight.data(), w.q.weight.size()) && tame_all(w.k.weight.data(), w.k.weight.size()) &&
-      tame_all(w.v.weight.data(), w.v.weight.size()) && tame_all(w.o.weight.data(), w.o.weight.size()) &&
-      tame_all(w.q.bias.data(), w.q.bias.size()) && tame_all(w.k.bias.data(), w.k.bias.size()) &&
-      tame_all(w.v.bias.data(), w.v.bias.size()) && tame_all(w.o.bias.data(), w.o.bias.size());
+      all_tame(w.q.weight.data(), w.q.weight.size()) && all_tame(w.k.weight.data(), w.k.weight.size()) &&
+      all_tame(w.v.weight.data(), w.v.weight.size()) && all_tame(w.o.weight.data(), w.o.weight.size()) &&
+      all_tame(w.q.bias.data(), w.q.bias.size()) && all_tame(w.k.bias.data(), w.k.bias.size()) &&
+      all_tame(w.v.bias.data(), w.v.bias.size()) && all_tame(w.o.bias.data(), w.o.bias.size());
   const double scale = opt.attention.scale ? double(*opt.attention.scale) : 1.0 / std::sqrt(double(hd));
   const auto keys = cache.keys();
   const auto values = cache.values();
@@ -221,7 +193,7 @@ ATTN_FUZZ_NO_COVERAGE void check_forward(const attn::mha_weights& w, const attn:
       const float* xt = &x(b, t, 0);
       const index pos = before.lengths[static_cast<std::size_t>(b)] + t;
       const projected pq = project(w.q, xt), pk = project(w.k, xt), pv = project(w.v, xt);
-      const bool x_finite = finite_all(xt, E), x_tame = tame_all(xt, E);
+      const bool x_finite = all_finite(xt, E), x_tame = all_tame(xt, E);
       // Scores: the policy covers score terms q_d·k_d·scale·log2(e) that are
       // representable (terms of mixed signs that overflow give inf - inf);
       // a bound from the largest |q| (RoPE: up to sqrt(2) more) and |k|.
@@ -797,15 +769,15 @@ void run(input& in) {
               "forward: weights have the wrong shape");
         // Each row sums to 1 (or is all 0 when nothing is visible) when its
         // inputs are finite.
-        const bool finite_inputs = finite_all(xq.data(), xq.size()) &&
-                                   finite_all(xk.data(), xk.size()) &&
-                                   finite_all(w.q.weight.data(), w.q.weight.size()) &&
-                                   finite_all(w.k.weight.data(), w.k.weight.size()) &&
-                                   tame_all(xq.data(), xq.size()) && tame_all(xk.data(), xk.size()) &&
-                                   tame_all(w.q.weight.data(), w.q.weight.size()) &&
-                                   tame_all(w.k.weight.data(), w.k.weight.size()) &&
-                                   tame_all(w.q.bias.data(), w.q.bias.size()) &&
-                                   tame_all(w.k.bias.data(), w.k.bias.size());
+        const bool finite_inputs = all_finite(xq.data(), xq.size()) &&
+                                   all_finite(xk.data(), xk.size()) &&
+                                   all_finite(w.q.weight.data(), w.q.weight.size()) &&
+                                   all_finite(w.k.weight.data(), w.k.weight.size()) &&
+                                   all_tame(xq.data(), xq.size()) && all_tame(xk.data(), xk.size()) &&
+                                   all_tame(w.q.weight.data(), w.q.weight.size()) &&
+                                   all_tame(w.k.weight.data(), w.k.weight.size()) &&
+                                   all_tame(w.q.bias.data(), w.q.bias.size()) &&
+                                   all_tame(w.k.bias.data(), w.k.bias.size());
         for (index b = 0; finite_inputs && b < B; ++b)
           for (index h = 0; h < Hw; ++h)
             for (index i = 0; i < L; ++i) {

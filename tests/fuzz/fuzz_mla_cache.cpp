@@ -127,23 +127,8 @@ namespace known_mla {
 constexpr bool flash_edge_tile_nan_leak = false;  // fixed in flash_forward.hpp
 }  // namespace known_mla
 
-struct breakage {
-  bool valid = true;
-  std::string why, needle;
-  void set(const std::string& w, const std::string& n) {
-    valid = false;
-    why = w;
-    needle = n;
-  }
-};
-
-// Rounding of a value stored in S: relative unit and absolute step near 0.
-template <class S>
-constexpr double storage_unit() {
-  if (std::is_same<S, float>::value) return eps32;
-  if (std::is_same<S, Eigen::bfloat16>::value) return 1.0 / 256;
-  return 1.0 / 2048;
-}
+// Absolute rounding step near 0 of a value stored in S (storage_unit is the
+// relative one).
 template <class S>
 constexpr double storage_abs() {
   if (std::is_same<S, float>::value) return tiny;
@@ -162,16 +147,6 @@ const char* storage_name() {
   return "half";
 }
 
-bool finite_all(const float* p, index n) {
-  for (index i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return false;
-  return true;
-}
-bool tame_all(const float* p, index n) {
-  for (index i = 0; i < n; ++i)
-    if (!is_tame(p[i])) return false;
-  return true;
-}
 // check() whose message is only built when the check fails (the hot checks
 // run per element; building their messages dominated the exec time).
 template <class Message>
@@ -305,8 +280,8 @@ model make_model(const attn::mla_config& cfg, const attn::mla_weights& w) {
     m.uv.push_back(to_dlin(w.wkv_b.middleRows(h * (m.nope + m.v) + m.nope, m.v)));
   }
   auto scan = [&](const float* p, index n) {
-    m.weights_finite = m.weights_finite && finite_all(p, n);
-    m.weights_tame = m.weights_tame && tame_all(p, n);
+    m.weights_finite = m.weights_finite && all_finite(p, n);
+    m.weights_tame = m.weights_tame && all_tame(p, n);
   };
   scan(w.wq.data(), w.wq.size());
   scan(w.wq_a.data(), w.wq_a.size());
@@ -341,8 +316,8 @@ struct token {
 token make_token(const model& m, const float* xrow, index pos) {
   token t;
   t.x.assign(xrow, xrow + m.dim);
-  t.finite = finite_all(xrow, m.dim);
-  t.tame = tame_all(xrow, m.dim);
+  t.finite = all_finite(xrow, m.dim);
+  t.tame = all_tame(xrow, m.dim);
   if (!t.finite || !m.weights_finite) return t;
   const std::vector<double> x(xrow, xrow + m.dim);
   bool ok = true;

@@ -54,17 +54,6 @@ constexpr float ninf = -std::numeric_limits<float>::infinity();
 
 // The broken argument of an invalid call. `needle` is the part of the
 // message that must name it.
-struct breakage {
-  bool valid = true;
-  std::string why;
-  std::string needle;
-  void set(const std::string& w, const std::string& n) {
-    valid = false;
-    why = w;
-    needle = n;
-  }
-};
-
 // A [B, Hq, L, S] mask: a base tensor with extent 1 on broadcast dims, viewed
 // with stride 0 there.
 template <class T>

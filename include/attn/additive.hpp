@@ -297,37 +297,6 @@ inline void dot_scores2x4(const float* qa, const float* qb, const float* const* 
   dot_scores4(qb, k[0], k[1], k[2], k[3], n, out + 4);
 }
 
-// Largest of x[0..n), NaN ignored; -inf for none.
-inline float block_max(const float* x, index n) {
-  using namespace simd;
-  packet vm = broadcast(softmax::neg_inf);
-  index j = 0;
-  for (; j + width <= n; j += width) vm = simd::max(vm, load(x + j));  // a NaN x keeps vm
-  float m = reduce_max(vm);
-  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
-  return m;
-}
-
-// x[j] <- exp(min(x[j] - pivot, 0)) for j < n; returns their sum. A NaN
-// score stays NaN (and so does the sum).
-inline float exp_in_place(float* x, index n, float pivot) {
-  using namespace simd;
-  const packet pv = broadcast(pivot);
-  packet vs = zero();
-  index j = 0;
-  for (; j + width <= n; j += width) {
-    const packet e = simd::exp(simd::min(sub(load(x + j), pv), zero()));
-    store(x + j, e);
-    vs = add(vs, e);
-  }
-  float sum = reduce_add(vs);
-  for (; j < n; ++j) {
-    x[j] = simd::exp_scalar(std::min(x[j] - pivot, 0.0f));
-    sum += x[j];
-  }
-  return sum;
-}
-
 // Strips of KC packets of accumulate_block for KR rows (nr <= KR): returns
 // the first feature not done.
 template <int KR, int KC>
@@ -876,11 +845,8 @@ class additive_attention {
               }
               for (; n < n1; ++n) {
                 if (pf && r == 0) prefetch_values(n);
-                const float* k0 = keys.row(b, vis[n]);
-                sa[vis[n]] = additive ? kernel::additive_score1(qa, vv, k0, stride)
-                                      : kernel::dot_score1(qa, k0, stride);
-                sb[vis[n]] = additive ? kernel::additive_score1(qb, vv, k0, stride)
-                                      : kernel::dot_score1(qb, k0, stride);
+                sa[vis[n]] = score1(trows[r], vis[n]);
+                sb[vis[n]] = score1(trows[r + 1], vis[n]);
               }
             }
             for (; r < nt; ++r) {
@@ -903,9 +869,7 @@ class additive_attention {
               }
               for (; n < n1; ++n) {
                 if (pf && r == 0) prefetch_values(n);
-                const float* k0 = keys.row(b, vis[n]);
-                sc[vis[n]] = additive ? kernel::additive_score1(q, vv, k0, stride)
-                                      : kernel::dot_score1(q, k0, stride);
+                sc[vis[n]] = score1(trows[r], vis[n]);
               }
             }
           };
@@ -930,10 +894,10 @@ class additive_attention {
               float* e = s.weights.data() + m * kernel::key_block;
               for (index n = 0; n < nk; ++n) e[n] = sc[vis[n0 + n]];
               // (an overflowed +inf score weighs 1, as in row_softmax)
-              const float bmax = kernel::block_max(e, nk);
+              const float bmax = softmax::max_of(e, nk);
               factor[m] = st[m].raise_max(std::min(bmax, softmax::max_finite));
               if (n0 == 0) factor[m] = 0.0f;  // nothing accumulated yet
-              st[m].sum += kernel::exp_in_place(e, nk, st[m].pivot());
+              st[m].sum += softmax::exp_in_place(e, nk, st[m].pivot());
             }
             for (index n = 0; n < nk; ++n)
               s.values[static_cast<std::size_t>(n)] = values.at(b, vis[n0 + n], 0);
@@ -949,7 +913,7 @@ class additive_attention {
           // values (the unnormalised sum can pass FLT_MAX) summed again.
           bool nonfinite = false;
           for (index m = 0; m < nl && !nonfinite; ++m)
-            for (index d = 0; d < Dv; ++d) nonfinite = nonfinite || !std::isfinite(o[m][d * os]);
+            nonfinite = !softmax::all_finite(o[m], Dv);  // (Dv > 1: os == 1)
           if (!want_weights && !nonfinite) return;
           for (index r = 0; r < nr; ++r) {
             float* sc = scores_of(rows[r]);

@@ -45,10 +45,10 @@ inline float additive_to_log2(float a) {
 /// overflowed to +inf gives weight 1 (2^min(inf - max, 0)) instead of NaN.
 constexpr float max_finite = std::numeric_limits<float>::max();
 
-/// x clamped to [-max_finite, max_finite]; NaN stays NaN.
-inline float clamp_finite(float x) {
-  return x > max_finite ? max_finite : (x < -max_finite ? -max_finite : x);
-}
+/// x clamped to [-max_finite, max_finite]; NaN stays NaN (std::max and
+/// std::min return their first argument when a comparison is false).
+/// Branch-free: it runs once per packed query element.
+inline float clamp_finite(float x) { return std::min(std::max(x, -max_finite), max_finite); }
 
 /// A score (log2 units) with an additive mask value applied: -inf in the
 /// mask masks whatever the score is (even a NaN or an overflowed +inf, so
@@ -129,36 +129,50 @@ inline packet_step online_step(const simd::packet& running_max, const simd::pack
   return {m, simd::exp2_nonpositive(sub(running_max, pivot)), pivot};
 }
 
-/// Softmax of n scores in place (x[j] <- exp(x[j] - max) / sum); returns the
-/// row's log-sum-exp. A row of only -inf becomes all 0 with LSE -inf.
-inline float row_softmax(float* x, index n) {
+/// Largest of x[0..n), NaN ignored; -inf for none (n = 0).
+inline float max_of(const float* x, index n) {
   using namespace simd;
   packet vmax = broadcast(neg_inf);
   index j = 0;
-  for (; j + width <= n; j += width) vmax = simd::max(vmax, load(x + j));
+  for (; j + width <= n; j += width) vmax = simd::max(vmax, load(x + j));  // a NaN x keeps vmax
   float m = reduce_max(vmax);
   for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+/// x[j] <- exp(min(x[j] - pivot, 0)) for j < n; returns their sum. A NaN
+/// score stays NaN (and so does the sum).
+inline float exp_in_place(float* x, index n, float pivot) {
+  using namespace simd;
+  const packet pv = broadcast(pivot);
+  packet vsum = zero();
+  index j = 0;
+  for (; j + width <= n; j += width) {
+    const packet e = simd::exp(simd::min(sub(load(x + j), pv), zero()));
+    store(x + j, e);
+    vsum = add(vsum, e);
+  }
+  float s = reduce_add(vsum);
+  for (; j < n; ++j) {
+    x[j] = exp_scalar(std::min(x[j] - pivot, 0.0f));
+    s += x[j];
+  }
+  return s;
+}
+
+/// Softmax of n scores in place (x[j] <- exp(x[j] - max) / sum); returns the
+/// row's log-sum-exp. A row of only -inf becomes all 0 with LSE -inf.
+inline float row_softmax(float* x, index n) {
+  float m = max_of(x, n);
   // A score that overflowed to +inf: the max is clamped to max_finite and
   // every exponent to <= 0, so that score weighs 1 (as in the flash
   // kernels) instead of making the row inf / inf = NaN.
   if (m > max_finite) m = max_finite;
   online_state st;
   st.raise_max(m);
-  const packet pivot = broadcast(st.pivot());
-  packet vsum = zero();
-  for (j = 0; j + width <= n; j += width) {
-    const packet e = simd::exp(simd::min(sub(load(x + j), pivot), zero()));
-    store(x + j, e);
-    vsum = add(vsum, e);
-  }
-  float s = reduce_add(vsum);
-  for (; j < n; ++j) {
-    x[j] = exp_scalar(std::min(x[j] - st.pivot(), 0.0f));
-    s += x[j];
-  }
-  st.sum = s;
+  st.sum = exp_in_place(x, n, st.pivot());
   const float inv = st.inv_sum();
-  for (j = 0; j < n; ++j) x[j] *= inv;
+  for (index j = 0; j < n; ++j) x[j] *= inv;
   return st.lse();
 }
 

@@ -195,11 +195,10 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   // qt[d_qk][cols]; padding columns are zero.
   auto pack_qt = [&](index b, index r0, index r1, float* qt) {
     const float* qb = p.q + (b * rows_all + r0) * d_qk;
-    const float big = softmax::max_finite;
     for (index d = 0; d < d_qk; ++d) {
       float* dst = qt + d * cols;
-      for (index r = 0; r < r1 - r0; ++r)  // softmax::clamp_finite without branches
-        dst[r] = std::min(std::max(qb[r * d_qk + d] * scale2, -big), big);
+      for (index r = 0; r < r1 - r0; ++r)
+        dst[r] = softmax::clamp_finite(qb[r * d_qk + d] * scale2);
       std::fill(dst + (r1 - r0), dst + cols, 0.0f);
     }
   };

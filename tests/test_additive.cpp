@@ -325,6 +325,30 @@ TEST(AdditiveReference, LargerShapes) {
   run_case("general large", c, p, 3, 501);
 }
 
+// A decoder step over a long source splits its keys into chunks merged by
+// LSE (kernel::key_chunks), and long query runs take tasks of
+// kernel::max_task_rows rows: every mask kind, Keras form and projected,
+// against the reference.
+TEST(AdditiveReference, KeyChunksAndLongQueryRuns) {
+  unsigned seed = 600;
+  for (bool keras : {false, true})
+    for (int mk = 0; mk < 8; ++mk) {
+      config c;
+      c.wq = c.wk = !keras;
+      problem p;
+      p.B = 2;
+      p.L = mk % 2 ? 1 : 3;
+      p.S = 1100 + 37 * mk;
+      run_case("chunks keras=" + std::to_string(keras) + " masks=" + std::to_string(mk), c, p, mk,
+               seed++);
+      problem r;
+      r.L = 131;
+      r.S = 19;
+      run_case("rows keras=" + std::to_string(keras) + " masks=" + std::to_string(mk), c, r, mk,
+               seed++);
+    }
+}
+
 TEST(AdditiveDecoder, StepsAgainstOneCachedProjection) {
   // A decoder: the keys are projected once; each step is one query (L = 1)
   // and must match the reference for that step.
@@ -526,16 +550,26 @@ TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
   using attn::simd::width;
   std::mt19937 g(1300);
   std::uniform_real_distribution<float> any(-21.5f, 21.5f), near(-12.0f, 12.0f);
-  std::vector<float> x(width, 0.0f), y(width, 0.0f), e(width), f(width), v(width, 0.0f);
+  // Two packets of features: the measured element in lane 0 of the first,
+  // a partner with v = 0 in lane 0 of the second, so the paired quotient
+  // (v1 d2 + v2 d1) / (d1 d2) is exercised with every kind of d2; and the
+  // element alone in a single packet (the odd last packet of a row).
+  std::vector<float> x(2 * width, 0.0f), y(2 * width, 0.0f), e(2 * width), f(2 * width),
+      v(2 * width, 0.0f);
   v[0] = 1.0f;
   double worst = 0.0;
   for (int i = 0; i <= 430000; ++i) {
     x[0] = -21.5f + 1e-4f * static_cast<float>(i);
     y[0] = i % 2 ? any(g) : std::min(21.5f, std::max(-21.5f, -x[0] + near(g) * 1e-3f * (i % 7)));
-    ASSERT_TRUE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
-    ASSERT_TRUE(attn::kernel::exp_form_factors(y.data(), width, f.data()));
-    const float t = attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), width, 1.0f);
-    worst = std::max(worst, std::fabs(t - std::tanh(double(x[0]) + double(y[0]))));
+    x[width] = any(g);
+    y[width] = any(g);
+    ASSERT_TRUE(attn::kernel::exp_form_factors(x.data(), 2 * width, e.data()));
+    ASSERT_TRUE(attn::kernel::exp_form_factors(y.data(), 2 * width, f.data()));
+    const double want = std::tanh(double(x[0]) + double(y[0]));
+    for (const index n : {index{width}, index{2 * width}}) {
+      const float t = attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), n, 1.0f);
+      worst = std::max(worst, std::fabs(t - want));
+    }
   }
   std::printf("[ measured ] exponential form: worst |error| per element %.3g (bound %.3g)\n", worst,
               double(attn::simd::tanh_max_abs_error));
@@ -599,39 +633,50 @@ TEST(AdditiveExpForm, MixedRangesMatchTheReference) {
 
 TEST(AdditiveThreads, BitIdenticalForAnyThreadCount) {
   // Large enough that the call really runs in parallel
-  // (attn::core::min_parallel_flops).
-  for (auto sf : {attn::score_function::additive, attn::score_function::general}) {
-    std::mt19937 g(1200);
-    problem p;
-    p.B = 3;
-    p.L = 40;
-    p.S = 70;
-    p.da = 64;
-    p.dq = 32;
-    p.dk = 48;
-    config c;
-    c.score = sf;
-    c.bias = sf == attn::score_function::additive;
-    const attn::additive_weights w = make_weights(c, p, g);
-    const attn::additive_attention layer(w);
-    const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
-                  v = randt(p.B, p.S, p.dv, g);
-    const masks m = make_masks(7, p, g);
-    const attn::additive_keys cache = layer.project_keys(attn::view(k));
-    tensor3 ref_out, ref_w;
-    for (int t : {1, 2, 3, 0}) {
-      tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
-      layer.forward(attn::view(q), cache, attn::view(v), attn::view(out), options(m, &wts, t));
-      if (t == 1) {
-        ref_out = out;
-        ref_w = wts;
-        check(std::string("threads ") + name(sf), w, p, q, k, v, m, out, wts);
-      } else {
-        EXPECT_TRUE(same_bits(out, ref_out)) << name(sf) << " threads " << t;
-        EXPECT_TRUE(same_bits(wts, ref_w)) << name(sf) << " threads " << t;
+  // (attn::core::min_parallel_flops). Shapes: rows in tasks of
+  // kernel::min_task_rows; a decoder step whose keys are split into chunks
+  // merged by LSE (kernel::key_chunks: 3 here); and a long query run in
+  // tasks of kernel::max_task_rows, with a last partial task. The Keras
+  // form (no projections) takes the exponential form.
+  struct shape {
+    index B, L, S;
+  };
+  for (const shape sh : {shape{3, 40, 70}, shape{1, 3, 1500}, shape{2, 141, 40}})
+    for (auto sf : {attn::score_function::additive, attn::score_function::general})
+      for (bool keras : {false, true}) {
+        if (keras && sf != attn::score_function::additive) continue;
+        std::mt19937 g(1200);
+        problem p;
+        p.B = sh.B;
+        p.L = sh.L;
+        p.S = sh.S;
+        p.da = 64;
+        p.dq = 32;
+        p.dk = 48;
+        config c;
+        c.score = sf;
+        c.bias = sf == attn::score_function::additive && !keras;
+        c.wq = c.wk = !keras;
+        const attn::additive_weights w = make_weights(c, p, g);
+        const attn::additive_attention layer(w);
+        const tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+                      v = randt(p.B, p.S, p.dv, g);
+        const masks m = make_masks(7, p, g);
+        const attn::additive_keys cache = layer.project_keys(attn::view(k));
+        tensor3 ref_out, ref_w;
+        for (int t : {1, 2, 3, 0}) {
+          tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+          layer.forward(attn::view(q), cache, attn::view(v), attn::view(out), options(m, &wts, t));
+          if (t == 1) {
+            ref_out = out;
+            ref_w = wts;
+            check(std::string("threads ") + name(sf), w, p, q, k, v, m, out, wts);
+          } else {
+            EXPECT_TRUE(same_bits(out, ref_out)) << name(sf) << " threads " << t;
+            EXPECT_TRUE(same_bits(wts, ref_w)) << name(sf) << " threads " << t;
+          }
+        }
       }
-    }
-  }
 }
 
 TEST(AdditiveWeights, NormalizeUsesGOverNorm) {

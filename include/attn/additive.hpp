@@ -49,12 +49,14 @@
 #include <limits>
 #include <string>
 #include <unsupported/Eigen/CXX11/Tensor>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "attn/core/abi.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/parallel.hpp"
+#include "attn/core/scratch.hpp"
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
 #include "attn/error.hpp"
@@ -203,16 +205,21 @@ inline float dot_score1(const float* q, const float* k0, index n) {
 // The exponential form of the additive score. With x = qp_a, y = kp_a:
 //   tanh(x + y) = 1 - 2 / (e^(2x) e^(2y) + 1),
 // so with E_a = e^(2x) per query and F_a = e^(2y) per key, both computed
-// once, the score is Σ_a v_a - 2 Σ_a v_a / (E_a F_a + 1): one FMA, one
-// division and one FMA per element instead of a tanh (measured 3.1x the
-// element rate). The product E_a F_a = e^(2(x + y)) carries no cancellation,
-// so the element error stays below tanh's (additive_element_max_abs_error).
-// It holds while |x|, |y| <= exp_form_range (then E F <= e^86: no overflow,
-// and 1 / (E F + 1) stays a normal float); a query or key with a feature
-// outside (or non-finite) takes the tanh form. The error is absolute, within
-// tanh's bound per element times |v_a| like the tanh form's; a score near 0
-// does not keep the relative accuracy the tanh form has there.
+// once, the score is Σ_a v_a - 2 Σ_a v_a / (E_a F_a + 1), and two features
+// share one division: v1 / d1 + v2 / d2 = (v1 d2 + v2 d1) / (d1 d2). Per
+// pair of packets that is two FMAs for the d, three multiplies or FMAs, one
+// division and an add, instead of two tanh. The product E_a F_a =
+// e^(2(x + y)) carries no cancellation, so the element error stays below
+// tanh's (AdditiveExpForm.ElementErrorWithinTheTanhBound). It holds while
+// |x|, |y| <= exp_form_range (E, F and 1 / d stay normal floats); a query or
+// key with a feature outside (or non-finite) takes the tanh form. d is capped
+// at exp_form_denominator_cap so that d1 d2 cannot overflow; past the cap
+// v / d is below 2^-63 |v|, far under one rounding of the score. The error
+// is absolute, within tanh's bound per element times |v_a| like the tanh
+// form's; a score near 0 does not keep the relative accuracy the tanh form
+// has there.
 constexpr float exp_form_range = 21.5f;
+constexpr float exp_form_denominator_cap = 0x1p63f;
 
 // e^(2x) of n floats (a multiple of the packet width) into out; returns
 // whether every |x| <= exp_form_range (false for NaN).
@@ -228,38 +235,85 @@ inline bool exp_form_factors(const float* x, index n, float* out) {
   return reduce_max(worst) <= exp_form_range && reduce_add(probe) == 0.0f;
 }
 
-// Scores of one query against 4 keys in the exponential form: e the
-// query's E, f[k] the keys' F, sum_v = Σ_a v_a.
-inline void additive_scores_exp4(const float* e, const float* v, const float* const* f, index n,
-                                 float sum_v, float* out) {
+// Σ v / d over the features [a, a + 2 width) of one (query, key) pair, d =
+// min(E F + 1, cap), with one division. (|v| <= kernel_sum_v_limit keeps
+// v1 d2 + v2 d1 finite.)
+inline simd::packet exp_form_pair(const float* e, const float* v, const float* f, index a) {
   using namespace simd;
-  const packet one = broadcast(1.0f);
-  packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
-  for (index d = 0; d < n; d += width) {
-    const packet x = load(e + d), w = load(v + d);
-    a0 = fma(w, ei::pdiv(one, fma(x, load(f[0] + d), one)), a0);
-    a1 = fma(w, ei::pdiv(one, fma(x, load(f[1] + d), one)), a1);
-    a2 = fma(w, ei::pdiv(one, fma(x, load(f[2] + d), one)), a2);
-    a3 = fma(w, ei::pdiv(one, fma(x, load(f[3] + d), one)), a3);
-  }
-  out[0] = sum_v - 2.0f * reduce_add(a0);
-  out[1] = sum_v - 2.0f * reduce_add(a1);
-  out[2] = sum_v - 2.0f * reduce_add(a2);
-  out[3] = sum_v - 2.0f * reduce_add(a3);
+  const packet one = broadcast(1.0f), cap = broadcast(exp_form_denominator_cap);
+  const index b = a + width;
+  const packet d1 = simd::min(fma(load(e + a), load(f + a), one), cap);
+  const packet d2 = simd::min(fma(load(e + b), load(f + b), one), cap);
+  return ei::pdiv(fma(load(v + a), d2, mul(load(v + b), d1)), mul(d1, d2));
+}
+
+// The same for one packet of features (the last, when n / width is odd).
+inline simd::packet exp_form_single(const float* e, const float* v, const float* f, index a) {
+  using namespace simd;
+  const packet one = broadcast(1.0f), cap = broadcast(exp_form_denominator_cap);
+  return ei::pdiv(load(v + a), simd::min(fma(load(e + a), load(f + a), one), cap));
+}
+
+// Scores of Q queries against 4 keys in the exponential form: e[q] the
+// queries' E, f[k] the keys' F, sum_v = Σ_a v_a; out[4 q + k]. Each key
+// row loaded serves all Q queries, and each score has the same bits as
+// additive_score_exp1's.
+template <int Q>
+inline void additive_scores_exp(const float* const* e, const float* v, const float* const* f,
+                                index n, float sum_v, float* out) {
+  using namespace simd;
+  packet acc[Q][4];
+  for (int q = 0; q < Q; ++q)
+    for (int k = 0; k < 4; ++k) acc[q][k] = zero();
+  index d = 0;
+  for (; d + 2 * width <= n; d += 2 * width)
+    for (int q = 0; q < Q; ++q)
+      for (int k = 0; k < 4; ++k) acc[q][k] = add(acc[q][k], exp_form_pair(e[q], v, f[k], d));
+  if (d < n)
+    for (int q = 0; q < Q; ++q)
+      for (int k = 0; k < 4; ++k) acc[q][k] = add(acc[q][k], exp_form_single(e[q], v, f[k], d));
+  for (int q = 0; q < Q; ++q)
+    for (int k = 0; k < 4; ++k) out[4 * q + k] = sum_v - 2.0f * reduce_add(acc[q][k]);
 }
 
 inline float additive_score_exp1(const float* e, const float* v, const float* f, index n,
                                  float sum_v) {
   using namespace simd;
-  const packet one = broadcast(1.0f);
   packet a0 = zero();
-  for (index d = 0; d < n; d += width)
-    a0 = fma(load(v + d), ei::pdiv(one, fma(load(e + d), load(f + d), one)), a0);
+  index d = 0;
+  for (; d + 2 * width <= n; d += 2 * width) a0 = add(a0, exp_form_pair(e, v, f, d));
+  if (d < n) a0 = add(a0, exp_form_single(e, v, f, d));
   return sum_v - 2.0f * reduce_add(a0);
 }
 
-/// Query rows per parallel task (they share the key mask and lengths).
-constexpr index rows_per_task = 4;
+/// Query rows per register tile of the exponential form.
+constexpr int exp_tile_rows = 2;
+
+/// Query rows per register tile of the context sum.
+constexpr int value_tile_rows = 4;
+
+/// Query rows per parallel task: they share the key mask and lengths, and
+/// each key block's e^(2y) (or projected keys) and value rows, read into L2
+/// once for all of them. Long query runs take max_task_rows, so a source
+/// longer than L2 holds is read from L3 once per 16 rows instead of 4;
+/// shorter ones take min_task_rows, keeping enough tasks to share between
+/// threads. The choice depends on the shape alone, and a row's bits do not
+/// depend on which rows share its task.
+constexpr index min_task_rows = 4, max_task_rows = 16;
+inline index task_rows(index L) { return L >= 8 * max_task_rows ? max_task_rows : min_task_rows; }
+
+/// Key chunks per row task. A call with fewer than 8 row tasks (a decoder
+/// step: one query row per source) also splits its keys, about chunk_keys
+/// each, into tasks of their own, which leave a normalised partial output
+/// and its LSE; the partials of a row merge in chunk order
+/// (softmax::merge_partial). This puts both cores on one step, and each
+/// reads half the source from L3. The count depends on the shape alone, so
+/// the bits do not depend on the thread count.
+constexpr index chunk_keys = 512, max_key_chunks = 8;
+inline index key_chunks(index row_tasks, index S) {
+  if (row_tasks >= 8 || S <= chunk_keys) return 1;
+  return std::min(max_key_chunks, (S + chunk_keys - 1) / chunk_keys);
+}
 
 // Scores of two queries against four keys (8 tanh per packet step; each
 // key row loaded once serves both queries). out[0..3]: query a,
@@ -326,7 +380,7 @@ inline index accumulate_strips(const float* const* p, const float* f, float* con
   return d;
 }
 
-// One key block of the context sum, for nr (<= rows_per_task) rows:
+// One key block of the context sum, for nr (<= max_task_rows) rows:
 // o_r[d] <- o_r[d] · f_r + Σ_m p_r[m] · v_m[d] over the block's nk value rows
 // (contiguous, d < Dv), summed in key order. f_r rescales what earlier
 // blocks accumulated when the row's running max moved; f_r = 0 (the row had
@@ -336,7 +390,12 @@ inline index accumulate_strips(const float* const* p, const float* f, float* con
 // L2, stream past, each loaded once for all rows.
 inline void accumulate_block(const float* const* p, const float* f, float* const* o, index nr,
                              const float* const* v, index nk, index Dv) {
-  constexpr int kr = static_cast<int>(rows_per_task);
+  constexpr int kr = value_tile_rows;
+  if (nr > kr) {  // register tiles of kr rows, the block's values hot in L2
+    for (index r = 0; r < nr; r += kr)
+      accumulate_block(p + r, f + r, o + r, std::min<index>(kr, nr - r), v, nk, Dv);
+    return;
+  }
   index d = 0;
   if (nr == 1) {  // one row (a decoder step): wider strips, more FMA chains
     d = accumulate_strips<1, 8>(p, f, o, nr, v, nk, Dv, d);
@@ -382,11 +441,20 @@ inline void weighted_sum_fp64_if_nonfinite(const float* a, float* o, const index
 
 // Per-thread working memory: the row's scores and its visible key indices.
 struct additive_scratch {
-  std::vector<float> scores;         // [rows_per_task][S]
+  std::vector<float> scores;         // [task_rows][S]
   std::vector<index> visible;        // [S]
-  std::vector<float> weights;        // [rows_per_task][key_block]: one block's exp
+  std::vector<float> weights;        // [task_rows][key_block]: one block's exp
   std::vector<const float*> values;  // [key_block]: the block's value rows
 };
+
+// Tags of the per-thread buffers a call borrows (core::scratch_array):
+// projected queries, their exponential-form factors, and whether each query
+// row is in the form's range.
+struct projected_queries_tag;
+struct query_factors_tag;
+struct query_in_range_tag;
+struct chunk_partials_tag;
+struct chunked_scores_tag;
 
 /// Visible keys per block of the context sum: their value rows (256 KiB at
 /// d_v = 1000) are prefetched into L2 while the block's scores are computed,
@@ -675,53 +743,70 @@ class additive_attention {
   // Query side [B·L, stride]: W_q q + b (additive), q itself (dot, general),
   // zero-padded. Eigen GEMM per batch in the calling thread, so the result
   // does not depend on opt.num_threads.
-  std::vector<float> project_queries(const strided<const float, 3>& q, index stride) const {
+  void project_queries(const strided<const float, 3>& q, index stride, float* qp) const {
     const index B = q.dims[0], L = q.dims[1], Dq = q.dims[2];
     const index D = w_.score == score_function::additive ? Da_ : Dq;
-    std::vector<float> qp(static_cast<std::size_t>(B * L * stride), 0.0f);
     for (index b = 0; b < B; ++b) {
       const_rows Q(q.at(b, 0, 0), L, Dq, Eigen::OuterStride<>(q.strides[1]));
-      rows P(qp.data() + b * L * stride, L, D, Eigen::OuterStride<>(stride));
+      rows P(qp + b * L * stride, L, D, Eigen::OuterStride<>(stride));
       if (w_.w_q.size() != 0)
         P.noalias() = Q * w_.w_q.transpose();
       else
         P = Q;
       if (w_.bias.size() != 0) P.rowwise() += w_.bias.transpose();
+      for (index i = 0; i < L; ++i)
+        std::fill(qp + (b * L + i) * stride + D, qp + (b * L + i + 1) * stride, 0.0f);
     }
-    return qp;
   }
 
-  // Rows of one batch are processed kernel::rows_per_task at a time: they
+  // Rows of one batch are processed kernel::task_rows at a time: they
   // share the batch's visible keys, each key row loaded serves two queries,
   // and each value row serves the whole block.
   void run(const strided<const float, 3>& query, const additive_keys& keys,
            const strided<const float, 3>& values, const strided<float, 3>& out,
            const additive_options& opt) const {
-    constexpr index R = kernel::rows_per_task;
     const index B = keys.B_, S = keys.S_, L = query.dims[1], Dv = values.dims[2];
+    constexpr index Rmax = kernel::max_task_rows;
+    const index R = kernel::task_rows(L);
     const index stride = keys.stride_;
     const bool additive = w_.score == score_function::additive;
-    const std::vector<float> qp = project_queries(query, stride);
+    // (per-thread buffers reused across calls: no page faults per call)
+    core::scratch_array<float, kernel::projected_queries_tag> qp(
+        static_cast<std::size_t>(B * L * stride));
+    project_queries(query, stride, qp.data());
     // The exponential form's query factors E = e^(2 qp), and per query
     // whether it is in range; only when the keys carry theirs.
     // (keys projected by another layer carry factors too: this layer's v
     // must allow the form as well)
     const bool exp_form =
         additive && !keys.exp_form_.empty() && sum_abs_v_ <= kernel_sum_v_limit;
-    std::vector<float> qe(exp_form ? qp.size() : 0);
-    std::vector<unsigned char> q_exp_form(exp_form ? static_cast<std::size_t>(B * L) : 0);
+    core::scratch_array<float, kernel::query_factors_tag> qe(exp_form ? qp.size() : 0);
+    core::scratch_array<unsigned char, kernel::query_in_range_tag> q_exp_form(
+        exp_form ? static_cast<std::size_t>(B * L) : 0);
     for (index i = 0; exp_form && i < B * L; ++i)
       q_exp_form[static_cast<std::size_t>(i)] =
           kernel::exp_form_factors(qp.data() + i * stride, stride, qe.data() + i * stride);
     const float* vv = v_.data();
     const bool want_weights = !opt.weights.empty();
     const index blocks = detail::ceil_div(L, R);
+    // Key chunks (kernel::key_chunks): chunk c of a row task takes keys
+    // [c·K, (c+1)·K). With more than one, each task leaves its rows'
+    // normalised partial outputs and LSEs, merged below; scores go to one
+    // buffer for the whole call, for the weights and the fp64 repair.
+    const index chunks = kernel::key_chunks(B * blocks, S);
+    const index K = detail::ceil_div(S, chunks);
+    const bool chunked = chunks > 1;
+    core::scratch_array<float, kernel::chunk_partials_tag> part(
+        chunked ? static_cast<std::size_t>(B * blocks * chunks * R * (Dv + 1)) : 0);
+    core::scratch_array<float, kernel::chunked_scores_tag> call_scores(
+        chunked ? static_cast<std::size_t>(B * L * S) : 0);
+    auto part_o = [&](index task, index m) { return part.data() + (task * R + m) * (Dv + 1); };
 
     const double flops = static_cast<double>(B) * L * S *
                          (static_cast<double>(stride) * (additive ? 24 : 2) + 2 * Dv);
     const int threads = core::threads_for_work(opt.num_threads, flops);
     core::parallel_for(
-        B * blocks, threads,
+        B * blocks * chunks, threads,
         [&] {
           kernel::additive_scratch s;
           s.scores.resize(static_cast<std::size_t>(R * S));
@@ -731,33 +816,38 @@ class additive_attention {
           return s;
         },
         [&](kernel::additive_scratch& s, index t) {
-          const index b = t / blocks, i0 = (t % blocks) * R, i1 = std::min(L, i0 + R);
+          const index c = t % chunks, row_task = t / chunks;
+          const index b = row_task / blocks, i0 = (row_task % blocks) * R,
+                      i1 = std::min(L, i0 + R);
           const index os = out.strides[2];
           // Rows whose scores are needed, and rows whose output is.
-          index rows[R], live[R];
+          index rows[Rmax], live[Rmax];
           index nr = 0, nl = 0;
           for (index i = i0; i < i1; ++i) {
             const bool on = opt.query_mask.empty() || *opt.query_mask.at(b, i);
             if (on || want_weights) rows[nr++] = i;
             if (on) live[nl++] = i;
-            if (!on) {
+            if (!on && c == 0) {
               float* o = out.at(b, i, 0);
               for (index d = 0; d < Dv; ++d) o[d * os] = 0.0f;
             }
           }
           if (nr == 0) return;
-          // The batch's visible keys.
+          // The batch's visible keys in this chunk.
           const index len =
               opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
+          const index j0 = c * K, j1 = std::min(len, j0 + K);
           index nv = 0;
           index* vis = s.visible.data();
-          for (index j = 0; j < len; ++j)
+          for (index j = j0; j < j1; ++j)
             if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) vis[nv++] = j;
-          auto scores_of = [&](index i) { return s.scores.data() + (i - i0) * S; };
+          auto scores_of = [&](index i) {
+            return chunked ? call_scores.data() + (b * L + i) * S : s.scores.data() + (i - i0) * S;
+          };
           auto query_of = [&](index i) { return qp.data() + (b * L + i) * stride; };
           for (index r = 0; r < nr; ++r) {
             float* sc = scores_of(rows[r]);
-            for (index j = 0; j < S; ++j) sc[j] = softmax::neg_inf;
+            for (index j = j0; j < std::min(S, j0 + K); ++j) sc[j] = softmax::neg_inf;
           }
           // Scores of visible keys [n0, n1) for every row: two queries x four
           // keys at a time, then the leftovers. A key's score has the same
@@ -784,45 +874,55 @@ class additive_attention {
                                                    stride, sum_v_);
               return kernel::additive_score1(query_of(i), vv, k0, stride);
             };
-            // Rows in the exponential form: one query x four keys; the other
-            // rows (trows) take the tanh form, two queries x four keys.
-            index trows[R] = {};
-            index nt = 0;
-            bool first = true;  // the first row scored prefetches the values
+            // Rows in the exponential form (erows): Q queries x four keys;
+            // the other rows (trows) take the tanh form, two queries x four
+            // keys.
+            index erows[Rmax] = {}, trows[Rmax] = {};
+            index ne = 0, nt = 0;
             for (index x = 0; x < nr; ++x) {
               const index i = rows[x];
-              if (!exp_form || !q_exp_form[static_cast<std::size_t>(b * L + i)]) {
+              if (exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)])
+                erows[ne++] = i;
+              else
                 trows[nt++] = i;
-                continue;
-              }
+            }
+            bool first = true;  // the first rows scored prefetch the values
+            auto exp_rows = [&](auto q_rows, const index* ir) {
+              constexpr int Q = decltype(q_rows)::value;
               const bool pf = first;
               first = false;
-              {
-                const float* e = qe.data() + (b * L + i) * stride;
-                float* sc = scores_of(i);
-                index n = n0;
-                for (; n + 4 <= n1; n += 4) {
-                  if (pf)
-                    for (int c = 0; c < 4; ++c) prefetch_values(n + c);
-                  bool all = true;
-                  for (int c = 0; c < 4; ++c) all = all && exp_form_of(i, vis[n + c]);
-                  if (!all) {
-                    for (int c = 0; c < 4; ++c) sc[vis[n + c]] = score1(i, vis[n + c]);
-                    continue;
-                  }
-                  const float* f[4];
-                  for (int c = 0; c < 4; ++c)
-                    f[c] = keys.exp2x_.data() + (b * S + vis[n + c]) * stride;
-                  float tmp[4];
-                  kernel::additive_scores_exp4(e, vv, f, stride, sum_v_, tmp);
-                  for (int c = 0; c < 4; ++c) sc[vis[n + c]] = tmp[c];
+              const float* e[Q];
+              for (int q = 0; q < Q; ++q) e[q] = qe.data() + (b * L + ir[q]) * stride;
+              index n = n0;
+              for (; n + 4 <= n1; n += 4) {
+                if (pf)
+                  for (int c = 0; c < 4; ++c) prefetch_values(n + c);
+                bool all = true;  // (the rows are in range: only the keys can fail)
+                for (int c = 0; c < 4; ++c) all = all && exp_form_of(ir[0], vis[n + c]);
+                if (!all) {
+                  for (int q = 0; q < Q; ++q)
+                    for (int c = 0; c < 4; ++c)
+                      scores_of(ir[q])[vis[n + c]] = score1(ir[q], vis[n + c]);
+                  continue;
                 }
-                for (; n < n1; ++n) {
-                  if (pf) prefetch_values(n);
-                  sc[vis[n]] = score1(i, vis[n]);
-                }
+                const float* f[4];
+                for (int c = 0; c < 4; ++c)
+                  f[c] = keys.exp2x_.data() + (b * S + vis[n + c]) * stride;
+                float tmp[4 * Q];
+                kernel::additive_scores_exp<Q>(e, vv, f, stride, sum_v_, tmp);
+                for (int q = 0; q < Q; ++q)
+                  for (int c = 0; c < 4; ++c) scores_of(ir[q])[vis[n + c]] = tmp[4 * q + c];
               }
-            }
+              for (; n < n1; ++n) {
+                if (pf) prefetch_values(n);
+                for (int q = 0; q < Q; ++q)
+                  scores_of(ir[q])[vis[n]] = score1(ir[q], vis[n]);
+              }
+            };
+            index x = 0;
+            for (; x + kernel::exp_tile_rows <= ne; x += kernel::exp_tile_rows)
+              exp_rows(std::integral_constant<int, kernel::exp_tile_rows>{}, erows + x);
+            for (; x < ne; ++x) exp_rows(std::integral_constant<int, 1>{}, erows + x);
             const bool pf = first;  // no row was in the exponential form
             for (; r + 2 <= nt; r += 2) {
               const float *qa = query_of(trows[r]), *qb = query_of(trows[r + 1]);
@@ -878,17 +978,17 @@ class additive_attention {
           // a time with the core's online softmax state: the block's value
           // rows are summed while still in L2, and the division by the row
           // sum comes last.
-          float* o[R] = {};
-          const float* p[R] = {};
-          softmax::online_state st[R];
+          float* o[Rmax] = {};
+          const float* p[Rmax] = {};
+          softmax::online_state st[Rmax];
           for (index m = 0; m < nl; ++m) {
-            o[m] = out.at(b, live[m], 0);
+            o[m] = chunked ? part_o(t, m) : out.at(b, live[m], 0);
             p[m] = s.weights.data() + m * kernel::key_block;
           }
           for (index n0 = 0; n0 < nv; n0 += kernel::key_block) {
             const index n1 = std::min(nv, n0 + kernel::key_block), nk = n1 - n0;
             score_block(n0, n1);
-            float factor[R] = {};
+            float factor[Rmax] = {};
             for (index m = 0; m < nl; ++m) {
               const float* sc = scores_of(live[m]);
               float* e = s.weights.data() + m * kernel::key_block;
@@ -903,41 +1003,81 @@ class additive_attention {
               s.values[static_cast<std::size_t>(n)] = values.at(b, vis[n0 + n], 0);
             kernel::accumulate_block(p, factor, o, nl, s.values.data(), nk, Dv);
           }
+          const index step = chunked ? 1 : os;  // (a partial row is contiguous)
           for (index m = 0; m < nl; ++m) {
             const float inv = st[m].inv_sum();
-            for (index d = 0; d < Dv; ++d) o[m][d * os] = nv == 0 ? 0.0f : o[m][d * os] * inv;
+            for (index d = 0; d < Dv; ++d)
+              o[m][d * step] = nv == 0 ? 0.0f : o[m][d * step] * inv;
+            if (chunked) o[m][Dv] = nv == 0 ? softmax::neg_inf : st[m].lse();
           }
-
-          // Attention weights through the core's row softmax, on request;
-          // and the context features that came out non-finite from finite
-          // values (the unnormalised sum can pass FLT_MAX) summed again.
+          if (chunked) return;  // finished after the merge
           bool nonfinite = false;
           for (index m = 0; m < nl && !nonfinite; ++m)
             nonfinite = !softmax::all_finite(o[m], Dv);  // (Dv > 1: os == 1)
           if (!want_weights && !nonfinite) return;
-          for (index r = 0; r < nr; ++r) {
-            float* sc = scores_of(rows[r]);
-            softmax::row_softmax(sc, S);
-            if (want_weights) {
-              float* w = opt.weights.at(b, rows[r], 0);
-              const index ws = opt.weights.strides[2];
-              for (index j = 0; j < S; ++j) w[j * ws] = sc[j];
-            }
-          }
-          if (nonfinite)
-            for (index m = 0; m < nl; ++m)
-              kernel::weighted_sum_fp64_if_nonfinite(scores_of(live[m]), o[m], vis, nv, values, b,
-                                                     os, Dv);
+          for (index r = 0; r < nr; ++r) finish_row(b, rows[r], scores_of(rows[r]), opt, values, out);
         });
+    if (!chunked) return;
+    // Each live row's partials merged in chunk order, then finished like an
+    // unchunked row.
+    core::parallel_for(B * L, threads, [&](index row) {
+      const index b = row / L, i = row % L;
+      if (!opt.query_mask.empty() && !*opt.query_mask.at(b, i)) {
+        if (want_weights) finish_row(b, i, call_scores.data() + row * S, opt, values, out);
+        return;
+      }
+      // The row's slot m in its task: its rank among the task's live rows.
+      const index i0 = i / R * R;
+      index m = 0;
+      for (index x = i0; x < i; ++x) m += opt.query_mask.empty() || *opt.query_mask.at(b, x);
+      const index first = (b * blocks + i / R) * chunks;
+      float* o = part_o(first, m);
+      float lse = o[Dv];
+      for (index k = 1; k < chunks; ++k) {
+        const float* ok = part_o(first + k, m);
+        softmax::merge_partial(o, lse, ok, ok[Dv], Dv);
+      }
+      float* dst = out.at(b, i, 0);
+      const index os = out.strides[2];
+      for (index d = 0; d < Dv; ++d) dst[d * os] = lse == softmax::neg_inf ? 0.0f : o[d];
+      if (want_weights || !softmax::all_finite(dst, Dv))
+        finish_row(b, i, call_scores.data() + row * S, opt, values, out);
+    });
+  }
+
+  // The end of row i of batch b once its context is in out: the attention
+  // weights through the core's row softmax, on request, and the context
+  // features that came out non-finite from finite values (the unnormalised
+  // sum can pass FLT_MAX) summed again in double. sc holds the row's scores
+  // (-inf where not visible) and is turned into its weights.
+  void finish_row(index b, index i, float* sc, const additive_options& opt,
+                  const strided<const float, 3>& values, const strided<float, 3>& out) const {
+    const index S = values.dims[1], Dv = values.dims[2], os = out.strides[2];
+    softmax::row_softmax(sc, S);
+    if (!opt.weights.empty()) {
+      float* w = opt.weights.at(b, i, 0);
+      const index ws = opt.weights.strides[2];
+      for (index j = 0; j < S; ++j) w[j * ws] = sc[j];
+    }
+    const bool live = opt.query_mask.empty() || *opt.query_mask.at(b, i);
+    float* o = out.at(b, i, 0);
+    if (!live || softmax::all_finite(o, Dv)) return;  // (Dv > 1: os == 1)
+    const index len = opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
+    std::vector<index> vis;
+    for (index j = 0; j < len; ++j)
+      if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) vis.push_back(j);
+    kernel::weighted_sum_fp64_if_nonfinite(sc, o, vis.data(), static_cast<index>(vis.size()),
+                                           values, b, os, Dv);
   }
 
   additive_weights w_;
   std::vector<float> v_;  // effective v, zero-padded to the packet stride
   // Σ_a v_a and Σ_a |v_a| (additive): the exponential form's score is
-  // Σ v - 2 Σ v / (E F + 1), used only while Σ|v| is far from overflow.
+  // Σ v - 2 Σ v / (E F + 1), used only while Σ|v| is far from overflow
+  // (the paired quotient forms |v| d with d up to 2^63).
   float sum_v_ = 0.0f;
   double sum_abs_v_ = 0.0;
-  static constexpr double kernel_sum_v_limit = 1e37;
+  static constexpr double kernel_sum_v_limit = 1e18;
   index Da_ = 0, Dq_ = 0, Dk_ = 0, D_ = 0;
 };
 

@@ -349,6 +349,58 @@ TEST(AdditiveReference, KeyChunksAndLongQueryRuns) {
     }
 }
 
+// Dot scores with d = 1 over S = 1024 keys: one query row per batch entry,
+// so a batch of 1 splits the keys into two chunks and a batch of 8 does not
+// (kernel::key_chunks). Key 0 (chunk 0) and keys S-2, S-1 (chunk 1) share
+// the top score x²; only key 0 has value 1. Both must give 1/3, including
+// when x² is large enough that max + log(sum) would lose the sums, and when
+// it overflows to +inf (every +inf key weighs the same).
+TEST(AdditiveChunks, TopKeysWeighTheSameInEveryChunk) {
+  const index S = 1024;
+  attn::additive_weights w;
+  w.score = attn::score_function::dot;
+  const attn::additive_attention layer(w);
+  for (const float x : {64.0f, 1024.0f, 4096.0f, 1e20f})
+    for (const index B : {1, 8}) {
+      tensor3 q(B, 1, 1), k(B, S, 1), v(B, S, 1), out(B, 1, 1);
+      for (index b = 0; b < B; ++b) {
+        q(b, 0, 0) = x;
+        for (index j = 0; j < S; ++j) {
+          k(b, j, 0) = -x;
+          v(b, j, 0) = 0.0f;
+        }
+        k(b, 0, 0) = k(b, S - 1, 0) = k(b, S - 2, 0) = x;
+        v(b, 0, 0) = 1.0f;
+      }
+      layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out));
+      EXPECT_NEAR(out(0, 0, 0), 1.0 / 3.0, 1e-6) << "x=" << x << " B=" << B;
+    }
+}
+
+// A chunk whose max is far below another's has its partial sum scaled by a
+// tiny factor, as an online-softmax block would be: an inf value there
+// stays inf (as without chunks), never 0 · inf = NaN.
+TEST(AdditiveChunks, InfValueInALowChunkStaysInf) {
+  const index S = 1024;
+  attn::additive_weights w;
+  w.score = attn::score_function::dot;
+  const attn::additive_attention layer(w);
+  for (const index B : {1, 8}) {
+    tensor3 q(B, 1, 1), k(B, S, 1), v(B, S, 1), out(B, 1, 1);
+    for (index b = 0; b < B; ++b) {
+      q(b, 0, 0) = 1.0f;
+      for (index j = 0; j < S; ++j) {
+        k(b, j, 0) = j >= S / 2 ? 87.0f : -1e4f;
+        v(b, j, 0) = 0.0f;
+      }
+      k(b, 0, 0) = 0.0f;
+      v(b, 0, 0) = std::numeric_limits<float>::infinity();
+    }
+    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out));
+    EXPECT_EQ(out(0, 0, 0), std::numeric_limits<float>::infinity()) << "B=" << B;
+  }
+}
+
 TEST(AdditiveDecoder, StepsAgainstOneCachedProjection) {
   // A decoder: the keys are projected once; each step is one query (L = 1)
   // and must match the reference for that step.
@@ -550,10 +602,13 @@ TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
   using attn::simd::width;
   std::mt19937 g(1300);
   std::uniform_real_distribution<float> any(-21.5f, 21.5f), near(-12.0f, 12.0f);
-  // Two packets of features: the measured element in lane 0 of the first,
-  // a partner with v = 0 in lane 0 of the second, so the paired quotient
-  // (v1 d2 + v2 d1) / (d1 d2) is exercised with every kind of d2; and the
-  // element alone in a single packet (the odd last packet of a row).
+  // Two packets of features: the measured element in lane 0 of the first
+  // and a partner in lane 0 of the second, so the paired quotient
+  // (v1 d2 + v2 d1) / (d1 d2) is exercised with every kind of d2 and
+  // partner weight (0 included); the error of the pair is held to the bound
+  // per element times |v1| + |v2|. Also the element alone in a single packet
+  // (the odd last packet of a row).
+  std::uniform_real_distribution<float> weight(-1.0f, 1.0f);
   std::vector<float> x(2 * width, 0.0f), y(2 * width, 0.0f), e(2 * width), f(2 * width),
       v(2 * width, 0.0f);
   v[0] = 1.0f;
@@ -562,17 +617,23 @@ TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
     x[0] = -21.5f + 1e-4f * static_cast<float>(i);
     y[0] = i % 2 ? any(g) : std::min(21.5f, std::max(-21.5f, -x[0] + near(g) * 1e-3f * (i % 7)));
     x[width] = any(g);
-    y[width] = any(g);
+    y[width] = i % 3 ? any(g) : std::min(21.5f, std::max(-21.5f, -x[width] + near(g) * 1e-3f));
+    v[width] = i % 5 ? weight(g) : 0.0f;
     ASSERT_TRUE(attn::kernel::exp_form_factors(x.data(), 2 * width, e.data()));
     ASSERT_TRUE(attn::kernel::exp_form_factors(y.data(), 2 * width, f.data()));
-    const double want = std::tanh(double(x[0]) + double(y[0]));
-    for (const index n : {index{width}, index{2 * width}}) {
-      const float t = attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), n, 1.0f);
-      worst = std::max(worst, std::fabs(t - want));
-    }
+    const double t1 = std::tanh(double(x[0]) + double(y[0]));
+    const float one = attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), width, 1.0f);
+    worst = std::max(worst, std::fabs(one - t1));
+    const double t2 = std::tanh(double(x[width]) + double(y[width]));
+    const float pair =
+        attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), 2 * width, 1.0f + v[width]);
+    const double sum_abs = 1.0 + std::fabs(double(v[width]));
+    worst = std::max(worst, std::fabs(pair - (t1 + double(v[width]) * t2)) / sum_abs);
   }
-  std::printf("[ measured ] exponential form: worst |error| per element %.3g (bound %.3g)\n", worst,
-              double(attn::simd::tanh_max_abs_error));
+  std::printf(
+      "[ measured ] exponential form: worst |error| per element (per unit of |v| for a "
+      "pair) %.3g (bound %.3g)\n",
+      worst, double(attn::simd::tanh_max_abs_error));
   EXPECT_LE(worst, double(attn::simd::tanh_max_abs_error));
   // Out of range (or not finite): the factors report it, and the layer takes tanh.
   x[0] = 22.5f;

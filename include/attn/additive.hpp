@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/aligned.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/scratch.hpp"
@@ -138,11 +139,11 @@ class additive_keys {
   friend class additive_attention;
   index B_ = 0, S_ = 0, D_ = 0, stride_ = 0;
   score_function score_ = score_function::additive;
-  std::vector<float> data_;
+  core::aligned_vector<float> data_;  // (rows of stride_ floats start on cache lines)
   // Additive score only: e^(2·kp) per feature (the key's factor of the
   // exponential form, see kernel::exp_form_range) and, per key, whether all
   // its features are within that form's range.
-  std::vector<float> exp2x_;
+  core::aligned_vector<float> exp2x_;
   std::vector<unsigned char> exp_form_;
 };
 
@@ -304,11 +305,12 @@ inline index task_rows(index L) { return L >= 8 * max_task_rows ? max_task_rows 
 
 /// Key chunks per row task. A call with fewer than 8 row tasks (a decoder
 /// step: one query row per source) also splits its keys, about chunk_keys
-/// each, into tasks of their own, which leave a normalised partial output
-/// and its LSE; the partials of a row merge in chunk order
-/// (softmax::merge_partial). This puts both cores on one step, and each
+/// each, into tasks of their own, which leave unnormalised partial sums
+/// with their online-softmax max and sum; the partials of a row merge in
+/// chunk order like key blocks. This puts both cores on one step, and each
 /// reads half the source from L3. The count depends on the shape alone, so
-/// the bits do not depend on the thread count.
+/// the bits do not depend on the thread count (but a step's bits can differ
+/// with the batch size or L, which change the count).
 constexpr index chunk_keys = 512, max_key_chunks = 8;
 inline index key_chunks(index row_tasks, index S) {
   if (row_tasks >= 8 || S <= chunk_keys) return 1;
@@ -380,6 +382,42 @@ inline index accumulate_strips(const float* const* p, const float* f, float* con
   return d;
 }
 
+// accumulate_block for one row (a decoder step): value rows four at a time
+// stream past the row's output, which stays in L1. Each feature still sums
+// its keys in key order with one FMA per key, so the bits are those of the
+// register strips below. (Measured at S = 50: 8% faster per call than
+// strips, whose jumps between value rows defeat the prefetcher.)
+inline void accumulate_row(const float* p, float f, float* o, const float* const* v, index nk,
+                           index Dv) {
+  using namespace simd;
+  for (index d = 0; d < Dv; ++d) o[d] = f == 0.0f ? 0.0f : f == 1.0f ? o[d] : o[d] * f;
+  const index vec = Dv / width * width;
+  index m = 0;
+  while (m < nk) {
+    if (m + 4 <= nk && p[m] != 0.0f && p[m + 1] != 0.0f && p[m + 2] != 0.0f && p[m + 3] != 0.0f) {
+      const packet w0 = broadcast(p[m]), w1 = broadcast(p[m + 1]), w2 = broadcast(p[m + 2]),
+                   w3 = broadcast(p[m + 3]);
+      const float *v0 = v[m], *v1 = v[m + 1], *v2 = v[m + 2], *v3 = v[m + 3];
+      for (index d = 0; d < vec; d += width) {
+        packet a = fma(w0, load(v0 + d), load(o + d));
+        a = fma(w1, load(v1 + d), a);
+        a = fma(w2, load(v2 + d), a);
+        store(o + d, fma(w3, load(v3 + d), a));
+      }
+      for (index d = vec; d < Dv; ++d)
+        o[d] = p[m + 3] * v3[d] + (p[m + 2] * v2[d] + (p[m + 1] * v1[d] + (p[m] * v0[d] + o[d])));
+      m += 4;
+      continue;
+    }
+    if (p[m] != 0.0f) {  // (weight 0 adds nothing, as in the strips)
+      const packet w0 = broadcast(p[m]);
+      for (index d = 0; d < vec; d += width) store(o + d, fma(w0, load(v[m] + d), load(o + d)));
+      for (index d = vec; d < Dv; ++d) o[d] = p[m] * v[m][d] + o[d];
+    }
+    ++m;
+  }
+}
+
 // One key block of the context sum, for nr (<= max_task_rows) rows:
 // o_r[d] <- o_r[d] · f_r + Σ_m p_r[m] · v_m[d] over the block's nk value rows
 // (contiguous, d < Dv), summed in key order. f_r rescales what earlier
@@ -396,13 +434,8 @@ inline void accumulate_block(const float* const* p, const float* f, float* const
       accumulate_block(p + r, f + r, o + r, std::min<index>(kr, nr - r), v, nk, Dv);
     return;
   }
-  index d = 0;
-  if (nr == 1) {  // one row (a decoder step): wider strips, more FMA chains
-    d = accumulate_strips<1, 8>(p, f, o, nr, v, nk, Dv, d);
-    d = accumulate_strips<1, 4>(p, f, o, nr, v, nk, Dv, d);
-  } else {
-    d = accumulate_strips<kr, 4>(p, f, o, nr, v, nk, Dv, d);
-  }
+  if (nr == 1) return accumulate_row(p[0], f[0], o[0], v, nk, Dv);
+  index d = accumulate_strips<kr, 4>(p, f, o, nr, v, nk, Dv, 0);
   d = accumulate_strips<kr, 1>(p, f, o, nr, v, nk, Dv, d);
   if (d == Dv) return;
   // The last Dv % width features, keys outer so each value row is read once.
@@ -439,12 +472,23 @@ inline void weighted_sum_fp64_if_nonfinite(const float* a, float* o, const index
   }
 }
 
-// Per-thread working memory: the row's scores and its visible key indices.
+// Per-thread working memory: the rows' scores and the visible key indices,
+// borrowed from the thread's buffers (no allocation per call).
 struct additive_scratch {
-  std::vector<float> scores;         // [task_rows][S]
-  std::vector<index> visible;        // [S]
-  std::vector<float> weights;        // [task_rows][key_block]: one block's exp
-  std::vector<const float*> values;  // [key_block]: the block's value rows
+  // (score_rows: 0 when the call keeps the scores elsewhere)
+  additive_scratch(index rows, index score_rows, index S, index key_block)
+      : scores(static_cast<std::size_t>(score_rows * S)),
+        visible(static_cast<std::size_t>(S)),
+        weights(static_cast<std::size_t>(rows * key_block)),
+        values(static_cast<std::size_t>(key_block)) {}
+  struct scores_tag;
+  struct visible_tag;
+  struct weights_tag;
+  struct values_tag;
+  core::scratch_array<float, scores_tag> scores;          // [task_rows][S]
+  core::scratch_array<index, visible_tag> visible;        // [S]
+  core::scratch_array<float, weights_tag> weights;        // [task_rows][key_block]: exp
+  core::scratch_array<const float*, values_tag> values;  // [key_block]: value rows
 };
 
 // Tags of the per-thread buffers a call borrows (core::scratch_array):
@@ -791,16 +835,32 @@ class additive_attention {
     const index blocks = detail::ceil_div(L, R);
     // Key chunks (kernel::key_chunks): chunk c of a row task takes keys
     // [c·K, (c+1)·K). With more than one, each task leaves its rows'
-    // normalised partial outputs and LSEs, merged below; scores go to one
-    // buffer for the whole call, for the weights and the fp64 repair.
+    // unnormalised partial sums with their running max and sum, merged
+    // below; with weights requested, scores go to one buffer for the call.
     const index chunks = kernel::key_chunks(B * blocks, S);
     const index K = detail::ceil_div(S, chunks);
     const bool chunked = chunks > 1;
+    // A partial: Dv sums, then the max and the sum of its online softmax.
     core::scratch_array<float, kernel::chunk_partials_tag> part(
-        chunked ? static_cast<std::size_t>(B * blocks * chunks * R * (Dv + 1)) : 0);
+        chunked ? static_cast<std::size_t>(B * blocks * chunks * R * (Dv + 2)) : 0);
+    auto partial = [&](index task, index m) { return part.data() + (task * R + m) * (Dv + 2); };
+    const bool call_scores_kept = chunked && want_weights;
     core::scratch_array<float, kernel::chunked_scores_tag> call_scores(
-        chunked ? static_cast<std::size_t>(B * L * S) : 0);
-    auto part_o = [&](index task, index m) { return part.data() + (task * R + m) * (Dv + 1); };
+        call_scores_kept ? static_cast<std::size_t>(B * L * S) : 0);
+
+    // The score of query row i of batch b against key j: additive in the
+    // exponential form when both are in its range, else with tanh; dot or
+    // general as a dot product.
+    auto score_of = [&](index b, index i, index j) {
+      const float* q = qp.data() + (b * L + i) * stride;
+      if (!additive) return kernel::dot_score1(q, keys.row(b, j), stride);
+      if (exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)] &&
+          keys.exp_form_[static_cast<std::size_t>(b * S + j)])
+        return kernel::additive_score_exp1(qe.data() + (b * L + i) * stride, vv,
+                                           keys.exp2x_.data() + (b * S + j) * stride, stride,
+                                           sum_v_);
+      return kernel::additive_score1(q, vv, keys.row(b, j), stride);
+    };
 
     const double flops = static_cast<double>(B) * L * S *
                          (static_cast<double>(stride) * (additive ? 24 : 2) + 2 * Dv);
@@ -808,15 +868,10 @@ class additive_attention {
     core::parallel_for(
         B * blocks * chunks, threads,
         [&] {
-          kernel::additive_scratch s;
-          s.scores.resize(static_cast<std::size_t>(R * S));
-          s.visible.resize(static_cast<std::size_t>(S));
-          s.weights.resize(static_cast<std::size_t>(R * kernel::key_block));
-          s.values.resize(static_cast<std::size_t>(kernel::key_block));
-          return s;
+          return kernel::additive_scratch(R, call_scores_kept ? 0 : R, S, kernel::key_block);
         },
         [&](kernel::additive_scratch& s, index t) {
-          const index c = t % chunks, row_task = t / chunks;
+          const index chunk = t % chunks, row_task = t / chunks;
           const index b = row_task / blocks, i0 = (row_task % blocks) * R,
                       i1 = std::min(L, i0 + R);
           const index os = out.strides[2];
@@ -827,7 +882,7 @@ class additive_attention {
             const bool on = opt.query_mask.empty() || *opt.query_mask.at(b, i);
             if (on || want_weights) rows[nr++] = i;
             if (on) live[nl++] = i;
-            if (!on && c == 0) {
+            if (!on && chunk == 0) {
               float* o = out.at(b, i, 0);
               for (index d = 0; d < Dv; ++d) o[d * os] = 0.0f;
             }
@@ -836,13 +891,14 @@ class additive_attention {
           // The batch's visible keys in this chunk.
           const index len =
               opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
-          const index j0 = c * K, j1 = std::min(len, j0 + K);
+          const index j0 = chunk * K, j1 = std::min(len, j0 + K);
           index nv = 0;
           index* vis = s.visible.data();
           for (index j = j0; j < j1; ++j)
             if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) vis[nv++] = j;
           auto scores_of = [&](index i) {
-            return chunked ? call_scores.data() + (b * L + i) * S : s.scores.data() + (i - i0) * S;
+            return call_scores_kept ? call_scores.data() + (b * L + i) * S
+                                    : s.scores.data() + (i - i0) * S;
           };
           auto query_of = [&](index i) { return qp.data() + (b * L + i) * stride; };
           for (index r = 0; r < nr; ++r) {
@@ -865,15 +921,7 @@ class additive_attention {
               return exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)] &&
                      keys.exp_form_[static_cast<std::size_t>(b * S + j)];
             };
-            auto score1 = [&](index i, index j) {
-              const float* k0 = keys.row(b, j);
-              if (!additive) return kernel::dot_score1(query_of(i), k0, stride);
-              if (exp_form_of(i, j))
-                return kernel::additive_score_exp1(qe.data() + (b * L + i) * stride, vv,
-                                                   keys.exp2x_.data() + (b * S + j) * stride,
-                                                   stride, sum_v_);
-              return kernel::additive_score1(query_of(i), vv, k0, stride);
-            };
+            auto score1 = [&](index i, index j) { return score_of(b, i, j); };
             // Rows in the exponential form (erows): Q queries x four keys;
             // the other rows (trows) take the tanh form, two queries x four
             // keys.
@@ -982,7 +1030,7 @@ class additive_attention {
           const float* p[Rmax] = {};
           softmax::online_state st[Rmax];
           for (index m = 0; m < nl; ++m) {
-            o[m] = chunked ? part_o(t, m) : out.at(b, live[m], 0);
+            o[m] = chunked ? partial(t, m) : out.at(b, live[m], 0);
             p[m] = s.weights.data() + m * kernel::key_block;
           }
           for (index n0 = 0; n0 < nv; n0 += kernel::key_block) {
@@ -1003,14 +1051,18 @@ class additive_attention {
               s.values[static_cast<std::size_t>(n)] = values.at(b, vis[n0 + n], 0);
             kernel::accumulate_block(p, factor, o, nl, s.values.data(), nk, Dv);
           }
-          const index step = chunked ? 1 : os;  // (a partial row is contiguous)
+          if (chunked) {  // finished after the merge
+            for (index m = 0; m < nl; ++m) {
+              if (nv == 0) std::fill(o[m], o[m] + Dv, 0.0f);
+              o[m][Dv] = st[m].max;
+              o[m][Dv + 1] = st[m].sum;  // (0: the chunk saw no key)
+            }
+            return;
+          }
           for (index m = 0; m < nl; ++m) {
             const float inv = st[m].inv_sum();
-            for (index d = 0; d < Dv; ++d)
-              o[m][d * step] = nv == 0 ? 0.0f : o[m][d * step] * inv;
-            if (chunked) o[m][Dv] = nv == 0 ? softmax::neg_inf : st[m].lse();
+            for (index d = 0; d < Dv; ++d) o[m][d * os] = nv == 0 ? 0.0f : o[m][d * os] * inv;
           }
-          if (chunked) return;  // finished after the merge
           bool nonfinite = false;
           for (index m = 0; m < nl && !nonfinite; ++m)
             nonfinite = !softmax::all_finite(o[m], Dv);  // (Dv > 1: os == 1)
@@ -1018,12 +1070,17 @@ class additive_attention {
           for (index r = 0; r < nr; ++r) finish_row(b, rows[r], scores_of(rows[r]), opt, values, out);
         });
     if (!chunked) return;
-    // Each live row's partials merged in chunk order, then finished like an
-    // unchunked row.
+    // Each live row's partial sums merged in chunk order as the online
+    // softmax merges key blocks: rescaled to the largest chunk max M by
+    // e^(max_c - M) (a chunk whose factor underflows to 0 adds nothing, as
+    // a key of weight 0), then divided by the rescaled sum. The maxima are
+    // compared exactly, so keys at the same (clamped) max weigh the same
+    // whichever chunk holds them.
     core::parallel_for(B * L, threads, [&](index row) {
       const index b = row / L, i = row % L;
+      float* sc = call_scores_kept ? call_scores.data() + row * S : nullptr;
       if (!opt.query_mask.empty() && !*opt.query_mask.at(b, i)) {
-        if (want_weights) finish_row(b, i, call_scores.data() + row * S, opt, values, out);
+        if (want_weights) finish_row(b, i, sc, opt, values, out);
         return;
       }
       // The row's slot m in its task: its rank among the task's live rows.
@@ -1031,17 +1088,40 @@ class additive_attention {
       index m = 0;
       for (index x = i0; x < i; ++x) m += opt.query_mask.empty() || *opt.query_mask.at(b, x);
       const index first = (b * blocks + i / R) * chunks;
-      float* o = part_o(first, m);
-      float lse = o[Dv];
-      for (index k = 1; k < chunks; ++k) {
-        const float* ok = part_o(first + k, m);
-        softmax::merge_partial(o, lse, ok, ok[Dv], Dv);
+      float top = softmax::neg_inf;
+      for (index k = 0; k < chunks; ++k) {
+        const float* pk = partial(first + k, m);
+        if (pk[Dv + 1] != 0.0f) top = std::max(top, pk[Dv]);
       }
       float* dst = out.at(b, i, 0);
       const index os = out.strides[2];
-      for (index d = 0; d < Dv; ++d) dst[d * os] = lse == softmax::neg_inf ? 0.0f : o[d];
-      if (want_weights || !softmax::all_finite(dst, Dv))
-        finish_row(b, i, call_scores.data() + row * S, opt, values, out);
+      float sum = 0.0f;
+      bool any = false;
+      for (index k = 0; k < chunks; ++k) {
+        const float* pk = partial(first + k, m);
+        if (pk[Dv + 1] == 0.0f) continue;  // no visible key
+        const float f = pk[Dv] == top ? 1.0f : simd::exp_scalar(pk[Dv] - top);
+        if (f == 0.0f) continue;
+        sum += f * pk[Dv + 1];
+        for (index d = 0; d < Dv; ++d) dst[d * os] = any ? f * pk[d] + dst[d * os] : f * pk[d];
+        any = true;
+      }
+      const float inv = softmax::online_state{top, sum}.inv_sum();
+      for (index d = 0; d < Dv; ++d) dst[d * os] = any ? dst[d * os] * inv : 0.0f;
+      if (!want_weights && softmax::all_finite(dst, Dv)) return;
+      // Weights, or the fp64 repair of a non-finite row: the row's scores,
+      // computed again when they were not kept (rare: such a row summed
+      // values near FLT_MAX).
+      std::vector<float> again;
+      if (sc == nullptr) {
+        again.assign(static_cast<std::size_t>(S), softmax::neg_inf);
+        const index len =
+            opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
+        for (index j = 0; j < len; ++j)
+          if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) again[j] = score_of(b, i, j);
+        sc = again.data();
+      }
+      finish_row(b, i, sc, opt, values, out);
     });
   }
 
@@ -1071,7 +1151,7 @@ class additive_attention {
   }
 
   additive_weights w_;
-  std::vector<float> v_;  // effective v, zero-padded to the packet stride
+  core::aligned_vector<float> v_;  // effective v, zero-padded to the packet stride
   // Σ_a v_a and Σ_a |v_a| (additive): the exponential form's score is
   // Σ v - 2 Σ v / (E F + 1), used only while Σ|v| is far from overflow
   // (the paired quotient forms |v| d with d up to 2^63).

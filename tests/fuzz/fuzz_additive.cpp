@@ -176,10 +176,20 @@ void run(input& in) {
   const bool additive = w.score == attn::score_function::additive;
 
   // --- one call ----------------------------------------------------------------
+  // big: longer rows; among those, a decoder step over a source long
+  // enough to split its keys into chunks (attn::kernel::key_chunks), or
+  // enough query rows for tasks of attn::kernel::max_task_rows.
   const bool big = in.chance(32);
+  const int shape = big ? static_cast<int>(in.range(0, 3)) : 0;  // 1: long source, 2: long run
   const index B = in.chance(16) ? 0 : in.range(1, 2);
-  const index L = in.chance(16) ? 0 : in.range(1, big ? 40 : 9);
-  const index S = in.chance(16) ? 0 : in.range(1, big ? 300 : 40);
+  const index L = in.chance(16) ? 0
+                  : shape == 1  ? in.range(1, 3)
+                  : shape == 2  ? in.range(128, 140)
+                                : in.range(1, big ? 40 : 9);
+  const index S = in.chance(16) ? 0
+                  : shape == 1  ? in.range(513, 1600)
+                  : shape == 2  ? in.range(1, 20)
+                                : in.range(1, big ? 300 : 40);
   const bool values_absent = in.chance(48);
   const index Dv = values_absent ? Dk : in.range(1, 16);
   auto q = lay_out<float, 3>(in, {B, L, Dq}, layout_use::input,

@@ -36,10 +36,14 @@ namespace softmax {
 /// O(n) with packets; meant for one finished output row.
 inline bool all_finite(const float* p, index n) {
   using namespace simd;
-  packet probe = zero();  // x · 0 is NaN exactly for x = NaN or ±inf
+  // x · 0 is NaN exactly for x = NaN or ±inf; four probes, so the adds
+  // do not wait on each other.
+  packet probe[4] = {zero(), zero(), zero(), zero()};
   index i = 0;
-  for (; i + width <= n; i += width) probe = add(probe, mul(load(p + i), zero()));
-  float s = reduce_add(probe);
+  for (; i + 4 * width <= n; i += 4 * width)
+    for (int k = 0; k < 4; ++k) probe[k] = add(probe[k], mul(load(p + i + k * width), zero()));
+  for (; i + width <= n; i += width) probe[0] = add(probe[0], mul(load(p + i), zero()));
+  float s = reduce_add(add(add(probe[0], probe[1]), add(probe[2], probe[3])));
   for (; i < n; ++i) s += p[i] * 0.0f;
   return s == 0.0f;
 }

@@ -13,13 +13,14 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/aligned.hpp"
 
 namespace attn {
 inline namespace ATTN_ABI {
 namespace core {
 
 /// n elements of T borrowed from this thread's buffer for Tag (one buffer per
-/// (T, Tag) and thread). The contents are unspecified: whatever the previous
+/// (T, Tag) and thread), starting on a cache line. The contents are unspecified: whatever the previous
 /// borrower left. A second scratch_array of the same type alive in the same
 /// thread gets memory of its own, so nesting is safe, only slower.
 template <class T, class Tag>
@@ -34,9 +35,9 @@ class scratch_array {
   explicit scratch_array(std::size_t n) : size_(n) {
     slot& s = thread_slot();
     if (!s.borrowed) {
+      if (s.buffer.size() < n) s.buffer.resize(n);  // (may throw: then not borrowed)
       s.borrowed = true;
       owner_ = &s;
-      if (s.buffer.size() < n) s.buffer.resize(n);
       data_ = s.buffer.data();
     } else {
       own_.resize(n);
@@ -68,7 +69,7 @@ class scratch_array {
 
  private:
   struct slot {
-    std::vector<T> buffer;
+    aligned_vector<T> buffer;
     bool borrowed = false;
   };
   static slot& thread_slot() {
@@ -77,7 +78,7 @@ class scratch_array {
   }
 
   slot* owner_ = nullptr;  // the thread's slot, when borrowed from it
-  std::vector<T> own_;     // otherwise the memory is this array's own
+  aligned_vector<T> own_;  // otherwise the memory is this array's own
   T* data_ = nullptr;
   std::size_t size_ = 0;
 };

@@ -48,13 +48,14 @@
 #include <cmath>
 #include <limits>
 #include <string>
-#include <unsupported/Eigen/CXX11/Tensor>
 #include <type_traits>
+#include <unsupported/Eigen/CXX11/Tensor>
 #include <utility>
 #include <vector>
 
 #include "attn/core/abi.hpp"
 #include "attn/core/aligned.hpp"
+#include "attn/core/linear.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/scratch.hpp"
@@ -91,12 +92,12 @@ struct additive_weights {
   /// Row-major float matrix, [out_features, in_features].
   using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   score_function score = score_function::additive;  ///< which e_ij (see score_function)
-  matrix w_q;            ///< additive: W_q [d_a, d_q], or empty (identity)
-  matrix w_k;            ///< additive: W_k [d_a, d_k] or empty; general: W [d_q, d_k]
-  Eigen::VectorXf bias;  ///< additive: b [d_a], or empty (no bias)
-  Eigen::VectorXf v;     ///< additive: v [d_a] (required)
+  matrix w_q;              ///< additive: W_q [d_a, d_q], or empty (identity)
+  matrix w_k;              ///< additive: W_k [d_a, d_k] or empty; general: W [d_q, d_k]
+  Eigen::VectorXf bias;    ///< additive: b [d_a], or empty (no bias)
+  Eigen::VectorXf v;       ///< additive: v [d_a] (required)
   bool normalize = false;  ///< additive: use g · v / ‖v‖ instead of v
-  float g = 1.0f;  ///< the scalar of weight normalisation (used when normalize)
+  float g = 1.0f;          ///< the scalar of weight normalisation (used when normalize)
 };
 
 /// Per-call options of additive_attention::forward.
@@ -457,8 +458,8 @@ inline void accumulate_block(const float* const* p, const float* f, float* const
 // value of a key the row weighs stays in its feature. Finite features are
 // never rewritten.
 inline void weighted_sum_fp64_if_nonfinite(const float* a, float* o, const index* vis, index nv,
-                                           const strided<const float, 3>& values, index b,
-                                           index os, index Dv) {
+                                           const strided<const float, 3>& values, index b, index os,
+                                           index Dv) {
   constexpr double big = std::numeric_limits<float>::max();
   for (index d = 0; d < Dv; ++d) {
     if (std::isfinite(o[d * os])) continue;
@@ -485,9 +486,9 @@ struct additive_scratch {
   struct visible_tag;
   struct weights_tag;
   struct values_tag;
-  core::scratch_array<float, scores_tag> scores;          // [task_rows][S]
-  core::scratch_array<index, visible_tag> visible;        // [S]
-  core::scratch_array<float, weights_tag> weights;        // [task_rows][key_block]: exp
+  core::scratch_array<float, scores_tag> scores;         // [task_rows][S]
+  core::scratch_array<index, visible_tag> visible;       // [S]
+  core::scratch_array<float, weights_tag> weights;       // [task_rows][key_block]: exp
   core::scratch_array<const float*, values_tag> values;  // [key_block]: value rows
 };
 
@@ -588,6 +589,10 @@ class additive_attention {
       sum_v_ = static_cast<float>(sum);
       sum_abs_v_ = sum_abs;
     }
+    // The projections on the core's packed layer: threaded over output
+    // features, with bits that do not depend on the thread count.
+    if (w_.w_q.size() != 0) wq_ = core::packed_linear(w_.w_q, w_.bias);
+    if (w_.w_k.size() != 0) wk_ = core::packed_linear(w_.w_k, Eigen::VectorXf());
   }
 
   /// The score function the layer was built with.
@@ -604,37 +609,12 @@ class additive_attention {
   }
 
   /// Projects the keys [B, S, d_k] once (see additive_keys). Cost
-  /// O(B · S · d_a · d_k) for the additive score with W_k (Eigen GEMM), a
-  /// copy otherwise.
+  /// O(B · S · d_a · d_k) for the additive score with W_k (on all threads),
+  /// a copy otherwise.
   /// @throws attn::error if keys has the wrong feature count or layout.
   additive_keys project_keys(strided<const float, 3> keys) const {
-    constexpr const char* fn = "additive_attention::project_keys";
-    check_keys(fn, keys);
-    additive_keys c;
-    c.B_ = keys.dims[0];
-    c.S_ = keys.dims[1];
-    c.D_ = w_.score == score_function::dot ? keys.dims[2] : D_;
-    c.stride_ = detail::round_up(std::max<index>(c.D_, 1), simd::width);
-    c.score_ = w_.score;
-    c.data_.assign(static_cast<std::size_t>(c.B_ * c.S_ * c.stride_), 0.0f);
-    const bool project = w_.w_k.size() != 0;
-    for (index b = 0; b < c.B_; ++b) {
-      if (c.S_ == 0) break;
-      const_rows K(keys.at(b, 0, 0), c.S_, keys.dims[2], Eigen::OuterStride<>(keys.strides[1]));
-      rows P(c.data_.data() + b * c.S_ * c.stride_, c.S_, c.D_, Eigen::OuterStride<>(c.stride_));
-      if (project)
-        P.noalias() = K * w_.w_k.transpose();
-      else
-        P = K;
-    }
-    if (w_.score == score_function::additive && sum_abs_v_ <= kernel_sum_v_limit) {
-      c.exp2x_.resize(c.data_.size());
-      c.exp_form_.resize(static_cast<std::size_t>(c.B_ * c.S_));
-      for (index k = 0; k < c.B_ * c.S_; ++k)
-        c.exp_form_[static_cast<std::size_t>(k)] = kernel::exp_form_factors(
-            c.data_.data() + k * c.stride_, c.stride_, c.exp2x_.data() + k * c.stride_);
-    }
-    return c;
+    check_keys("additive_attention::project_keys", keys);
+    return project_keys_on(keys, 0);
   }
 
   /// Attention of queries [B, L, d_q] over projected keys (project_keys) and
@@ -690,7 +670,8 @@ class additive_attention {
     check_query(fn, query, keys.dims[0], w_.score == score_function::dot ? keys.dims[2] : Dq_);
     // A default-constructed values view ({}) means "the keys".
     const bool absent = values.empty() && values.dims == std::array<index, 3>{0, 0, 0};
-    const additive_keys c = project_keys(keys);
+    check_options(fn, opt, keys.dims[0], query.dims[1], keys.dims[1]);
+    const additive_keys c = project_keys_on(keys, opt.num_threads);
     forward(query, c, absent ? keys : values, out, opt);
   }
 
@@ -784,20 +765,57 @@ class additive_attention {
     require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
   }
 
+  // project_keys on `threads` threads (0: all); the bits do not depend on it.
+  additive_keys project_keys_on(const strided<const float, 3>& keys, int threads) const {
+    additive_keys c;
+    c.B_ = keys.dims[0];
+    c.S_ = keys.dims[1];
+    c.D_ = w_.score == score_function::dot ? keys.dims[2] : D_;
+    c.stride_ = detail::round_up(std::max<index>(c.D_, 1), simd::width);
+    c.score_ = w_.score;
+    c.data_.assign(static_cast<std::size_t>(c.B_ * c.S_ * c.stride_), 0.0f);
+    for (index b = 0; b < c.B_; ++b) {
+      if (c.S_ == 0) break;
+      float* P = c.data_.data() + b * c.S_ * c.stride_;
+      if (w_.w_k.size() != 0) {
+        wk_.apply(keys.at(b, 0, 0), keys.strides[1], c.S_, P, c.stride_, threads);
+      } else {
+        const_rows K(keys.at(b, 0, 0), c.S_, keys.dims[2], Eigen::OuterStride<>(keys.strides[1]));
+        rows(P, c.S_, c.D_, Eigen::OuterStride<>(c.stride_)) = K;
+      }
+    }
+    if (w_.score == score_function::additive && sum_abs_v_ <= kernel_sum_v_limit) {
+      c.exp2x_.resize(c.data_.size());
+      c.exp_form_.resize(static_cast<std::size_t>(c.B_ * c.S_));
+      constexpr index keys_per_task = 64;
+      const index n = c.B_ * c.S_;
+      core::parallel_for(
+          detail::ceil_div(n, keys_per_task),
+          core::threads_for_work(threads, 40.0 * static_cast<double>(n * c.stride_)), [&](index t) {
+            for (index k = t * keys_per_task; k < std::min(n, (t + 1) * keys_per_task); ++k)
+              c.exp_form_[static_cast<std::size_t>(k)] = kernel::exp_form_factors(
+                  c.data_.data() + k * c.stride_, c.stride_, c.exp2x_.data() + k * c.stride_);
+          });
+    }
+    return c;
+  }
+
   // Query side [B·L, stride]: W_q q + b (additive), q itself (dot, general),
-  // zero-padded. Eigen GEMM per batch in the calling thread, so the result
-  // does not depend on opt.num_threads.
-  void project_queries(const strided<const float, 3>& q, index stride, float* qp) const {
+  // zero-padded. The packed layer's bits do not depend on `threads`.
+  void project_queries(const strided<const float, 3>& q, index stride, float* qp,
+                       int threads) const {
     const index B = q.dims[0], L = q.dims[1], Dq = q.dims[2];
     const index D = w_.score == score_function::additive ? Da_ : Dq;
     for (index b = 0; b < B; ++b) {
-      const_rows Q(q.at(b, 0, 0), L, Dq, Eigen::OuterStride<>(q.strides[1]));
-      rows P(qp + b * L * stride, L, D, Eigen::OuterStride<>(stride));
-      if (w_.w_q.size() != 0)
-        P.noalias() = Q * w_.w_q.transpose();
-      else
+      if (L == 0) break;
+      if (w_.w_q.size() != 0) {
+        wq_.apply(q.at(b, 0, 0), q.strides[1], L, qp + b * L * stride, stride, threads);
+      } else {
+        const_rows Q(q.at(b, 0, 0), L, Dq, Eigen::OuterStride<>(q.strides[1]));
+        rows P(qp + b * L * stride, L, D, Eigen::OuterStride<>(stride));
         P = Q;
-      if (w_.bias.size() != 0) P.rowwise() += w_.bias.transpose();
+        if (w_.bias.size() != 0) P.rowwise() += w_.bias.transpose();
+      }
       for (index i = 0; i < L; ++i)
         std::fill(qp + (b * L + i) * stride + D, qp + (b * L + i + 1) * stride, 0.0f);
     }
@@ -817,13 +835,12 @@ class additive_attention {
     // (per-thread buffers reused across calls: no page faults per call)
     core::scratch_array<float, kernel::projected_queries_tag> qp(
         static_cast<std::size_t>(B * L * stride));
-    project_queries(query, stride, qp.data());
+    project_queries(query, stride, qp.data(), opt.num_threads);
     // The exponential form's query factors E = e^(2 qp), and per query
     // whether it is in range; only when the keys carry theirs.
     // (keys projected by another layer carry factors too: this layer's v
     // must allow the form as well)
-    const bool exp_form =
-        additive && !keys.exp_form_.empty() && sum_abs_v_ <= kernel_sum_v_limit;
+    const bool exp_form = additive && !keys.exp_form_.empty() && sum_abs_v_ <= kernel_sum_v_limit;
     core::scratch_array<float, kernel::query_factors_tag> qe(exp_form ? qp.size() : 0);
     core::scratch_array<unsigned char, kernel::query_in_range_tag> q_exp_form(
         exp_form ? static_cast<std::size_t>(B * L) : 0);
@@ -867,13 +884,10 @@ class additive_attention {
     const int threads = core::threads_for_work(opt.num_threads, flops);
     core::parallel_for(
         B * blocks * chunks, threads,
-        [&] {
-          return kernel::additive_scratch(R, call_scores_kept ? 0 : R, S, kernel::key_block);
-        },
+        [&] { return kernel::additive_scratch(R, call_scores_kept ? 0 : R, S, kernel::key_block); },
         [&](kernel::additive_scratch& s, index t) {
           const index chunk = t % chunks, row_task = t / chunks;
-          const index b = row_task / blocks, i0 = (row_task % blocks) * R,
-                      i1 = std::min(L, i0 + R);
+          const index b = row_task / blocks, i0 = (row_task % blocks) * R, i1 = std::min(L, i0 + R);
           const index os = out.strides[2];
           // Rows whose scores are needed, and rows whose output is.
           index rows[Rmax], live[Rmax];
@@ -963,8 +977,7 @@ class additive_attention {
               }
               for (; n < n1; ++n) {
                 if (pf) prefetch_values(n);
-                for (int q = 0; q < Q; ++q)
-                  scores_of(ir[q])[vis[n]] = score1(ir[q], vis[n]);
+                for (int q = 0; q < Q; ++q) scores_of(ir[q])[vis[n]] = score1(ir[q], vis[n]);
               }
             };
             index x = 0;
@@ -1067,7 +1080,8 @@ class additive_attention {
           for (index m = 0; m < nl && !nonfinite; ++m)
             nonfinite = !softmax::all_finite(o[m], Dv);  // (Dv > 1: os == 1)
           if (!want_weights && !nonfinite) return;
-          for (index r = 0; r < nr; ++r) finish_row(b, rows[r], scores_of(rows[r]), opt, values, out);
+          for (index r = 0; r < nr; ++r)
+            finish_row(b, rows[r], scores_of(rows[r]), opt, values, out);
         });
     if (!chunked) return;
     // Each live row's partial sums merged in chunk order as the online
@@ -1151,6 +1165,7 @@ class additive_attention {
   }
 
   additive_weights w_;
+  core::packed_linear wq_, wk_;    // W_q (with the bias) and W_k, packed when given
   core::aligned_vector<float> v_;  // effective v, zero-padded to the packet stride
   // Σ_a v_a and Σ_a |v_a| (additive): the exponential form's score is
   // Σ v - 2 Σ v / (E F + 1), used only while Σ|v| is far from overflow

@@ -32,11 +32,11 @@ struct cache_line_allocator {
   cache_line_allocator(const cache_line_allocator<U>&) noexcept {}
   /// Storage for n elements, aligned to cache_line.
   T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{cache_line}));
+    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{cache_line}));
   }
   /// Frees storage from allocate().
   void deallocate(T* p, std::size_t) noexcept {
-    ::operator delete(p, std::align_val_t{cache_line});
+    ::operator delete (p, std::align_val_t{cache_line});
   }
   /// All such allocators are interchangeable.
   template <class U>

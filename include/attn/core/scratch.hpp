@@ -20,9 +20,9 @@ inline namespace ATTN_ABI {
 namespace core {
 
 /// n elements of T borrowed from this thread's buffer for Tag (one buffer per
-/// (T, Tag) and thread), starting on a cache line. The contents are unspecified: whatever the previous
-/// borrower left. A second scratch_array of the same type alive in the same
-/// thread gets memory of its own, so nesting is safe, only slower.
+/// (T, Tag) and thread), starting on a cache line. The contents are unspecified: whatever the
+/// previous borrower left. A second scratch_array of the same type alive in the same thread gets
+/// memory of its own, so nesting is safe, only slower.
 template <class T, class Tag>
 class scratch_array {
  public:

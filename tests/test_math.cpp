@@ -118,6 +118,18 @@ TEST(MathExp, PacketWithinStatedErrorOverDenseSweep) {
   EXPECT_LE(s.max_rel, static_cast<double>(simd::exp_max_rel_error)) << "at x = " << s.worst_x;
 }
 
+// exp_in_range is exp without the range handling: the same bits wherever
+// the bound is claimed.
+TEST(MathExp, InRangeHasTheBitsOfExp) {
+  const std::vector<float> xs =
+      sweep(simd::exp_accurate_min, simd::exp_accurate_max, exp_boundaries());
+  const std::vector<float> a = apply_packet(xs, [](const simd::packet& x) { return simd::exp(x); });
+  const std::vector<float> b =
+      apply_packet(xs, [](const simd::packet& x) { return simd::exp_in_range(x); });
+  for (std::size_t i = 0; i < xs.size(); ++i)
+    ASSERT_EQ(to_bits(a[i]), to_bits(b[i])) << "at x = " << xs[i];
+}
+
 TEST(MathExp, ScalarWithinStatedErrorAndSameAsPacket) {
   // A lighter sweep (the scalar path costs a packet per element), and the
   // scalar result must equal the packet result bit for bit.

@@ -23,15 +23,13 @@ constexpr float exp_max_rel_error = 3.0e-7f;
 constexpr float exp_accurate_min = -87.33654f;
 constexpr float exp_accurate_max = 88.3f;  ///< upper end of that range
 
-/// e^x per lane. Below exp_accurate_min the result is exactly 0 (the true
-/// value would be subnormal), so exp(-inf) = 0 and exp(-inf - m) = 0; above
-/// exp_accurate_max it is +inf (a little early: e^x is finite up to 88.72,
-/// but the error bound is only claimed up to exp_accurate_max); NaN stays
-/// NaN.
-inline packet exp(const packet& x) {
-  const packet lo = broadcast(exp_accurate_min);
-  const packet hi = broadcast(exp_accurate_max);
-  const packet xc = min(max(x, lo), broadcast(88.8f));
+/// e^x per lane for x in [exp_accurate_min, exp_accurate_max], with
+/// attn::simd::exp's bits there but none of its range handling: outside that
+/// range, and for NaN, the result is unspecified (garbage, never a trap).
+/// For callers that have already checked the range (or discard the lanes
+/// outside it) and cannot afford three selects per packet.
+inline packet exp_in_range(const packet& x) {
+  const packet xc = min(x, broadcast(88.8f));
   // x = n ln2 + r, |r| <= ln2 / 2; ln2 split in two so n*ln2_hi is exact.
   const packet n = round(mul(xc, broadcast(1.44269504088896341f)));
   packet r = fma(n, broadcast(-0.693359375f), xc);
@@ -44,10 +42,20 @@ inline packet exp(const packet& x) {
   p = fma(p, r, broadcast(1.6666665459e-1f));
   p = fma(p, r, broadcast(5.0000001201e-1f));
   p = fma(p, mul(r, r), add(r, broadcast(1.0f)));
-  // 2^n: n may reach 128 just below 88.8, which pow2i cannot encode; those
-  // lanes and the ones past exp_accurate_max become +inf below.
-  const packet nn = min(n, broadcast(127.0f));
-  packet y = mul(p, pow2i(nn));
+  // 2^n: n may reach 128 just below 88.8, which pow2i cannot encode (exp
+  // sends those lanes to +inf).
+  return mul(p, pow2i(min(n, broadcast(127.0f))));
+}
+
+/// e^x per lane. Below exp_accurate_min the result is exactly 0 (the true
+/// value would be subnormal), so exp(-inf) = 0 and exp(-inf - m) = 0; above
+/// exp_accurate_max it is +inf (a little early: e^x is finite up to 88.72,
+/// but the error bound is only claimed up to exp_accurate_max); NaN stays
+/// NaN.
+inline packet exp(const packet& x) {
+  const packet lo = broadcast(exp_accurate_min);
+  const packet hi = broadcast(exp_accurate_max);
+  packet y = exp_in_range(max(x, lo));
   y = select(less(x, lo), zero(), y);
   y = select(less(hi, x), broadcast(std::numeric_limits<float>::infinity()), y);
   return select(equal(x, x), y, x);  // NaN lanes: return the NaN

@@ -20,9 +20,9 @@
 // at start (machine: lines, and the machine/tanh/t<T> benchmarks): every
 // thread applying attn::simd::tanh to an L1-resident buffer and summing.
 // attn's kernel evaluates the elements in the exponential form when the
-// projections allow it (attn/additive.hpp: an FMA and a division each
-// instead of a tanh), so its tanh_pct can pass 100%: the bound is what one
-// tanh per element would allow.
+// projections allow it (attn/additive.hpp: a few FMAs and half a division
+// each instead of a tanh), so its tanh_pct can pass 100%: the bound is what
+// one tanh per element would allow.
 // attn records also carry max_err, the largest |attn - naive| output
 // difference, and speedup_vs_naive when the naive case ran earlier in the
 // same process.

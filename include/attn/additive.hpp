@@ -25,14 +25,19 @@
 // every projected feature of the query and of the key lies within ±21.5 (the
 // usual case), it uses the exponential form instead: tanh(x + y) =
 // 1 - 2 / (e^(2x) e^(2y) + 1), with e^(2y) made once per key by project_keys
-// and e^(2x) once per query, which costs an FMA and a division per element
-// instead of a tanh (about 3x the rate) at no more error (see
-// kernel::exp_form_range and tests/test_additive.cpp AdditiveExpForm).
-// Keys are taken in blocks of 64: a block's scores, then the core's online
-// softmax state (attn::softmax::online_state) and the block's weighted value
-// rows, prefetched into L2 while its scores were computed, added to the
-// output, which is divided by the row sum at the end. Attention weights,
-// when asked for, go through the core's row softmax.
+// and e^(2x) once per query, two features sharing one division, which costs
+// a few FMAs and half a division per element instead of a tanh (about 4x
+// the rate) at no more error (see kernel::exp_form_range and
+// tests/test_additive.cpp AdditiveExpForm).
+// Query rows go in tasks of 4 or 16 (kernel::task_rows); a task takes its
+// keys in blocks of 64: a block's scores, then the core's online softmax
+// state (attn::softmax::online_state) and the block's weighted value rows,
+// prefetched into L2 while its scores were computed, added to the output,
+// which is divided by the row sum at the end. A call with few row tasks (a
+// decoder step) also splits its keys into chunks on separate tasks, merged
+// like key blocks (kernel::key_chunks). Attention weights, when asked for,
+// go through the core's row softmax. docs/performance.md has the
+// measurements behind these choices.
 //
 // Conventions (as in the rest of attn, ../DESIGN.md):
 //  * bool masks: true = may attend. key_lengths[b] hides keys j >= len.
@@ -495,8 +500,9 @@ struct additive_scratch {
 };
 
 // Tags of the per-thread buffers a call borrows (core::scratch_array):
-// projected queries, their exponential-form factors, and whether each query
-// row is in the form's range.
+// projected queries, their exponential-form factors, whether each query row
+// is in the form's range, the key chunks' partial sums, and the scores of a
+// chunked call that returns its weights.
 struct projected_queries_tag;
 struct query_factors_tag;
 struct query_in_range_tag;

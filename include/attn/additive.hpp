@@ -480,11 +480,16 @@ inline void weighted_sum_fp64_if_nonfinite(const float* a, float* o, const index
   }
 }
 
+/// Visible keys per block of the context sum: their value rows (256 KiB at
+/// d_v = 1000) are prefetched into L2 while the block's scores are computed,
+/// then summed from there.
+constexpr index key_block = 64;
+
 // Per-thread working memory: the rows' scores and the visible key indices,
 // borrowed from the thread's buffers (no allocation per call).
 struct additive_scratch {
   // (score_rows: 0 when the call keeps the scores elsewhere)
-  additive_scratch(index rows, index score_rows, index S, index key_block)
+  additive_scratch(index rows, index score_rows, index S)
       : scores(static_cast<std::size_t>(score_rows * S)),
         visible(static_cast<std::size_t>(S)),
         weights(static_cast<std::size_t>(rows * key_block)),
@@ -508,11 +513,6 @@ struct query_factors_tag;
 struct query_in_range_tag;
 struct chunk_partials_tag;
 struct chunked_scores_tag;
-
-/// Visible keys per block of the context sum: their value rows (256 KiB at
-/// d_v = 1000) are prefetched into L2 while the block's scores are computed,
-/// then summed from there.
-constexpr index key_block = 64;
 
 }  // namespace kernel
 
@@ -773,6 +773,17 @@ class additive_attention {
     require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
   }
 
+  // The keys j in [j0, j1) that batch entry b may attend (key_lengths and
+  // key_mask), in order, into vis; returns how many.
+  static index visible_keys(const additive_options& opt, index b, index S, index j0, index j1,
+                            index* vis) {
+    const index len = opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
+    index nv = 0;
+    for (index j = j0; j < std::min(len, j1); ++j)
+      if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) vis[nv++] = j;
+    return nv;
+  }
+
   // project_keys on `threads` threads (0: all); the bits do not depend on it.
   additive_keys project_keys_on(const strided<const float, 3>& keys, int threads) const {
     additive_keys c;
@@ -873,14 +884,21 @@ class additive_attention {
     core::scratch_array<float, kernel::chunked_scores_tag> call_scores(
         call_scores_kept ? static_cast<std::size_t>(B * L * S) : 0);
 
+    // Whether query row i of batch b, and with it key j, take the
+    // exponential form (both in its range).
+    auto query_in_exp_form = [&](index b, index i) {
+      return exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)];
+    };
+    auto pair_in_exp_form = [&](index b, index i, index j) {
+      return query_in_exp_form(b, i) && keys.exp_form_[static_cast<std::size_t>(b * S + j)];
+    };
     // The score of query row i of batch b against key j: additive in the
-    // exponential form when both are in its range, else with tanh; dot or
+    // exponential form when the pair allows it, else with tanh; dot or
     // general as a dot product.
     auto score_of = [&](index b, index i, index j) {
       const float* q = qp.data() + (b * L + i) * stride;
       if (!additive) return kernel::dot_score1(q, keys.row(b, j), stride);
-      if (exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)] &&
-          keys.exp_form_[static_cast<std::size_t>(b * S + j)])
+      if (pair_in_exp_form(b, i, j))
         return kernel::additive_score_exp1(qe.data() + (b * L + i) * stride, vv,
                                            keys.exp2x_.data() + (b * S + j) * stride, stride,
                                            sum_v_);
@@ -892,7 +910,7 @@ class additive_attention {
     const int threads = core::threads_for_work(opt.num_threads, flops);
     core::parallel_for(
         B * blocks * chunks, threads,
-        [&] { return kernel::additive_scratch(R, call_scores_kept ? 0 : R, S, kernel::key_block); },
+        [&] { return kernel::additive_scratch(R, call_scores_kept ? 0 : R, S); },
         [&](kernel::additive_scratch& s, index t) {
           const index chunk = t % chunks, row_task = t / chunks;
           const index b = row_task / blocks, i0 = (row_task % blocks) * R, i1 = std::min(L, i0 + R);
@@ -911,13 +929,9 @@ class additive_attention {
           }
           if (nr == 0) return;
           // The batch's visible keys in this chunk.
-          const index len =
-              opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
-          const index j0 = chunk * K, j1 = std::min(len, j0 + K);
-          index nv = 0;
+          const index j0 = chunk * K;
           index* vis = s.visible.data();
-          for (index j = j0; j < j1; ++j)
-            if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) vis[nv++] = j;
+          const index nv = visible_keys(opt, b, S, j0, j0 + K, vis);
           auto scores_of = [&](index i) {
             return call_scores_kept ? call_scores.data() + (b * L + i) * S
                                     : s.scores.data() + (i - i0) * S;
@@ -937,12 +951,6 @@ class additive_attention {
                                 static_cast<std::size_t>(Dv) * sizeof(float));
             };
             index r = 0;
-            // The additive score of query row i against key j, in the
-            // exponential form when both are in its range.
-            auto exp_form_of = [&](index i, index j) {
-              return exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)] &&
-                     keys.exp_form_[static_cast<std::size_t>(b * S + j)];
-            };
             auto score1 = [&](index i, index j) { return score_of(b, i, j); };
             // Rows in the exponential form (erows): Q queries x four keys;
             // the other rows (trows) take the tanh form, two queries x four
@@ -951,7 +959,7 @@ class additive_attention {
             index ne = 0, nt = 0;
             for (index x = 0; x < nr; ++x) {
               const index i = rows[x];
-              if (exp_form && q_exp_form[static_cast<std::size_t>(b * L + i)])
+              if (query_in_exp_form(b, i))
                 erows[ne++] = i;
               else
                 trows[nt++] = i;
@@ -968,7 +976,7 @@ class additive_attention {
                 if (pf)
                   for (int c = 0; c < 4; ++c) prefetch_values(n + c);
                 bool all = true;  // (the rows are in range: only the keys can fail)
-                for (int c = 0; c < 4; ++c) all = all && exp_form_of(ir[0], vis[n + c]);
+                for (int c = 0; c < 4; ++c) all = all && pair_in_exp_form(b, ir[0], vis[n + c]);
                 if (!all) {
                   for (int q = 0; q < Q; ++q)
                     for (int c = 0; c < 4; ++c)
@@ -1137,10 +1145,9 @@ class additive_attention {
       std::vector<float> again;
       if (sc == nullptr) {
         again.assign(static_cast<std::size_t>(S), softmax::neg_inf);
-        const index len =
-            opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
-        for (index j = 0; j < len; ++j)
-          if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) again[j] = score_of(b, i, j);
+        std::vector<index> vis(static_cast<std::size_t>(S));
+        const index nv = visible_keys(opt, b, S, 0, S, vis.data());
+        for (index n = 0; n < nv; ++n) again[vis[n]] = score_of(b, i, vis[n]);
         sc = again.data();
       }
       finish_row(b, i, sc, opt, values, out);
@@ -1164,12 +1171,9 @@ class additive_attention {
     const bool live = opt.query_mask.empty() || *opt.query_mask.at(b, i);
     float* o = out.at(b, i, 0);
     if (!live || softmax::all_finite(o, Dv)) return;  // (Dv > 1: os == 1)
-    const index len = opt.key_lengths.empty() ? S : opt.key_lengths[static_cast<std::size_t>(b)];
-    std::vector<index> vis;
-    for (index j = 0; j < len; ++j)
-      if (opt.key_mask.empty() || *opt.key_mask.at(b, j)) vis.push_back(j);
-    kernel::weighted_sum_fp64_if_nonfinite(sc, o, vis.data(), static_cast<index>(vis.size()),
-                                           values, b, os, Dv);
+    std::vector<index> vis(static_cast<std::size_t>(S));
+    const index nv = visible_keys(opt, b, S, 0, S, vis.data());
+    kernel::weighted_sum_fp64_if_nonfinite(sc, o, vis.data(), nv, values, b, os, Dv);
   }
 
   additive_weights w_;

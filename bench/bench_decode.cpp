@@ -10,8 +10,8 @@
 // batch 1, L = 1, Hq = Hkv = 32, D = 128, K/V in float, Eigen::bfloat16 or
 // Eigen::half, layout [batch, seq, heads, dim]. GBps counts the K and V bytes
 // read per second (2·S·Hkv·D·sizeof(KV) per call); peak_pct compares it with
-// the read bandwidth this program measured at start for the same thread
-// count. Counters: L, S, D, heads, nthreads, dtype_bytes, GBps, peak_pct and
+// the read bandwidth for the same thread count, the best probe of the run
+// (bench/shares.hpp). Counters: L, S, D, heads, nthreads, dtype_bytes, GBps, peak_pct and
 // max_err (largest |attn - reference| of the output, the reference being a
 // plain fp32 Eigen computation on the same K/V values); the label names the
 // dtype.
@@ -133,10 +133,8 @@ void bm_decode(benchmark::State& state, int S, int threads) {
   state.counters["S"] = S;
   state.counters["D"] = kDim;
   state.counters["heads"] = kHeads;
-  state.counters["nthreads"] = threads;
   state.counters["dtype_bytes"] = static_cast<double>(sizeof(T));
-  state.counters["GBps"] = gbps;
-  state.counters["peak_pct"] = attn_bench::pct(gbps, attn_bench::machine().read_gbps[threads]);
+  attn_bench::set_rate(state, attn_bench::limit_kind::read_bw, gbps, threads);
   state.counters["max_err"] = err;
   state.SetLabel(dtype_name<T>());
 }
@@ -158,12 +156,12 @@ void register_dtype() {
 int main(int argc, char** argv) {
   const bool listing = attn_bench::listing_only(argc, argv);
   if (!attn_bench::init(&argc, argv)) return 1;
-  if (!listing) attn_bench::measure_bw_limits();
+  if (!listing) attn_bench::measure_limits(/*fma=*/false, /*read_bw=*/true);
   attn_bench::register_bw_benchmarks();
   register_dtype<float>();
   register_dtype<Eigen::bfloat16>();
   register_dtype<Eigen::half>();
-  benchmark::RunSpecifiedBenchmarks();
+  attn_bench::run_benchmarks();
   benchmark::Shutdown();
   return 0;
 }

@@ -3,7 +3,7 @@
 //   mla/attention/<model>/absorbed/S<s>/t<T>  one decode step's attention over a
 //       bf16 latent cache of s tokens (the latent kernel alone: all heads'
 //       absorbed queries against [c (512) | k_pe (64)] rows). FLOPs 2·H·s·(576
-//       + 512); GFLOPS and peak_pct (share of the FMA peak measured at start).
+//       + 512); GFLOPS and peak_pct (share of the FMA peak, best probe of the run).
 //   mla/attention/<model>/mha/S<s>/t<T>  the same step as MHA over an expanded
 //       bf16 cache (K [s, H, 192], V [s, H, 128]: what a cache of per-head keys
 //       and values holds), through attn's split-KV decode. GBps and peak_pct
@@ -102,8 +102,7 @@ void bm_latent_attention(benchmark::State& state, std::string model, index S, in
   const double gflops =
       attention_flops(c, S) * double(state.iterations()) / (attn_bench::now_seconds() - t0) * 1e-9;
   common_counters(state, c, S, threads);
-  state.counters["GFLOPS"] = gflops;
-  state.counters["peak_pct"] = attn_bench::pct(gflops, attn_bench::machine().fma_gflops[threads]);
+  attn_bench::set_rate(state, attn_bench::limit_kind::fma, gflops, threads);
 }
 
 void bm_mha_attention(benchmark::State& state, std::string model, index S, int threads) {
@@ -126,8 +125,7 @@ void bm_mha_attention(benchmark::State& state, std::string model, index S, int t
   const double bytes = double(k.size() + v.size()) * sizeof(bf16);
   const double gbps = bytes * double(state.iterations()) / (attn_bench::now_seconds() - t0) * 1e-9;
   common_counters(state, c, S, threads);
-  state.counters["GBps"] = gbps;
-  state.counters["peak_pct"] = attn_bench::pct(gbps, attn_bench::machine().read_gbps[threads]);
+  attn_bench::set_rate(state, attn_bench::limit_kind::read_bw, gbps, threads);
 }
 
 void bm_decode(benchmark::State& state, std::string model, attn::mla_path path, index S,
@@ -225,14 +223,11 @@ void register_all() {
 int main(int argc, char** argv) {
   const bool listing = attn_bench::listing_only(argc, argv);
   if (!attn_bench::init(&argc, argv)) return 1;
-  if (!listing) {
-    attn_bench::measure_fma_limits();
-    attn_bench::measure_bw_limits();
-  }
+  if (!listing) attn_bench::measure_limits(/*fma=*/true, /*read_bw=*/true);
   attn_bench::register_fma_benchmarks();
   attn_bench::register_bw_benchmarks();
   register_all();
-  benchmark::RunSpecifiedBenchmarks();
+  attn_bench::run_benchmarks();
   benchmark::Shutdown();
   return 0;
 }

@@ -12,8 +12,8 @@
 // 4·N·N·D per head, and only the unmasked part, 4·D·N(N+1)/2 per head, for
 // causal (the naive baseline is credited with the same useful FLOPs although
 // it computes the whole matrix). Counters: N, D, heads, nthreads, causal,
-// GFLOPS, peak_pct (% of the fp32 FMA peak this program measured at start for
-// the same thread count); attn records also carry max_err, the largest
+// GFLOPS, peak_pct (% of the fp32 FMA peak for the same thread count, the best
+// probe of the run: bench/shares.hpp); attn records also carry max_err, the largest
 // |attn - naive| over the output.
 //
 // Naive baseline, per (batch, head): S = Q·Kᵀ (Eigen GEMM on strided Maps of
@@ -139,10 +139,8 @@ void report(benchmark::State& state, int N, int D, bool causal, int threads, dou
   state.counters["N"] = N;
   state.counters["D"] = D;
   state.counters["heads"] = kHeads;
-  state.counters["nthreads"] = threads;
   state.counters["causal"] = causal ? 1 : 0;
-  state.counters["GFLOPS"] = gflops;
-  state.counters["peak_pct"] = attn_bench::pct(gflops, attn_bench::machine().fma_gflops[threads]);
+  attn_bench::set_rate(state, attn_bench::limit_kind::fma, gflops, threads);
 }
 
 void bm_naive(benchmark::State& state, int N, int D, bool causal, int threads) {
@@ -216,10 +214,10 @@ void register_prefill() {
 int main(int argc, char** argv) {
   const bool listing = attn_bench::listing_only(argc, argv);
   if (!attn_bench::init(&argc, argv)) return 1;
-  if (!listing) attn_bench::measure_fma_limits();
+  if (!listing) attn_bench::measure_limits(/*fma=*/true, /*read_bw=*/false);
   attn_bench::register_fma_benchmarks();
   register_prefill();
-  benchmark::RunSpecifiedBenchmarks();
+  attn_bench::run_benchmarks();
   benchmark::Shutdown();
   return 0;
 }

@@ -19,6 +19,7 @@
 #include <benchmark/benchmark.h>
 
 #include "machine.hpp"
+#include "shares.hpp"
 
 namespace attn_bench {
 
@@ -41,6 +42,7 @@ void fill_uniform(T* p, std::size_t n, std::uint64_t seed) {
 /// Eigen's own GEMM single-threaded (the benchmarks choose their threads) and
 /// returns false when the program should stop.
 inline bool init(int* argc, char** argv) {
+  note_output_flags(*argc, argv);
   benchmark::Initialize(argc, argv);
   if (benchmark::ReportUnrecognizedArguments(*argc, argv)) return false;
   Eigen::setNbThreads(1);

@@ -7,11 +7,16 @@
 //  * read bandwidth: every thread streams its own slice of a buffer far larger
 //    than the last-level cache, reading several streams at once.
 //
-// Both are measured once at program start (measure_*()) so that every other
-// benchmark can report peak_pct = achieved / measured limit for its own thread
-// count, and are also registered as ordinary benchmarks (machine/...) so the
-// JSON output carries them with repetitions like everything else. The start-up
-// figures go into the JSON context as fma_peak_gflops_t<T> / read_bw_gbps_t<T>.
+// The probe cannot read low: each limit is measured many times — five
+// interleaved rounds at program start (measure_limits), once per repetition
+// of the machine/... benchmarks, which Google Benchmark's random
+// interleaving spreads between the cases, and a last round when the run ends
+// — and the best measurement is the limit. Cases only record their rate
+// (set_rate); their peak_pct is computed when the run ends, against that
+// best, by shares_reporter (shares.hpp), which also writes the probe's best,
+// median, worst and sample count into the JSON context
+// (fma_peak_gflops_t<T>, read_bw_gbps_t<T>, ..._median_t<T>, ..._min_t<T>,
+// ..._samples_t<T>).
 #pragma once
 
 #include <algorithm>
@@ -148,14 +153,6 @@ inline std::int64_t fma_iters_for(double seconds) {
   }
 }
 
-/// Best of `trials` runs of about `seconds` each.
-inline double measure_fma_peak(int threads, int trials = 5, double seconds = 0.1) {
-  const std::int64_t iters = fma_iters_for(seconds);
-  double best = 0.0;
-  for (int i = 0; i < trials; ++i) best = std::max(best, fma_gflops_once(threads, iters));
-  return best;
-}
-
 // ---------------------------------------------------------------------------
 // Read bandwidth
 
@@ -220,27 +217,48 @@ inline double read_pass_gbps(const float* p, std::size_t n, int threads) {
   return static_cast<double>(n * sizeof(float)) / dt * 1e-9;
 }
 
-/// Best of `passes` passes (after one warm-up) over a read_bytes buffer.
-inline double measure_read_bw(int threads, int passes = 12) {
-  const std::size_t n = read_bytes / sizeof(float);
-  const float_buffer buf = make_read_buffer(n, threads);
-  read_pass_gbps(buf.get(), n, threads);
-  double best = 0.0;
-  for (int i = 0; i < passes; ++i) best = std::max(best, read_pass_gbps(buf.get(), n, threads));
-  return best;
-}
-
 // ---------------------------------------------------------------------------
-// Start-up measurements, shared by every benchmark of the program
+// The probe: every measurement of the limits a program makes, kept
+
+/// Which machine limit a rate is a share of.
+enum class limit_kind { fma, read_bw };
+
+/// Every measurement of one limit at one thread count. The limit is the best
+/// of them: a limit can be read too low (a neighbour on a shared core, a
+/// clock still ramping up) but not too high, so the maximum is the estimate
+/// that cannot be fooled, and min / median show how noisy the run was.
+struct probe_samples {
+  std::vector<double> values;
+  void add(double v) {
+    if (v > 0 && v < 1e12) values.push_back(v);
+  }
+  double best() const { return values.empty() ? 0.0 : *std::max_element(values.begin(), values.end()); }
+  double worst() const { return values.empty() ? 0.0 : *std::min_element(values.begin(), values.end()); }
+  double median() const {
+    if (values.empty()) return 0.0;
+    std::vector<double> v = values;
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  }
+};
 
 struct limits {
-  double fma_gflops[3] = {0, 0, 0};  // index = threads
-  double read_gbps[3] = {0, 0, 0};
+  probe_samples fma[3];  // index = threads
+  probe_samples read_bw[3];
+  bool wants[2] = {false, false};  // which limits this program measures (index = limit_kind)
+  probe_samples* of(limit_kind k) { return k == limit_kind::fma ? fma : read_bw; }
 };
 
 inline limits& machine() {
   static limits l;
   return l;
+}
+
+/// The best measurement so far of `kind` for `threads` threads (0 if none).
+inline double best_limit(limit_kind kind, int threads) {
+  if (threads < 1 || threads > 2) return 0.0;
+  return machine().of(kind)[threads].best();
 }
 
 inline std::string fmt(double x) {
@@ -249,29 +267,60 @@ inline std::string fmt(double x) {
   return buf;
 }
 
-/// Measures the FMA peak for 1..max_threads() threads, records it in the JSON
-/// context and prints it to stderr.
-inline void measure_fma_limits() {
+/// The read buffer the probe and the machine/read_bw benchmarks share (made
+/// on first use: 512 MiB, first touched by max_threads() threads).
+inline const float_buffer& read_buffer() {
+  static const float_buffer buf = [] {
+    float_buffer b = make_read_buffer(read_bytes / sizeof(float), max_threads());
+    read_pass_gbps(b.get(), read_bytes / sizeof(float), max_threads());  // warm-up
+    return b;
+  }();
+  return buf;
+}
+
+/// One short measurement of `kind` on `threads` threads, recorded.
+inline double probe_once(limit_kind kind, int threads) {
+  double v = 0.0;
+  if (kind == limit_kind::fma) {
+    static const std::int64_t iters = fma_iters_for(0.05);
+    v = fma_gflops_once(threads, iters);
+  } else {
+    v = read_pass_gbps(read_buffer().get(), read_bytes / sizeof(float), threads);
+  }
+  machine().of(kind)[threads].add(v);
+  return v;
+}
+
+/// `rounds` rounds of one measurement of every wanted limit at every thread
+/// count, interleaved, so that a slow spell of the machine hits one sample of
+/// each rather than every sample of one.
+inline void probe_rounds(int rounds) {
+  for (int r = 0; r < rounds; ++r)
+    for (int t = 1; t <= max_threads(); ++t)
+      for (limit_kind k : {limit_kind::fma, limit_kind::read_bw})
+        if (machine().wants[static_cast<int>(k)]) probe_once(k, t);
+}
+
+/// Start-up measurement of the limits a program reports shares of. The
+/// probe is measured again between the cases (the machine/... benchmarks,
+/// randomly interleaved with them) and once more at the end (see
+/// shares_reporter in shares.hpp); the shares are computed at the end, from
+/// the best of all of them.
+inline void measure_limits(bool fma, bool read_bw) {
+  machine().wants[static_cast<int>(limit_kind::fma)] = fma;
+  machine().wants[static_cast<int>(limit_kind::read_bw)] = read_bw;
+  if (fma) fma_iters_for(0.05);  // also warms the clock up
+  probe_rounds(5);
   for (int t = 1; t <= max_threads(); ++t) {
-    machine().fma_gflops[t] = measure_fma_peak(t);
-    benchmark::AddCustomContext("fma_peak_gflops_t" + std::to_string(t),
-                                fmt(machine().fma_gflops[t]));
-    std::fprintf(stderr, "machine: fp32 FMA peak, %d thread(s): %.1f GFLOP/s (%s, %d lanes)\n",
-                 t, machine().fma_gflops[t], simd_name(), lanes);
+    if (fma)
+      std::fprintf(stderr, "machine: fp32 FMA peak, %d thread(s): best %.1f GFLOP/s of %zu at start (%s, %d lanes)\n",
+                   t, machine().fma[t].best(), machine().fma[t].values.size(), simd_name(), lanes);
+    if (read_bw)
+      std::fprintf(stderr, "machine: read bandwidth, %d thread(s): best %.1f GB/s of %zu at start\n", t,
+                   machine().read_bw[t].best(), machine().read_bw[t].values.size());
   }
   benchmark::AddCustomContext("simd", simd_name());
   benchmark::AddCustomContext("simd_lanes", std::to_string(lanes));
-}
-
-/// Measures the read bandwidth for 1..max_threads() threads (as above).
-inline void measure_bw_limits() {
-  for (int t = 1; t <= max_threads(); ++t) {
-    machine().read_gbps[t] = measure_read_bw(t);
-    benchmark::AddCustomContext("read_bw_gbps_t" + std::to_string(t),
-                                fmt(machine().read_gbps[t]));
-    std::fprintf(stderr, "machine: read bandwidth, %d thread(s): %.1f GB/s\n", t,
-                 machine().read_gbps[t]);
-  }
 }
 
 /// achieved / limit in percent (0 when the limit was not measured).
@@ -279,49 +328,43 @@ inline double pct(double achieved, double limit) {
   return limit > 0 ? 100.0 * achieved / limit : 0.0;
 }
 
+/// The rate counters of a case that is reported as a share of `kind`:
+/// "GFLOPS" or "GBps" and "nthreads". Its "peak_pct" is added when the run
+/// ends (shares_reporter), against the best probe of the whole run.
+inline void set_rate(benchmark::State& state, limit_kind kind, double rate, int threads) {
+  state.counters["nthreads"] = threads;
+  state.counters[kind == limit_kind::fma ? "GFLOPS" : "GBps"] = rate;
+}
+
 // ---------------------------------------------------------------------------
-// The same measurements as registered benchmarks
+// The same measurements as registered benchmarks: samples between the cases
 
 inline void bm_fma_peak(benchmark::State& state, int threads) {
   static std::int64_t iters = fma_iters_for(0.05);
   double flops = 0.0;
+  double best = 0.0;
   const double t0 = now_seconds();
   for (auto _ : state) {
-    on_threads(threads, [&](int t, int) {
-      benchmark::DoNotOptimize(fma_kernel(iters, 1.0f + static_cast<float>(t)));
-    });
+    best = std::max(best, fma_gflops_once(threads, iters));
     flops += fma_flops_per_iter * static_cast<double>(iters) * threads;
   }
-  const double gflops = flops / (now_seconds() - t0) * 1e-9;
-  state.counters["nthreads"] = threads;
-  state.counters["GFLOPS"] = gflops;
-  state.counters["peak_pct"] = pct(gflops, machine().fma_gflops[threads]);
+  machine().fma[threads].add(best);
+  set_rate(state, limit_kind::fma, flops / (now_seconds() - t0) * 1e-9, threads);
   state.SetLabel(std::string(simd_name()) + " x" + std::to_string(lanes));
-}
-
-// The buffer bm_read_bw keeps between its runs.
-inline float_buffer& read_buffer() {
-  static float_buffer buf;
-  return buf;
 }
 
 inline void bm_read_bw(benchmark::State& state, int threads) {
   const std::size_t n = read_bytes / sizeof(float);
-  float_buffer& buf = read_buffer();
-  if (!buf) {
-    buf = make_read_buffer(n, max_threads());
-    read_pass_gbps(buf.get(), n, threads);
-  }
+  const float* buf = read_buffer().get();
   double bytes = 0.0;
+  double best = 0.0;
   const double t0 = now_seconds();
   for (auto _ : state) {
-    read_pass_gbps(buf.get(), n, threads);
+    best = std::max(best, read_pass_gbps(buf, n, threads));
     bytes += static_cast<double>(n * sizeof(float));
   }
-  const double gbps = bytes / (now_seconds() - t0) * 1e-9;
-  state.counters["nthreads"] = threads;
-  state.counters["GBps"] = gbps;
-  state.counters["peak_pct"] = pct(gbps, machine().read_gbps[threads]);
+  machine().read_bw[threads].add(best);
+  set_rate(state, limit_kind::read_bw, bytes / (now_seconds() - t0) * 1e-9, threads);
 }
 
 inline void register_fma_benchmarks() {

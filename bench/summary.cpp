@@ -2,8 +2,8 @@
 // bench_decode (--benchmark_out=F --benchmark_out_format=json) and prints
 // one readable summary:
 //
-//   * the machine limits the programs measured at start (JSON context), with
-//     the machine/... benchmarks' medians beside them;
+//   * the machine limits the programs measured (JSON context: the best probe
+//     of the run, with its median, worst and sample count);
 //   * prefill: case | attn | naive Eigen | speed-up | % of peak | 2T/1T | max err
 //   * decode:  case | GB/s | % of bandwidth | ms/call | 2T/1T | max err
 //
@@ -490,17 +490,20 @@ limits print_machine(const results& r) {
   };
   std::vector<std::string> notes;
   for (const row& rw : rows) {
-    double start[3], median_[3];
+    double median_[3], worst[3], samples[3];
     bool have = false;
     for (int th = 1; th <= 2; ++th) {
       const std::string n = std::to_string(th);
-      start[th] = context_number(r, rw.context_key + n);
-      median_[th] = bench(rw.bench_name + n, rw.counter, false);
-      rw.out[th] = best_of(start[th], bench(rw.bench_name + n, rw.counter, true));
+      const std::string key = rw.context_key;  // "fma_peak_gflops_t"
+      const std::string stem = key.substr(0, key.size() - 2);
+      median_[th] = context_number(r, stem + "_median_t" + n);
+      worst[th] = context_number(r, stem + "_min_t" + n);
+      samples[th] = context_number(r, stem + "_samples_t" + n);
+      rw.out[th] = best_of(context_number(r, key + n), bench(rw.bench_name + n, rw.counter, true));
       have = have || !std::isnan(rw.out[th]);
       if (median_[th] > 0 && median_[th] < 0.8 * rw.out[th]) {
         char buf[200];
-        std::snprintf(buf, sizeof buf, "%s, %d thread(s): the benchmark's median is %.0f%% of the best",
+        std::snprintf(buf, sizeof buf, "%s, %d thread(s): the probe's median is %.0f%% of its best",
                       rw.title, th, 100.0 * median_[th] / rw.out[th]);
         notes.push_back(buf);
       }
@@ -509,13 +512,15 @@ limits print_machine(const results& r) {
     if (any) t.separator();
     any = true;
     t.add({rw.title, fmt("%.1f", rw.out[1]), fmt("%.1f", rw.out[2])});
-    t.add({"  at start-up (best of passes)", fmt("%.1f", start[1]), fmt("%.1f", start[2])});
-    t.add({"  as benchmark (median)", fmt("%.1f", median_[1]), fmt("%.1f", median_[2])});
+    t.add({"  probe median", fmt("%.1f", median_[1]), fmt("%.1f", median_[2])});
+    t.add({"  probe worst", fmt("%.1f", worst[1]), fmt("%.1f", worst[2])});
+    t.add({"  probe samples", fmt("%.0f", samples[1]), fmt("%.0f", samples[2])});
   }
   if (any) {
     t.print();
-    std::printf("  %% of peak / bandwidth below = against the first line of each limit, the best\n"
-                "  measurement of the run for the same thread count.\n");
+    std::printf("  The probe measures each limit at start, between the cases and at the end;\n"
+                "  the limit is its best measurement (a limit can read low on a busy machine,\n"
+                "  never high). %% of peak / bandwidth below are against that best.\n");
   } else {
     std::printf("  (no measurements found)\n");
   }

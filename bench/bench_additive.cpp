@@ -301,8 +301,8 @@ void register_all() {
     for (int S : {50, 1000})
       for (int L : {1, S})
         for (int t = 1; t <= attn_bench::max_threads(); ++t) {
-          // A step over a short source is one task (attn::kernel::key_chunks).
-          if (L == 1 && t > 1 && S <= attn::kernel::chunk_keys) continue;
+          // A step over a short source is one task (attn::detail::additive::key_chunks).
+          if (L == 1 && t > 1 && S <= attn::detail::additive::chunk_keys) continue;
           const std::string tail = std::string(projected ? "bahdanau" : "keras") + "/S" +
                                    std::to_string(S) + "/L" + std::to_string(L) +
                                    attn_bench::thread_suffix(t);

@@ -326,8 +326,8 @@ TEST(AdditiveReference, LargerShapes) {
 }
 
 // A decoder step over a long source splits its keys into chunks merged by
-// LSE (kernel::key_chunks), and long query runs take tasks of
-// kernel::max_task_rows rows: every mask kind, Keras form and projected,
+// LSE (detail::additive::key_chunks), and long query runs take tasks of
+// detail::additive::max_task_rows rows: every mask kind, Keras form and projected,
 // against the reference.
 TEST(AdditiveReference, KeyChunksAndLongQueryRuns) {
   unsigned seed = 600;
@@ -351,7 +351,7 @@ TEST(AdditiveReference, KeyChunksAndLongQueryRuns) {
 
 // Dot scores with d = 1 over S = 1024 keys: one query row per batch entry,
 // so a batch of 1 splits the keys into two chunks and a batch of 8 does not
-// (kernel::key_chunks). Key 0 (chunk 0) and keys S-2, S-1 (chunk 1) share
+// (detail::additive::key_chunks). Key 0 (chunk 0) and keys S-2, S-1 (chunk 1) share
 // the top score x²; only key 0 has value 1. Both must give 1/3, including
 // when x² is large enough that max + log(sum) would lose the sums, and when
 // it overflows to +inf (every +inf key weighs the same).
@@ -591,7 +591,7 @@ TEST(AdditiveExtreme, SaturatedTanhGivesExactScoresNoNaN) {
   }
 }
 
-// The exponential form of the score (additive.hpp, kernel::exp_form_range):
+// The exponential form of the score (detail/additive.hpp, exp_form_range):
 // each element v_a tanh(x + y) is computed as v_a (1 - 2 / (e^(2x) e^(2y) + 1))
 // with the two exponentials made once per query and per key. Its error per
 // element must stay within the tanh bound the tolerances above are built on.
@@ -619,14 +619,15 @@ TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
     x[width] = any(g);
     y[width] = i % 3 ? any(g) : std::min(21.5f, std::max(-21.5f, -x[width] + near(g) * 1e-3f));
     v[width] = i % 5 ? weight(g) : 0.0f;
-    ASSERT_TRUE(attn::kernel::exp_form_factors(x.data(), 2 * width, e.data()));
-    ASSERT_TRUE(attn::kernel::exp_form_factors(y.data(), 2 * width, f.data()));
+    ASSERT_TRUE(attn::detail::additive::exp_form_factors(x.data(), 2 * width, e.data()));
+    ASSERT_TRUE(attn::detail::additive::exp_form_factors(y.data(), 2 * width, f.data()));
     const double t1 = std::tanh(double(x[0]) + double(y[0]));
-    const float one = attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), width, 1.0f);
+    const float one =
+        attn::detail::additive::additive_score_exp1(e.data(), v.data(), f.data(), width, 1.0f);
     worst = std::max(worst, std::fabs(one - t1));
     const double t2 = std::tanh(double(x[width]) + double(y[width]));
-    const float pair =
-        attn::kernel::additive_score_exp1(e.data(), v.data(), f.data(), 2 * width, 1.0f + v[width]);
+    const float pair = attn::detail::additive::additive_score_exp1(e.data(), v.data(), f.data(),
+                                                                   2 * width, 1.0f + v[width]);
     const double sum_abs = 1.0 + std::fabs(double(v[width]));
     worst = std::max(worst, std::fabs(pair - (t1 + double(v[width]) * t2)) / sum_abs);
   }
@@ -637,9 +638,9 @@ TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
   EXPECT_LE(worst, double(attn::simd::tanh_max_abs_error));
   // Out of range (or not finite): the factors report it, and the layer takes tanh.
   x[0] = 22.5f;
-  EXPECT_FALSE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
+  EXPECT_FALSE(attn::detail::additive::exp_form_factors(x.data(), width, e.data()));
   x[0] = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_FALSE(attn::kernel::exp_form_factors(x.data(), width, e.data()));
+  EXPECT_FALSE(attn::detail::additive::exp_form_factors(x.data(), width, e.data()));
 }
 
 // Keys projected by one layer and used by another (both Keras form, same
@@ -695,9 +696,9 @@ TEST(AdditiveExpForm, MixedRangesMatchTheReference) {
 TEST(AdditiveThreads, BitIdenticalForAnyThreadCount) {
   // Large enough that the call really runs in parallel
   // (attn::core::min_parallel_flops). Shapes: rows in tasks of
-  // kernel::min_task_rows; a decoder step whose keys are split into chunks
-  // merged by LSE (kernel::key_chunks: 3 here); and a long query run in
-  // tasks of kernel::max_task_rows, with a last partial task. The Keras
+  // detail::additive::min_task_rows; a decoder step whose keys are split
+  // into chunks merged by LSE (key_chunks: 3 here); and a long query run in
+  // tasks of max_task_rows, with a last partial task. The Keras
   // form (no projections) takes the exponential form.
   struct shape {
     index B, L, S;

@@ -182,7 +182,7 @@ struct slice_tol {
 };
 
 double rel_slack(index n) {
-  const double tiles = std::ceil(double(n) / double(attn::decomposable_kernel::tile));
+  const double tiles = std::ceil(double(n) / double(attn::detail::decomposable::tile));
   return (2.0 + tiles) * 3e-7 + 2.0 * std::sqrt(double(n)) * eps;
 }
 
@@ -346,7 +346,7 @@ TEST(DecomposableReference, ShapesFeedForwardsAndMasks) {
 
 TEST(DecomposableReference, EdgeShapesAroundTheTile) {
   unsigned seed = 200;
-  const index T = attn::decomposable_kernel::tile;
+  const index T = attn::detail::decomposable::tile;
   for (auto L : std::vector<std::array<index, 2>>{
            {1, 1}, {1, 9}, {9, 1}, {3, 5}, {T - 1, 2}, {T, T}, {T + 1, 3}, {2, T + 1},
            {T + 5, 2 * T + 7}, {2 * T + 3, T - 7}})

@@ -8,13 +8,15 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "attn/core/abi.hpp"
 #include "attn/core/parallel.hpp"
+#include "attn/error.hpp"
 #include "attn/mask.hpp"
-#include "attn/sdpa.hpp"  // detail::check_mask
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
 

@@ -51,6 +51,17 @@ void write(std::ostream& os, const std::array<T, N>& a) {
   os << ']';
 }
 
+// The expected-dims part of a message: "dims [a, b, c] (names)", where
+// names says what each extent is ("[batch, L, d_v]").
+template <std::size_t N>
+std::string dims_note(const std::array<index, N>& d, const char* names) {
+  std::ostringstream s;
+  s << "dims ";
+  write(s, d);
+  s << " (" << names << ")";
+  return s.str();
+}
+
 // Formats "fn: arg: expected E, got G" and throws attn::error.
 template <class Expected, class Got>
 [[noreturn]] inline void fail(const char* fn, const char* arg, const Expected& expected,

@@ -20,11 +20,18 @@
 #include <type_traits>
 #include <vector>
 
+#include "attn/core/abi.hpp"
 #include "attn/error.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
+
+// attend() calls scaled_dot_product_attention, whose kernels differ per
+// instruction set: outside the ISA namespace, two units built with different
+// -m flags would share one attend() body, and one of them would run the
+// other's kernels (see attn/core/abi.hpp).
+inline namespace ATTN_ABI {
 
 /// Growing K/V storage for incremental decoding (see the file comment).
 /// Storage: the element type, float, Eigen::bfloat16 or Eigen::half; values are
@@ -243,4 +250,5 @@ class kv_cache {
   std::vector<index> lengths_;
 };
 
+}  // namespace ATTN_ABI
 }  // namespace attn

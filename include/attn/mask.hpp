@@ -7,7 +7,7 @@
 // that the band's edges cross. Dense masks (bool, additive) are strided
 // [batch, heads, L, S] views read in place.
 //
-// Conventions (decided in DESIGN.md):
+// Conventions (decided in docs/design.md):
 //  * bool mask: true = may attend (PyTorch's scaled_dot_product_attention;
 //    note nn.MultiheadAttention's key_padding_mask uses the opposite polarity).
 //  * additive mask: added to the scaled scores; -inf means masked.
@@ -21,12 +21,14 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "attn/error.hpp"
+#include "attn/view.hpp"
 
 namespace attn {
 
@@ -135,6 +137,19 @@ inline void check_key_lengths(const char* fn, const std::vector<index>& key_leng
     if (key_lengths[i] < 0 || key_lengths[i] > S)
       fail(fn, ("key_lengths[" + std::to_string(i) + "]").c_str(),
            "a value in [0, S = " + std::to_string(S) + "]", key_lengths[i]);
+}
+
+// Checks a dense [B, H, L, S] mask view (bool or additive) for an entry
+// point `fn`; `what` names the argument. An empty view is no mask.
+template <class T>
+void check_mask(const strided<const T, 4>& m, const char* what, index B, index H, index L,
+                index S, const char* fn = "scaled_dot_product_attention") {
+  if (m.empty()) return;
+  const std::array<index, 4> want{B, H, L, S};
+  detail::require(
+      m.dims == want, fn, what, [&] { return dims_note(want, "[batch, heads_q, L, S]"); }, m.dims);
+  for (int r = 0; r < 4; ++r)
+    detail::require(m.strides[r] >= 0, fn, what, "non-negative strides", m.strides);
 }
 
 }  // namespace detail

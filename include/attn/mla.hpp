@@ -45,6 +45,7 @@
 
 #include "attn/core/linear.hpp"
 #include "attn/core/parallel.hpp"
+#define ATTN_DETAIL_ALLOWED  // lets the detail headers in (docs/design.md)
 #include "attn/detail/latent_attention.hpp"
 #include "attn/error.hpp"
 #include "attn/mla_cache.hpp"

@@ -19,11 +19,19 @@
 #include <type_traits>
 #include <vector>
 
+#include "attn/core/abi.hpp"
 #include "attn/core/index.hpp"
 #include "attn/error.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
+
+// The cache's own members call no per-ISA code, but only
+// multi_head_latent_attention, which is per-ISA (packed weights, the latent
+// kernel), writes and reads it. It lives in the ISA namespace with the layer,
+// as kv_cache does: passing a cache between units built with different -m
+// flags then fails to link instead of mixing two builds (attn/core/abi.hpp).
+inline namespace ATTN_ABI {
 
 /// Per-token latent rows for multi_head_latent_attention (see the file
 /// comment). Storage: float, Eigen::bfloat16 or Eigen::half; rows are
@@ -149,4 +157,5 @@ class mla_cache {
   std::vector<index> lengths_;
 };
 
+}  // namespace ATTN_ABI
 }  // namespace attn

@@ -19,8 +19,10 @@
 #include <utility>
 
 #include "attn/core/abi.hpp"
+#define ATTN_DETAIL_ALLOWED  // lets the detail headers in (docs/design.md)
 #include "attn/detail/flash_forward.hpp"
 #include "attn/detail/split_kv_decode.hpp"
+#include "attn/error.hpp"
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
@@ -33,27 +35,6 @@ template <class T>
 constexpr bool is_kv_scalar =
     std::is_same<T, float>::value || std::is_same<T, Eigen::bfloat16>::value ||
     std::is_same<T, Eigen::half>::value;
-
-template <std::size_t N>
-std::string dims_note(const std::array<index, N>& d, const char* names) {
-  std::ostringstream s;
-  s << "dims ";
-  write(s, d);
-  s << " (" << names << ")";
-  return s.str();
-}
-
-// Checks a [B, H, L, S] mask view; `what` names the argument.
-template <class T>
-void check_mask(const strided<const T, 4>& m, const char* what, index B, index H, index L,
-                index S, const char* fn = "scaled_dot_product_attention") {
-  if (m.empty()) return;
-  const std::array<index, 4> want{B, H, L, S};
-  detail::require(
-      m.dims == want, fn, what, [&] { return dims_note(want, "[batch, heads_q, L, S]"); }, m.dims);
-  for (int r = 0; r < 4; ++r)
-    detail::require(m.strides[r] >= 0, fn, what, "non-negative strides", m.strides);
-}
 
 }  // namespace detail
 

@@ -17,6 +17,7 @@
 
 #include "attn/core/abi.hpp"
 #include "attn/core/index.hpp"
+#include "attn/core/inline.hpp"
 #include "attn/core/simd.hpp"
 
 namespace attn {
@@ -58,21 +59,22 @@ struct rhs {
 /// Shape::cols tile. c is row-major with row stride ldc. Accumulate selects
 /// += over =.
 template <class Shape, bool Accumulate>
-inline void gemm_tile(const lhs& a, const rhs& b, index depth, float* c, index ldc) {
+ATTN_ALWAYS_INLINE void gemm_tile(const lhs& a, const rhs& b, index depth, float* c, index ldc) {
   using namespace simd;
   constexpr int R = Shape::rows, P = Shape::packets;
   packet acc[R][P];
   for (int r = 0; r < R; ++r)
     for (int p = 0; p < P; ++p) acc[r][p] = Accumulate ? load(c + r * ldc + p * width) : zero();
-  const float* arow[R];
-  for (int r = 0; r < R; ++r) arow[r] = a.data + r * a.row_stride;
+  // A is addressed as one pointer plus r · row_stride: with a row stride
+  // known at the call site (1 for Pᵀ) the offsets are immediates, where an
+  // array of row pointers left g++ recomputing them in the loop.
+  const float* ap = a.data;
   const float* bp = b.data;
-  for (index d = 0; d < depth; ++d, bp += b.row_stride) {
+  for (index d = 0; d < depth; ++d, bp += b.row_stride, ap += a.depth_stride) {
     packet bv[P];
     for (int p = 0; p < P; ++p) bv[p] = load(bp + p * width);
-    const index ad = d * a.depth_stride;
     for (int r = 0; r < R; ++r) {
-      const packet av = broadcast(arow[r][ad]);
+      const packet av = broadcast(ap[r * a.row_stride]);
       for (int p = 0; p < P; ++p) acc[r][p] = fma(av, bv[p], acc[r][p]);
     }
   }

@@ -24,6 +24,12 @@
 // order, so the output is bit-identical for any thread count.
 #pragma once
 
+// Internal header (docs/design.md, "What is public"): reached only through a
+// public header, which defines ATTN_DETAIL_ALLOWED first.
+#ifndef ATTN_DETAIL_ALLOWED
+#error "attn/detail/flash_forward.hpp is internal: include <attn/sdpa.hpp>"
+#endif
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -39,6 +45,7 @@
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
+#include "attn/detail/attention_engine.hpp"
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
@@ -68,8 +75,7 @@ struct flash_scratch {
   std::vector<float> max;     // [q_tile]           running max per query
   std::vector<float> sum;     // [q_tile]           running sum per query
   std::vector<float> factor;  // [q_tile]        this step's rescale factors
-  std::vector<index> hidden_bad;  // keys with a non-finite V that some rows do not see
-  std::vector<float> hidden_v;    // [kv_tile][d_v_pad] their V rows
+  engine::hidden_values hidden;  // non-finite V entries of keys some rows do not see
 
   flash_scratch(index d_qk, index d_v_pad)
       : qt(d_qk * flash_tiles::q_tile),
@@ -79,9 +85,8 @@ struct flash_scratch {
         o(flash_tiles::q_tile * d_v_pad),
         max(flash_tiles::q_tile),
         sum(flash_tiles::q_tile),
-        factor(flash_tiles::q_tile),
-        hidden_v(flash_tiles::kv_tile * d_v_pad) {
-    hidden_bad.reserve(flash_tiles::kv_tile);
+        factor(flash_tiles::q_tile) {
+    hidden.reserve(flash_tiles::kv_tile, d_v_pad);
   }
 };
 
@@ -171,11 +176,157 @@ bool recompute_sdpa_row(const float* q2, index q2_stride, const strided<const KV
   return softmax::recompute_row_fp64(n, key, value, d_v, dst, lse);
 }
 
+// The engine's walk for one flash task: query rows [i0, i0 + rows) of head
+// h in batch entry b (KV head hk), scores transposed [keys][queries].
+template <class KV>
+struct flash_walk {
+  static constexpr index BQ = flash_tiles::q_tile;
+  static constexpr index key_tile = flash_tiles::kv_tile;
+
+  const strided<const KV, 4>& k;
+  const strided<const KV, 4>& v;
+  const sdpa_options& opt;
+  const detail::band_mask& band;
+  flash_scratch& ws;
+  index b, h, hk, i0, rows, cols, d_qk, d_v, d_v_pad;
+  bool has_bool, has_add;
+  // Per tile: inside the band (no per-element band mask, whole GEMMs), and
+  // free of any mask (no -inf to write, no hidden key).
+  bool in_band = false, full = false;
+
+  // The band reaches the tile for some row, and the bool mask (if any) does
+  // not hide every key it reaches.
+  bool visible(index j0, index n) const {
+    for (index r = 0; r < rows; ++r) {
+      const detail::key_band kb = band.row(i0 + r);
+      const index lo = std::max(kb.first, j0), hi = std::min(kb.last, j0 + n - 1);
+      if (lo > hi) continue;
+      if (!has_bool) return true;
+      const bool* m = opt.bool_mask.at(b, h, i0 + r, 0);
+      const index ms = opt.bool_mask.strides[3];
+      for (index j = lo; j <= hi; ++j)
+        if (m[j * ms]) return true;
+    }
+    return false;
+  }
+
+  // The next tile's K and V start moving towards L2 while this one computes.
+  void prefetch(index j0, index n, index j_end) const {
+    if (j0 + n >= j_end) return;
+    const index n_next = std::min(key_tile, j_end - (j0 + n));
+    prefetch_rows(k, b, hk, j0 + n, n_next, d_qk);
+    prefetch_rows(v, b, hk, j0 + n, n_next, d_v);
+  }
+
+  // 1. Sᵀ = K · Qᵀ.
+  void scores(index j0, index n) {
+    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, ws.k.data(), true);
+    in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
+    full = !has_bool && !has_add && in_band;
+    if (in_band) {
+      core::gemm_block<core::score_tile, false>(core::lhs{kt.data, kt.row_stride, 1},
+                                                core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(),
+                                                BQ, n_pad, cols);
+      return;
+    }
+    // An edge tile: skip register tiles whose keys no query of theirs can
+    // see (the mask step writes -inf there).
+    using shape = core::score_tile;
+    for (index kb = 0; kb < n_pad; kb += shape::rows)
+      for (index c0 = 0; c0 < cols; c0 += shape::cols) {
+        if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
+                                shape::rows))
+          continue;
+        core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
+                                      core::rhs{ws.qt.data() + c0, BQ}, d_qk,
+                                      ws.st.data() + kb * BQ + c0, BQ);
+      }
+  }
+
+  // 2. Masks: -inf outside each column's band, then the dense masks.
+  // Padding key rows (n..n_pad) never count.
+  void mask(index j0, index n) {
+    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    for (index j = n; j < n_pad; ++j)
+      std::fill(ws.st.begin() + j * BQ, ws.st.begin() + (j + 1) * BQ, softmax::neg_inf);
+    if (full) return;
+    for (index r = 0; r < rows; ++r) {
+      float* col = ws.st.data() + r;
+      const detail::key_band kb = band.row(i0 + r);
+      const index lo = std::max<index>(kb.first - j0, 0);
+      const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
+      for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = softmax::neg_inf;
+      for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = softmax::neg_inf;
+      if (has_bool) {
+        const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
+        const index ms = opt.bool_mask.strides[3];
+        for (index j = lo; j <= hi; ++j)
+          if (!m[j * ms]) col[j * BQ] = softmax::neg_inf;
+      }
+      if (has_add) {
+        const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
+        const index as = opt.additive_mask.strides[3];
+        for (index j = lo; j <= hi; ++j)
+          col[j * BQ] = softmax::apply_additive_log2(col[j * BQ], a[j * as]);
+      }
+    }
+  }
+
+  // 3. Online softmax down each column.
+  void online_softmax(index, index n) {
+    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    engine::softmax_columns(ws.st.data(), BQ, n, n_pad, cols,
+                            {ws.max.data(), ws.sum.data(), ws.factor.data()});
+    engine::rescale_rows(ws.o.data(), d_v_pad, d_v_pad, ws.factor.data(), rows);
+  }
+
+  // Whether row r (of the task) sees key j0 + j through the band and masks.
+  bool sees(index r, index key) const {
+    const detail::key_band kb = band.row(i0 + r);
+    if (key < kb.first || key > kb.last) return false;
+    if (has_bool && !*opt.bool_mask.at(b, h, i0 + r, key)) return false;
+    if (has_add && *opt.additive_mask.at(b, h, i0 + r, key) == softmax::neg_inf) return false;
+    return true;
+  }
+
+  // 4. O += P · V (P read as the transpose of Sᵀ). V is always copied:
+  // every query row block re-reads the tile's V rows, and in place they sit
+  // heads·d_v floats apart, typically a multiple of 4 KiB, which maps them
+  // all to one L1 set.
+  void accumulate(index j0, index n) {
+    const core::rhs vt = tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
+    if (full)
+      ws.hidden.set_apart(ws.v.data(), d_v_pad, n, n);  // every row sees every key: none
+    else
+      ws.hidden.set_apart(ws.v.data(), d_v_pad, 0, n);
+    if (in_band) {
+      core::gemm_block<core::accumulate_tile, true>(core::lhs{ws.st.data(), 1, BQ}, vt, n,
+                                                    ws.o.data(), d_v_pad, cols, d_v_pad);
+    } else {
+      // Edge tile: each block of query rows only runs over the keys its
+      // band reaches; P is exactly 0 outside, so the sums are unchanged.
+      using shape = core::accumulate_tile;
+      for (index r0 = 0; r0 < rows; r0 += shape::rows) {
+        const index ra = i0 + r0, rz = i0 + std::min<index>(r0 + shape::rows, rows) - 1;
+        const index lo = std::max<index>(band.row(ra).first - j0, 0);
+        const index hi = std::min<index>(band.row(rz).last - j0 + 1, n);
+        if (lo >= hi) continue;
+        core::gemm_block<shape, true>(core::lhs{ws.st.data() + r0 + lo * BQ, 1, BQ},
+                                      core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},
+                                      hi - lo, ws.o.data() + r0 * d_v_pad, d_v_pad, shape::rows,
+                                      d_v_pad);
+      }
+    }
+    ws.hidden.add_back([&](index r, index j) { return sees(r, j0 + j); }, ws.st.data(), BQ,
+                       ws.o.data(), d_v_pad, rows, d_v);
+  }
+};
+
 template <class KV>
 void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>& k,
                    const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
                    const sdpa_options& opt) {
-  using namespace simd;
   constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
@@ -197,193 +348,26 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
 
     // The first key tile starts loading while Q is packed.
     const detail::key_band span = band.rows(i0, i0 + rows);
-    if (span.first <= span.last) {
-      const index n_first = std::min(BK, span.last + 1 - std::max<index>(span.first, 0));
-      prefetch_rows(k, b, hk, std::max<index>(span.first, 0), n_first, d_qk);
-      prefetch_rows(v, b, hk, std::max<index>(span.first, 0), n_first, d_v);
+    const index j_begin = std::max<index>(span.first, 0), j_end = span.last + 1;
+    if (j_begin < j_end) {
+      const index n_first = std::min(BK, j_end - j_begin);
+      prefetch_rows(k, b, hk, j_begin, n_first, d_qk);
+      prefetch_rows(v, b, hk, j_begin, n_first, d_v);
     }
-
-    // Qᵀ, pre-scaled by scale·log2(e) so scores come out in log2 units and
-    // the softmax can use exp2; padding columns are zero (results dropped).
-    for (index r = 0; r < cols; ++r) {
-      const float* src = r < rows ? q.at(b, i0 + r, h, 0) : nullptr;
-      // Clamped: |q| near FLT_MAX would overflow to inf and score inf · 0 = NaN.
-      for (index d = 0; d < d_qk; ++d)
-        ws.qt[d * BQ + r] = src ? softmax::clamp_finite(src[d] * scale2) : 0.0f;
-    }
+    engine::pack_queries_transposed([&](index r) { return q.at(b, i0 + r, h, 0); }, rows, cols,
+                                    d_qk, scale2, ws.qt.data(), BQ);
     std::fill(ws.o.begin(), ws.o.begin() + cols * d_v_pad, 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
-    for (index j0 = std::max<index>(span.first, 0); j0 <= span.last; j0 += BK) {
-      const index n = std::min(BK, span.last + 1 - j0);
-      const index n_pad = detail::round_up(n, core::score_tile::rows);
-
-      // Skip the tile when no row sees any key of it through the band, or a
-      // bool mask hides all of those keys.
-      bool any = false;
-      for (index r = 0; r < rows && !any; ++r) {
-        const detail::key_band kb = band.row(i0 + r);
-        const index lo = std::max(kb.first, j0), hi = std::min(kb.last, j0 + n - 1);
-        if (lo > hi) continue;
-        if (!has_bool) {
-          any = true;
-          break;
-        }
-        const bool* m = opt.bool_mask.at(b, h, i0 + r, 0);
-        const index ms = opt.bool_mask.strides[3];
-        for (index j = lo; j <= hi && !any; ++j) any = m[j * ms];
-      }
-      if (!any) continue;
-
-      // Next tile's K and V start moving towards L2 while this one computes.
-      if (j0 + BK <= span.last) {
-        const index n_next = std::min(BK, span.last + 1 - (j0 + BK));
-        prefetch_rows(k, b, hk, j0 + BK, n_next, d_qk);
-        prefetch_rows(v, b, hk, j0 + BK, n_next, d_v);
-      }
-
-      // 1. Sᵀ = K · Qᵀ.
-      const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, ws.k.data(), true);
-      const bool in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
-      if (in_band) {
-        core::gemm_block<core::score_tile, false>(core::lhs{kt.data, kt.row_stride, 1},
-                                                  core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(),
-                                                  BQ, n_pad, cols);
-      } else {
-        // An edge tile: skip register tiles whose keys no query of theirs
-        // can see (the mask pass below writes -inf there).
-        using shape = core::score_tile;
-        for (index kb = 0; kb < n_pad; kb += shape::rows)
-          for (index c0 = 0; c0 < cols; c0 += shape::cols) {
-            if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
-                                    shape::rows))
-              continue;
-            core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
-                                          core::rhs{ws.qt.data() + c0, BQ}, d_qk,
-                                          ws.st.data() + kb * BQ + c0, BQ);
-          }
-      }
-
-      // 2. Masks. Padding key rows (n..n_pad) never count.
-      for (index j = n; j < n_pad; ++j)
-        std::fill(ws.st.begin() + j * BQ, ws.st.begin() + (j + 1) * BQ, softmax::neg_inf);
-      const bool full = !has_bool && !has_add && in_band;
-      if (!full) {
-        for (index r = 0; r < rows; ++r) {
-          float* col = ws.st.data() + r;
-          const detail::key_band kb = band.row(i0 + r);
-          const index lo = std::max<index>(kb.first - j0, 0);
-          const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
-          for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = softmax::neg_inf;
-          for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = softmax::neg_inf;
-          if (has_bool) {
-            const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
-            const index ms = opt.bool_mask.strides[3];
-            for (index j = lo; j <= hi; ++j)
-              if (!m[j * ms]) col[j * BQ] = softmax::neg_inf;
-          }
-          if (has_add) {
-            const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
-            const index as = opt.additive_mask.strides[3];
-            for (index j = lo; j <= hi; ++j)
-              col[j * BQ] = softmax::apply_additive_log2(col[j * BQ], a[j * as]);
-          }
-        }
-      }
-
-      // 3. Online softmax down each column, width queries at a time.
-      for (index c0 = 0; c0 < cols; c0 += width) {
-        float* s = ws.st.data() + c0;
-        packet m = broadcast(softmax::neg_inf);
-        for (index j = 0; j < n; ++j) m = simd::max(m, load(s + j * BQ));
-        const softmax::packet_step step = softmax::online_step(load(&ws.max[c0]), m);
-        store(&ws.max[c0], step.max);
-        store(&ws.factor[c0], step.factor);
-        packet sum = zero();
-        for (index j = 0; j < n_pad; ++j) {
-          const packet e = exp2_nonpositive(sub(load(s + j * BQ), step.pivot));
-          store(s + j * BQ, e);
-          sum = add(sum, e);
-        }
-        store(&ws.sum[c0], fma(load(&ws.sum[c0]), step.factor, sum));
-      }
-      // Padding query columns (rows..cols) are never rescaled: their O rows
-      // are never written out.
-      for (index r = 0; r < rows; ++r) {
-        const float f = ws.factor[r];
-        if (f == 1.0f) continue;  // the max did not move: nothing to rescale
-        float* o = ws.o.data() + r * d_v_pad;
-        const packet pf = broadcast(f);
-        for (index d = 0; d < d_v_pad; d += width) store(o + d, mul(load(o + d), pf));
-      }
-
-      // 4. O += P · V (P read as the transpose of Sᵀ). V is always copied:
-      // every query row block re-reads the tile's V rows, and in place they
-      // sit heads·d_v floats apart, typically a multiple of 4 KiB, which maps
-      // them all to one L1 set (measured: 194 vs 235 GFLOP/s for this GEMM).
-      const core::rhs vt = tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
-      // Where some rows do not see some keys (edge tiles, dense masks), the
-      // products below rely on P = 0 for them, but 0 · inf = NaN: a NaN or
-      // inf in a hidden key's V would reach rows that never attend to it.
-      // Such V rows (rare: only non-finite data) are set apart, their
-      // non-finite entries zeroed for the products, and those entries then
-      // added to exactly the rows that see the key (the finite entries stay
-      // in the products, so every other output keeps its bits).
-      ws.hidden_bad.clear();
-      if (!full)
-        for (index j = 0; j < n; ++j) {
-          float* row = ws.v.data() + j * d_v_pad;
-          packet probe = zero();  // x · 0 is NaN exactly for x = NaN or +-inf
-          for (index d = 0; d < d_v_pad; d += width) probe = add(probe, mul(load(row + d), zero()));
-          if (reduce_add(probe) == 0.0f) continue;
-          float* kept = ws.hidden_v.data() + static_cast<index>(ws.hidden_bad.size()) * d_v_pad;
-          for (index d = 0; d < d_v_pad; ++d) {
-            const bool bad = !std::isfinite(row[d]);
-            kept[d] = bad ? row[d] : 0.0f;
-            if (bad) row[d] = 0.0f;
-          }
-          ws.hidden_bad.push_back(j);
-        }
-      if (in_band) {
-        core::gemm_block<core::accumulate_tile, true>(core::lhs{ws.st.data(), 1, BQ}, vt, n,
-                                                      ws.o.data(), d_v_pad, cols, d_v_pad);
-      } else {
-        // Edge tile: each block of query rows only runs over the keys its
-        // band reaches; P is exactly 0 outside, so the sums are unchanged.
-        using shape = core::accumulate_tile;
-        for (index r0 = 0; r0 < rows; r0 += shape::rows) {
-          const index ra = i0 + r0, rz = i0 + std::min<index>(r0 + shape::rows, rows) - 1;
-          const index lo = std::max<index>(band.row(ra).first - j0, 0);
-          const index hi = std::min<index>(band.row(rz).last - j0 + 1, n);
-          if (lo >= hi) continue;
-          core::gemm_block<shape, true>(core::lhs{ws.st.data() + r0 + lo * BQ, 1, BQ},
-                                        core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},
-                                        hi - lo, ws.o.data() + r0 * d_v_pad, d_v_pad, shape::rows,
-                                        d_v_pad);
-        }
-      }
-      for (std::size_t i = 0; i < ws.hidden_bad.size(); ++i) {
-        const index j = ws.hidden_bad[i];
-        const float* vj = ws.hidden_v.data() + static_cast<index>(i) * d_v_pad;
-        for (index r = 0; r < rows; ++r) {
-          const detail::key_band kb = band.row(i0 + r);
-          if (j0 + j < kb.first || j0 + j > kb.last) continue;
-          if (has_bool && !*opt.bool_mask.at(b, h, i0 + r, j0 + j)) continue;
-          if (has_add && *opt.additive_mask.at(b, h, i0 + r, j0 + j) == softmax::neg_inf) continue;
-          const float pj = ws.st[j * BQ + r];
-          float* o = ws.o.data() + r * d_v_pad;
-          for (index d = 0; d < d_v; ++d)
-            if (vj[d] != 0.0f) o[d] += pj * vj[d];
-        }
-      }
-    }
+    flash_walk<KV> walk{k,   v,    opt,  band, ws,      b,       h,       hk,
+                        i0,  rows, cols, d_qk, d_v,     d_v_pad, has_bool, has_add};
+    engine::run_chunk(walk, j_begin, j_end);
 
     for (index r = 0; r < rows; ++r) {
-      const softmax::row_result res = softmax::finish_row_log2(ws.max[r], ws.sum[r]);
-      const float* src = ws.o.data() + r * d_v_pad;
       float* dst = out.at(b, i0 + r, h, 0);
-      for (index d = 0; d < d_v; ++d) dst[d] = src[d] * res.inv_sum;
+      const softmax::row_result res =
+          engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_v_pad, d_v, dst);
       float* lse = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i0 + r);
       if (lse) *lse = res.lse;
       // The unnormalised O overflows fp32 when the visible |v| sum past

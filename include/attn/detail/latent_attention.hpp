@@ -27,6 +27,12 @@
 // every 4 KiB page (measured 5-10% of the step time).
 #pragma once
 
+// Internal header (docs/design.md, "What is public"): reached only through a
+// public header, which defines ATTN_DETAIL_ALLOWED first.
+#ifndef ATTN_DETAIL_ALLOWED
+#error "attn/detail/latent_attention.hpp is internal: include <attn/mla.hpp>"
+#endif
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -39,6 +45,7 @@
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
+#include "attn/detail/attention_engine.hpp"
 
 namespace attn {
 inline namespace ATTN_ABI {
@@ -92,8 +99,109 @@ struct scratch {
   std::vector<float> o;       // [acc_rows][d_c_pad] unnormalised output
   std::vector<float> max, sum, factor;  // [cols]
   std::vector<index> limit;             // [cols] last visible key per row
-  std::vector<index> poison;            // keys of the tile set apart (step 5)
-  std::vector<float> poison_v;          // [kv_tile][d_c] their values
+  engine::hidden_values hidden;         // non-finite V entries of keys some rows do not see
+};
+
+// The engine's walk for one task: query rows [r0, r1) of a sequence against
+// its cache rows, which serve as K (all d_qk columns) and V (the first d_c).
+template <class Storage, class Score>
+struct walk {
+  using score = Score;
+  using acc = core::accumulate_tile;
+  static constexpr index key_tile = latent_tiles::kv_tile;
+
+  scratch& ws;
+  const Storage* cache;  // the sequence's rows, row j at cache + j·d_qk
+  const float* qt;       // packed Qᵀ [d_qk][cols]
+  index rows, cols, acc_rows, sw, d_qk, d_c, d_c_pad;
+  index lim_lo;  // the first row's causal limit: keys past it are hidden from some rows
+  core::prefetch_stream ahead{nullptr, 0, 1};
+
+  bool visible(index, index) const { return true; }  // the walk stops at the last row's limit
+
+  // The next tile's rows are prefetched into L2 a few lines per register
+  // tile of the two products (the rows come from memory; converting them
+  // for the score step would otherwise wait on every line).
+  ATTN_ALWAYS_INLINE void prefetch(index j0, index n, index j_end) {
+    const index n_pad = detail::round_up(n, index{score::rows});
+    const index next = std::max<index>(0, std::min(key_tile, j_end - j0 - n));
+    const std::size_t tiles_per_step =
+        static_cast<std::size_t>((n_pad / score::rows) * (cols / score::cols) +
+                                 (acc_rows / acc::rows) * (d_c_pad / acc::cols));
+    ahead = core::prefetch_stream(cache + (j0 + n) * d_qk,
+                                  static_cast<std::size_t>(next * d_qk) * sizeof(Storage),
+                                  tiles_per_step);
+  }
+
+  // 1. The rows as float (padding rows zero), once: they serve as K and V;
+  // then Sᵀ = K · Qᵀ.
+  ATTN_ALWAYS_INLINE void scores(index j0, index n) {
+    using namespace simd;
+    const index n_pad = detail::round_up(n, index{score::rows});
+    float* const k = ws.k.data();
+    float* const st = ws.st.data();
+    const index d = d_qk, ld = sw, c_end = cols;
+    for (index j = 0; j < n; ++j) {
+      const Storage* src = cache + (j0 + j) * d;
+      float* dst = k + j * d;
+      index c = 0;
+      for (; c + width <= d; c += width) store(dst + c, load_as_float(src + c));
+      for (; c < d; ++c) dst[c] = static_cast<float>(src[c]);
+    }
+    std::fill(k + n * d, k + n_pad * d, 0.0f);
+    core::prefetch_stream next = ahead;
+    for (index k0 = 0; k0 < n_pad; k0 += score::rows)
+      for (index c0 = 0; c0 < c_end; c0 += score::cols) {
+        core::gemm_tile<score, false>(core::lhs{k + k0 * d, d, 1}, core::rhs{qt + c0, c_end}, d,
+                                      st + k0 * ld + c0, ld);
+        next.step();
+      }
+    ahead = next;
+  }
+
+  // 2. Causal limits (only a tile reaching past the first row's limit needs
+  // them) and padding keys.
+  ATTN_ALWAYS_INLINE void mask(index j0, index n) {
+    const index n_pad = detail::round_up(n, index{score::rows});
+    if (j0 + n - 1 > lim_lo)
+      for (index r = 0; r < cols; ++r) {
+        const index from = std::max<index>(ws.limit[r] + 1 - j0, 0);
+        for (index j = from; j < n; ++j) ws.st[j * sw + r] = softmax::neg_inf;
+      }
+    for (index j = n; j < n_pad; ++j)
+      std::fill(ws.st.begin() + j * sw, ws.st.begin() + j * sw + cols, softmax::neg_inf);
+  }
+
+  // 3. Online softmax down each column.
+  ATTN_ALWAYS_INLINE void online_softmax(index, index n) {
+    const index n_pad = detail::round_up(n, index{score::rows});
+    engine::softmax_columns(ws.st.data(), sw, n, n_pad, cols,
+                            {ws.max.data(), ws.sum.data(), ws.factor.data()});
+    engine::rescale_rows(ws.o.data(), d_c_pad, d_c_pad, ws.factor.data(), rows);
+  }
+
+  // 4. O += P · V, V the first d_c (padded: d_c_pad) columns of the rows.
+  // Keys past the first row's limit are hidden from some rows (a later
+  // token's NaN must not reach an earlier token's output; fuzz_mla_cache
+  // found it).
+  ATTN_ALWAYS_INLINE void accumulate(index j0, index n) {
+    float* const k = ws.k.data();
+    float* const st = ws.st.data();
+    float* const o = ws.o.data();
+    const index d = d_qk, ld = sw, o_ld = d_c_pad, r_end = acc_rows;
+    ws.hidden.set_apart(k, d, std::max<index>(lim_lo + 1 - j0, 0), n);
+    core::prefetch_stream next = ahead;
+    for (index r0 = 0; r0 < r_end; r0 += acc::rows)
+      for (index c0 = 0; c0 < o_ld; c0 += acc::cols) {
+        core::gemm_tile<acc, true>(core::lhs{st + r0, 1, ld}, core::rhs{k + c0, d}, n,
+                                   o + r0 * o_ld + c0, o_ld);
+        next.step();
+      }
+    ahead = next;
+    const index* limit = ws.limit.data();
+    ws.hidden.add_back([limit, j0](index r, index j) { return limit[r] >= j0 + j; }, st, ld, o,
+                       o_ld, rows, d_c);
+  }
 };
 
 // The unnormalised accumulation O = Σ 2^(s - max) v of a row overflows fp32
@@ -125,7 +233,7 @@ void repair_nonfinite_rows(const latent_problem<Storage>& p) {
       }
       if (cache_finite == 0) continue;
       for (index d = 0; d < d_qk; ++d)  // as the kernel packs it
-        q2[static_cast<std::size_t>(d)] = softmax::clamp_finite(q[d] * scale2);
+        q2[static_cast<std::size_t>(d)] = engine::scaled_query(q[d], scale2);
       const index n = p.lengths[b], limit = n - p.T + r / p.H;
       const Storage* rows = p.rows + b * p.capacity * d_qk;
       softmax::recompute_row_fp64(
@@ -195,12 +303,8 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   // qt[d_qk][cols]; padding columns are zero.
   auto pack_qt = [&](index b, index r0, index r1, float* qt) {
     const float* qb = p.q + (b * rows_all + r0) * d_qk;
-    for (index d = 0; d < d_qk; ++d) {
-      float* dst = qt + d * cols;
-      for (index r = 0; r < r1 - r0; ++r)
-        dst[r] = softmax::clamp_finite(qb[r * d_qk + d] * scale2);
-      std::fill(dst + (r1 - r0), dst + cols, 0.0f);
-    }
+    engine::pack_queries_transposed([&](index r) { return qb + r * d_qk; }, r1 - r0, cols, d_qk,
+                                    scale2, qt, cols);
   };
   std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * cols));
 
@@ -214,8 +318,7 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
     s.sum.resize(static_cast<std::size_t>(cols));
     s.factor.resize(static_cast<std::size_t>(cols));
     s.limit.resize(static_cast<std::size_t>(cols));
-    s.poison.reserve(static_cast<std::size_t>(BK));
-    s.poison_v.resize(static_cast<std::size_t>(BK * p.d_c));
+    s.hidden.reserve(BK, p.d_c);
     return s;
   };
 
@@ -236,118 +339,16 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
     std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
     const index lim_lo = ws.limit[0], lim_hi = ws.limit[rows - 1];
-    const index j_end = std::min(tk.j1, lim_hi + 1);
-
-    for (index j0 = tk.j0; j0 < j_end; j0 += BK) {
-      const index nk = std::min(BK, j_end - j0);
-      const index nk_pad = detail::round_up(nk, index{score::rows});
-
-      // 1. The rows as float; padding rows zero.
-      for (index j = 0; j < nk; ++j) {
-        const Storage* src = kb + (j0 + j) * d_qk;
-        float* dst = ws.k.data() + j * d_qk;
-        index d = 0;
-        for (; d + width <= d_qk; d += width) store(dst + d, load_as_float(src + d));
-        for (; d < d_qk; ++d) dst[d] = static_cast<float>(src[d]);
-      }
-      std::fill(ws.k.begin() + nk * d_qk, ws.k.begin() + nk_pad * d_qk, 0.0f);
-
-      // The next tile's rows are prefetched into L2 a few lines per register
-      // tile of steps 2 and 5 (the rows come from memory; converting them
-      // in step 1 would otherwise wait on every line).
-      const index next = std::max<index>(0, std::min(BK, j_end - j0 - nk));
-      const std::size_t tiles_per_step =
-          static_cast<std::size_t>((nk_pad / score::rows) * (cols / score::cols) +
-                                   (acc_rows / acc::rows) * (d_c_pad / acc::cols));
-      core::prefetch_stream ahead(kb + (j0 + nk) * d_qk,
-                                  static_cast<std::size_t>(next * d_qk) * sizeof(Storage),
-                                  tiles_per_step);
-
-      // 2. Sᵀ = K · Qᵀ.
-      for (index k0 = 0; k0 < nk_pad; k0 += score::rows)
-        for (index c0 = 0; c0 < cols; c0 += score::cols) {
-          core::gemm_tile<score, false>(core::lhs{ws.k.data() + k0 * d_qk, d_qk, 1},
-                                        core::rhs{qt + c0, cols}, d_qk, ws.st.data() + k0 * sw + c0,
-                                        sw);
-          ahead.step();
-        }
-
-      // 3. Causal limits (only a tile reaching past the first row's limit
-      // needs them) and padding keys.
-      if (j0 + nk - 1 > lim_lo)
-        for (index r = 0; r < cols; ++r) {
-          const index from = std::max<index>(ws.limit[r] + 1 - j0, 0);
-          for (index j = from; j < nk; ++j) ws.st[j * sw + r] = softmax::neg_inf;
-        }
-      for (index j = nk; j < nk_pad; ++j)
-        std::fill(ws.st.begin() + j * sw, ws.st.begin() + j * sw + cols, softmax::neg_inf);
-
-      // 4. Online softmax down each column.
-      for (index c0 = 0; c0 < cols; c0 += width) {
-        float* s = ws.st.data() + c0;
-        packet m = broadcast(softmax::neg_inf);
-        for (index j = 0; j < nk; ++j) m = simd::max(m, load(s + j * sw));
-        const softmax::packet_step step = softmax::online_step(load(&ws.max[c0]), m);
-        store(&ws.max[c0], step.max);
-        store(&ws.factor[c0], step.factor);
-        packet sum = zero();
-        for (index j = 0; j < nk_pad; ++j) {
-          const packet e = exp2_nonpositive(sub(load(s + j * sw), step.pivot));
-          store(s + j * sw, e);
-          sum = add(sum, e);
-        }
-        store(&ws.sum[c0], fma(load(&ws.sum[c0]), step.factor, sum));
-      }
-      for (index r = 0; r < rows; ++r) {
-        const float f = ws.factor[r];
-        if (f == 1.0f) continue;  // the max did not move
-        float* o = ws.o.data() + r * d_c_pad;
-        const packet pf = broadcast(f);
-        for (index d = 0; d < d_c_pad; d += width) store(o + d, mul(load(o + d), pf));
-      }
-
-      // 5. O += P · V, V the first d_c (padded: d_c_pad) columns of the rows.
-      // A key past the first row's limit is hidden from some rows by P = 0,
-      // but 0 · inf = NaN: a non-finite value in its V would reach rows that
-      // never see the key (a later token's NaN in an earlier token's output;
-      // fuzz_mla_cache found it). Such keys' V rows are set apart and zeroed
-      // for the product, then added to only the rows that see them.
-      ws.poison.clear();
-      for (index j = std::max<index>(lim_lo + 1 - j0, 0); j < nk; ++j) {
-        float* v = ws.k.data() + j * d_qk;
-        bool finite = true;
-        for (index d = 0; d < p.d_c; ++d) finite = finite && std::isfinite(v[d]);
-        if (finite) continue;
-        std::copy_n(v, p.d_c, ws.poison_v.data() + static_cast<index>(ws.poison.size()) * p.d_c);
-        std::fill_n(v, p.d_c, 0.0f);
-        ws.poison.push_back(j);
-      }
-      for (index r0 = 0; r0 < acc_rows; r0 += acc::rows)
-        for (index c0 = 0; c0 < d_c_pad; c0 += acc::cols) {
-          core::gemm_tile<acc, true>(core::lhs{ws.st.data() + r0, 1, sw},
-                                     core::rhs{ws.k.data() + c0, d_qk}, nk,
-                                     ws.o.data() + r0 * d_c_pad + c0, d_c_pad);
-          ahead.step();
-        }
-      for (std::size_t i = 0; i < ws.poison.size(); ++i) {
-        const index j = ws.poison[i];
-        const float* v = ws.poison_v.data() + static_cast<index>(i) * p.d_c;
-        for (index r = 0; r < rows; ++r) {
-          if (ws.limit[r] < j0 + j) continue;
-          const float pr = ws.st[j * sw + r];
-          float* o = ws.o.data() + r * d_c_pad;
-          for (index d = 0; d < p.d_c; ++d) o[d] += pr * v[d];
-        }
-      }
-    }
+    latent_detail::walk<Storage, Score> walk{ws,       kb,   qt,    rows,   cols,     acc_rows,
+                                             sw,       d_qk, p.d_c, d_c_pad, lim_lo};
+    engine::run_chunk(walk, tk.j0, std::min(tk.j1, lim_hi + 1));
 
     // Normalised rows, straight out or into this chunk's partial slot.
     for (index r = 0; r < rows; ++r) {
-      const softmax::row_result res = softmax::finish_row_log2(ws.max[r], ws.sum[r]);
-      const float* src = ws.o.data() + r * d_c_pad;
       float* dst = tk.slot < 0 ? p.out + (tk.b * rows_all + tk.r0 + r) * p.d_c
                                : part_o.data() + (tk.slot * block_rows + r) * p.d_c;
-      for (index d = 0; d < p.d_c; ++d) dst[d] = src[d] * res.inv_sum;
+      const softmax::row_result res =
+          engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_c_pad, p.d_c, dst);
       if (tk.slot >= 0) part_lse[static_cast<std::size_t>(tk.slot * block_rows + r)] = res.lse;
     }
   };

@@ -22,6 +22,12 @@
 // count.
 #pragma once
 
+// Internal header (docs/design.md, "What is public"): reached only through a
+// public header, which defines ATTN_DETAIL_ALLOWED first.
+#ifndef ATTN_DETAIL_ALLOWED
+#error "attn/detail/split_kv_decode.hpp is internal: include <attn/sdpa.hpp>"
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -31,6 +37,7 @@
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
+#include "attn/detail/attention_engine.hpp"
 #include "attn/detail/flash_forward.hpp"  // recompute_sdpa_row
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
@@ -124,6 +131,106 @@ inline void axpy_row(float* o, float p, const KV* v, index n) {
   for (; i < n; ++i) o[i] += p * static_cast<float>(v[i]);
 }
 
+// The engine's walk for one split-KV task: every (query head, position) row
+// of batch entry b — row r = h·L + i — against the keys of one chunk, in the
+// row layout (scores s[r][key], KB keys per row).
+template <class KV>
+struct split_kv_walk {
+  static constexpr index key_tile = split_kv_policy::key_block;
+
+  const strided<const KV, 4>& k;
+  const strided<const KV, 4>& v;
+  const sdpa_options& opt;
+  const detail::band_mask& band;
+  index b, L, Hkv, R, rows_per_kv, d_qk, d_v;
+  bool has_bool, has_add;
+  const float* q;  // packed queries [R][d_qk]
+  float* s;        // scores, then probabilities [R][key_tile]
+  float* o;        // unnormalised output [R][d_v]
+  float* max;      // [R]
+  float* sum;      // [R]
+
+  bool visible(index, index) const { return true; }  // the chunk is inside the band's span
+  void prefetch(index, index, index) const {}        // keys are read in memory order
+
+  // 1. Scores, walking the tile in memory order (key j: every head's row,
+  // then key j + 1); each K row serves every query row of its GQA group.
+  void scores(index j0, index n) {
+    constexpr index KB = key_tile;
+    for (index jj = 0; jj < n; ++jj)
+      for (index hk = 0; hk < Hkv; ++hk) {
+        const KV* kr = k.at(b, j0 + jj, hk, 0);
+        index r = hk * rows_per_kv;
+        const index r_end = r + rows_per_kv;
+        for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
+          dot_rows4(q + r * d_qk, d_qk, kr, d_qk, s + r * KB + jj, KB);
+        for (; r < r_end; ++r) s[r * KB + jj] = dot_row(q + r * d_qk, kr, d_qk);
+      }
+  }
+
+  // 2. Masks; rows are padded with -inf to whole packets (key_block is a
+  // multiple of the width) so that the softmax is a vector loop.
+  void mask(index j0, index n) {
+    constexpr index KB = key_tile;
+    const index n_vec = detail::round_up(n, simd::width);
+    for (index r = 0; r < R; ++r) {
+      float* sr = s + r * KB;
+      const index i = r % L, h = r / L;
+      const detail::key_band kb = band.row(i);
+      const index lo = std::min(std::max<index>(kb.first - j0, 0), n);  // visible: [lo, hi)
+      const index hi = std::max(std::min<index>(kb.last - j0 + 1, n), lo);
+      std::fill(sr, sr + lo, softmax::neg_inf);
+      std::fill(sr + hi, sr + n_vec, softmax::neg_inf);
+      if (has_bool) {
+        const bool* m = opt.bool_mask.at(b, h, i, j0);
+        const index ms = opt.bool_mask.strides[3];
+        for (index jj = lo; jj < hi; ++jj)
+          if (!m[jj * ms]) sr[jj] = softmax::neg_inf;
+      }
+      if (has_add) {
+        const float* a = opt.additive_mask.at(b, h, i, j0);
+        const index as = opt.additive_mask.strides[3];
+        for (index jj = lo; jj < hi; ++jj) sr[jj] = softmax::apply_additive_log2(sr[jj], a[jj * as]);
+      }
+    }
+  }
+
+  // 3. One online-softmax step per row.
+  void online_softmax(index, index n) {
+    const index n_vec = detail::round_up(n, simd::width);
+    for (index r = 0; r < R; ++r)
+      engine::softmax_row(s + r * key_tile, n, n_vec, max[r], sum[r], o + r * d_v, d_v);
+  }
+
+  // 4. O += P · V in memory order; each V row serves every query row of its
+  // GQA group. A key with P = 0 for a row (masked) is never read for it, so
+  // a non-finite V of a hidden key cannot reach that row.
+  void accumulate(index j0, index n) {
+    constexpr index KB = key_tile;
+    for (index jj = 0; jj < n; ++jj)
+      for (index hk = 0; hk < Hkv; ++hk) {
+        const KV* vr = v.at(b, j0 + jj, hk, 0);
+        index r = hk * rows_per_kv;
+        const index r_end = r + rows_per_kv;
+        for (; r + 4 <= r_end; r += 4) {
+          const float* p4 = s + r * KB + jj;
+          const int zeros =
+              (p4[0] == 0.0f) + (p4[KB] == 0.0f) + (p4[2 * KB] == 0.0f) + (p4[3 * KB] == 0.0f);
+          if (zeros == 0) {
+            axpy_rows4(o + r * d_v, d_v, p4, KB, vr, d_v);
+          } else if (zeros < 4) {  // a key masked for some rows: never read it for them
+            for (index q4 = 0; q4 < 4; ++q4)
+              if (p4[q4 * KB] != 0.0f) axpy_row(o + (r + q4) * d_v, p4[q4 * KB], vr, d_v);
+          }
+        }
+        for (; r < r_end; ++r) {
+          const float p = s[r * KB + jj];
+          if (p != 0.0f) axpy_row(o + r * d_v, p, vr, d_v);
+        }
+      }
+  }
+};
+
 template <class KV>
 void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4>& k,
                      const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
@@ -158,129 +265,23 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     const index c = t % n_chunks, b = t / n_chunks;
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const detail::band_mask band(L, S, key_len, opt.causal, window);
-    for (index r = 0; r < R; ++r) {
-      const float* src = q.at(b, r % L, r / L, 0);
-      // Clamped: |q| near FLT_MAX would overflow to inf and score inf · 0 =
-      // NaN against a zero key (the exact score is finite).
-      for (index d = 0; d < d_qk; ++d) ws.q[r * d_qk + d] = softmax::clamp_finite(src[d] * scale2);
-    }
+    for (index r = 0; r < R; ++r)
+      engine::pack_query_row(q.at(b, r % L, r / L, 0), d_qk, scale2, ws.q.data() + r * d_qk);
     std::fill(ws.o.begin(), ws.o.end(), 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
-    // Masks, then one online-softmax step per row, turning the block's
-    // scores sb (R rows of KB) into probabilities relative to the rows'
-    // running maxima.
-    auto softmax_block = [&](index j0, index n, float* sb) {
-      // Rows are padded with -inf to whole packets (key_block is a multiple
-      // of the width) so every pass below is a vector loop.
-      const index n_vec = detail::round_up(n, simd::width);
-      for (index r = 0; r < R; ++r) {
-        float* s = sb + r * KB;
-        const index i = r % L, h = r / L;
-        const detail::key_band kb = band.row(i);
-        const index lo = std::min(std::max<index>(kb.first - j0, 0), n);  // visible: [lo, hi)
-        const index hi = std::max(std::min<index>(kb.last - j0 + 1, n), lo);
-        std::fill(s, s + lo, softmax::neg_inf);
-        std::fill(s + hi, s + n_vec, softmax::neg_inf);
-        if (has_bool) {
-          const bool* m = opt.bool_mask.at(b, h, i, j0);
-          const index ms = opt.bool_mask.strides[3];
-          for (index jj = lo; jj < hi; ++jj)
-            if (!m[jj * ms]) s[jj] = softmax::neg_inf;
-        }
-        if (has_add) {
-          const float* a = opt.additive_mask.at(b, h, i, j0);
-          const index as = opt.additive_mask.strides[3];
-          for (index jj = lo; jj < hi; ++jj) s[jj] = softmax::apply_additive_log2(s[jj], a[jj * as]);
-        }
-        simd::packet block_max = simd::broadcast(softmax::neg_inf);
-        for (index jj = 0; jj < n_vec; jj += simd::width)
-          block_max = simd::max(block_max, simd::load(s + jj));
-        const float m = std::min(simd::reduce_max(block_max), softmax::max_finite);
-        if (m == softmax::neg_inf) {  // nothing visible in this block...
-          // ...unless the max skipped NaN scores (a NaN query or key): then
-          // the row is NaN, never an empty row's 0.
-          for (index jj = 0; jj < n; ++jj)
-            if (std::isnan(s[jj])) ws.sum[r] = s[jj];
-          std::fill(s, s + n, 0.0f);
-          continue;
-        }
-        const float m_old = ws.max[r];
-        if (m > m_old) {
-          const float f =
-              m_old == softmax::neg_inf ? 0.0f : simd::exp2_nonpositive_scalar(m_old - m);
-          ws.sum[r] *= f;
-          for (index d = 0; d < d_v; ++d) ws.o[r * d_v + d] *= f;
-          ws.max[r] = m;
-        }
-        const simd::packet pivot = simd::broadcast(ws.max[r]);
-        simd::packet sum = simd::zero();
-        for (index jj = 0; jj < n_vec; jj += simd::width) {
-          const simd::packet e = simd::exp2_nonpositive(simd::sub(simd::load(s + jj), pivot));
-          simd::store(s + jj, e);
-          sum = simd::add(sum, e);
-        }
-        ws.sum[r] += simd::reduce_add(sum);
-      }
-    };
-
     const detail::key_band span = band.rows(0, L);
-    const index c0 = std::max(c * chunk, span.first);
-    const index c1 = std::min((c + 1) * chunk, span.last + 1);
+    split_kv_walk<KV> walk{k,        v,        opt,         band,       b,          L,
+                           Hkv,      R,        rows_per_kv, d_qk,       d_v,        has_bool,
+                           has_add,  ws.q.data(), ws.s.data(), ws.o.data(), ws.max.data(),
+                           ws.sum.data()};
+    engine::run_chunk(walk, std::max(c * chunk, span.first), std::min((c + 1) * chunk, span.last + 1));
 
-    // Both passes below walk the block in memory order (key j: every head's
-    // row, then key j + 1), and each K or V row serves every query row of
-    // its GQA group.
-    auto score_block = [&](index j0, index n, float* sb) {
-      for (index jj = 0; jj < n; ++jj)
-        for (index hk = 0; hk < Hkv; ++hk) {
-          const KV* kr = k.at(b, j0 + jj, hk, 0);
-          index r = hk * rows_per_kv;
-          const index r_end = r + rows_per_kv;
-          for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
-            dot_rows4(ws.q.data() + r * d_qk, d_qk, kr, d_qk, sb + r * KB + jj, KB);
-          for (; r < r_end; ++r) sb[r * KB + jj] = dot_row(ws.q.data() + r * d_qk, kr, d_qk);
-        }
-    };
-    auto accumulate_block = [&](index j0, index n, const float* pb) {
-      for (index jj = 0; jj < n; ++jj)
-        for (index hk = 0; hk < Hkv; ++hk) {
-          const KV* vr = v.at(b, j0 + jj, hk, 0);
-          index r = hk * rows_per_kv;
-          const index r_end = r + rows_per_kv;
-          for (; r + 4 <= r_end; r += 4) {
-            const float* p4 = pb + r * KB + jj;
-            const int zeros =
-                (p4[0] == 0.0f) + (p4[KB] == 0.0f) + (p4[2 * KB] == 0.0f) + (p4[3 * KB] == 0.0f);
-            if (zeros == 0) {
-              axpy_rows4(ws.o.data() + r * d_v, d_v, p4, KB, vr, d_v);
-            } else if (zeros < 4) {  // a key masked for some rows: never read it for them
-              for (index q4 = 0; q4 < 4; ++q4)
-                if (p4[q4 * KB] != 0.0f)
-                  axpy_row(ws.o.data() + (r + q4) * d_v, p4[q4 * KB], vr, d_v);
-            }
-          }
-          for (; r < r_end; ++r) {
-            const float p = pb[r * KB + jj];
-            if (p != 0.0f) axpy_row(ws.o.data() + r * d_v, p, vr, d_v);
-          }
-        }
-    };
-
-    for (index j0 = c0; j0 < c1; j0 += KB) {
-      const index n = std::min(KB, c1 - j0);
-      score_block(j0, n, ws.s.data());
-      softmax_block(j0, n, ws.s.data());
-      accumulate_block(j0, n, ws.s.data());
-    }
-
-    for (index r = 0; r < R; ++r) {
-      const softmax::row_result res = softmax::finish_row_log2(ws.max[r], ws.sum[r]);
-      float* dst = part_o.data() + (t * R + r) * d_v;
-      for (index d = 0; d < d_v; ++d) dst[d] = ws.o[r * d_v + d] * res.inv_sum;
-      part_lse[t * R + r] = res.lse;
-    }
+    for (index r = 0; r < R; ++r)
+      part_lse[t * R + r] = engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_v, d_v,
+                                               part_o.data() + (t * R + r) * d_v)
+                                .lse;
   };
   const int threads = core::threads_for_work(
       opt.num_threads, 2.0 * B * Hq * static_cast<double>(L) * S * (d_qk + d_v));
@@ -305,8 +306,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     // such a row, and only such a row, is redone in double.
     if (!softmax::all_finite(dst, d_v)) {
       std::vector<float> q2(static_cast<std::size_t>(d_qk));
-      const float* src = q.at(b, i, h, 0);
-      for (index d = 0; d < d_qk; ++d) q2[d] = softmax::clamp_finite(src[d] * scale2);
+      engine::pack_query_row(q.at(b, i, h, 0), d_qk, scale2, q2.data());
       const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
       const detail::band_mask band(L, S, key_len, opt.causal, window);
       recompute_sdpa_row(q2.data(), 1, k, v, opt, band, b, i, h, h / group, dst, lse_out);

@@ -10,6 +10,18 @@
 #   tools/bench.sh --mla            also DeepSeek MLA (bench/bench_mla.cpp, when
 #                                   the build has it): latent vs MHA cache
 #   tools/bench.sh --no-plots       skip the charts
+#   tools/bench.sh --compare        then attn beside PyTorch and ONNX Runtime on
+#                                   the same shapes (tools/compare.py: prefill
+#                                   GFLOP/s, decode GB/s, 3 interleaved rounds,
+#                                   about 7 min; with --quick the N=2048 and
+#                                   S=4096 cases). The first time it makes
+#                                   build/compare-venv from PyPI with the pins of
+#                                   tools/compare-requirements.txt (about 4 GB:
+#                                   PyPI's torch needs the CUDA libraries even on
+#                                   CPU). Table: build/bench/results/compare.txt,
+#                                   raw numbers: compare.json.
+#                                   ATTN_COMPARE_TORCH_CAPABILITY=avx2 runs
+#                                   PyTorch's AVX2 kernels (ATEN_CPU_CAPABILITY)
 #   tools/bench.sh --model          also all-MiniLM-L6-v2 end to end
 #                                   (bench/bench_minilm.cpp: sentences/s for
 #                                   batches of 1, 8, 32; fetches the model with
@@ -37,9 +49,11 @@
 # (apt-get install python3-matplotlib, or pip install matplotlib).
 #
 # Every figure is also reported as a share of the machine's fp32 FMA peak or
-# read bandwidth, which each program measures at its start, in the same run:
-# on a shared or noisy machine compare ratios within one run, not absolute
-# numbers across runs.
+# read bandwidth, which each program measures in the same run — at start,
+# between the cases and at the end, keeping the best measurement (a limit
+# can read low on a busy machine, never high; bench/shares.hpp) — and the
+# summary prints the probe's spread. On a shared or noisy machine compare
+# ratios within one run, not absolute numbers across runs.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -49,6 +63,7 @@ layer=0
 additive=0
 mla=0
 model=0
+compare=0
 plots=1
 filter=""
 extra=()
@@ -60,6 +75,7 @@ while [[ $# -gt 0 ]]; do
     --mla) mla=1 ;;
     --model) model=1 ;;
     --no-plots) plots=0 ;;
+    --compare) compare=1 ;;
     --filter) [[ $# -ge 2 ]] || { echo "bench.sh: --filter needs a REGEX" >&2; exit 2; }
               filter="$2"; shift ;;
     --filter=*) filter="${1#--filter=}" ;;
@@ -77,6 +93,7 @@ start=$(date +%s)
 
 # --- dependencies -----------------------------------------------------------
 packages=(cmake g++ make libeigen3-dev libbenchmark-dev)
+[[ $compare -eq 1 ]] && packages+=(python3-venv)
 if command -v dpkg >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${packages[@]}"; do
@@ -248,5 +265,13 @@ if [[ ${#files[@]} -eq 0 ]]; then
 fi
 "$bindir/bench_summary" "${files[@]}" | tee "$results/summary.txt"
 plot
+if [[ $compare -eq 1 ]]; then
+  # PyTorch and ONNX Runtime on attn's shapes (tools/compare.py).
+  echo
+  echo "== attn vs PyTorch and ONNX Runtime (tools/compare.py)"
+  compare_args=(--build-dir "$build")
+  [[ $quick -eq 1 ]] && compare_args+=(--quick)
+  python3 "$root/tools/compare.py" "${compare_args[@]}" || failed=1
+fi
 echo "bench.sh: done in $(( $(date +%s) - start )) s; results in $results"
 exit $failed

@@ -18,7 +18,7 @@
 // elements × d_a per second: one tanh and two flops each); tanh_pct = that
 // rate as a share of the vector tanh throughput this program measures alone
 // at start (machine: lines, and the machine/tanh/t<T> benchmarks): every
-// thread applying attn::simd::tanh to an L1-resident buffer and summing.
+// thread applying attn::core::simd::tanh to an L1-resident buffer and summing.
 // attn's kernel evaluates the elements in the exponential form when the
 // projections allow it (attn/additive.hpp: a few FMAs and half a division
 // each instead of a tanh), so its tanh_pct can pass 100%: the bound is what
@@ -72,14 +72,14 @@ constexpr int kDv = 1000;
 constexpr int kTanhBuf = 1024;  // floats: 4 KiB, L1-resident
 
 ATTN_BENCH_NOINLINE float tanh_kernel(const float* x, std::int64_t iters) {
-  using namespace attn::simd;
+  using namespace attn::core::simd;
   packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
   for (std::int64_t it = 0; it < iters; ++it)
     for (int i = 0; i < kTanhBuf; i += 4 * width) {
-      a0 = add(a0, attn::simd::tanh(load(x + i)));
-      a1 = add(a1, attn::simd::tanh(load(x + i + width)));
-      a2 = add(a2, attn::simd::tanh(load(x + i + 2 * width)));
-      a3 = add(a3, attn::simd::tanh(load(x + i + 3 * width)));
+      a0 = add(a0, attn::core::simd::tanh(load(x + i)));
+      a1 = add(a1, attn::core::simd::tanh(load(x + i + width)));
+      a2 = add(a2, attn::core::simd::tanh(load(x + i + 2 * width)));
+      a3 = add(a3, attn::core::simd::tanh(load(x + i + 3 * width)));
     }
   return reduce_add(add(add(a0, a1), add(a2, a3)));
 }
@@ -327,8 +327,9 @@ int main(int argc, char** argv) {
     for (int t = 1; t <= attn_bench::max_threads(); ++t) {
       g_tanh[t] = measure_tanh(t);
       benchmark::AddCustomContext("tanh_gps_t" + std::to_string(t), attn_bench::fmt(g_tanh[t]));
-      std::fprintf(stderr, "machine: attn::simd::tanh alone, %d thread(s): %.2f Gtanh/s (%s)\n",
-                   t, g_tanh[t], attn_bench::simd_name());
+      std::fprintf(stderr,
+                   "machine: attn::core::simd::tanh alone, %d thread(s): %.2f Gtanh/s (%s)\n", t,
+                   g_tanh[t], attn_bench::simd_name());
     }
   }
   register_all();

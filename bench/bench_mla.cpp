@@ -92,11 +92,11 @@ void bm_latent_attention(benchmark::State& state, std::string model, index S, in
   attn_bench::fill_uniform(q.data(), q.size(), 21);
   attn_bench::fill_uniform(rows.data(), rows.size(), 22);
   const index length = S;
-  const attn::kernel::latent_problem<bf16> p{q.data(), rows.data(), &length, out.data(), 1, 1, H,
-                                             rank,     rope,        S,       float(c.softmax_scale())};
+  const attn::detail::mla::latent_problem<bf16> p{
+      q.data(), rows.data(), &length, out.data(), 1, 1, H, rank, rope, S, float(c.softmax_scale())};
   const double t0 = attn_bench::now_seconds();
   for (auto _ : state) {
-    attn::kernel::latent_attention(p, threads);
+    attn::detail::mla::latent_attention(p, threads);
     benchmark::ClobberMemory();
   }
   const double gflops =

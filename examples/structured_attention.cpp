@@ -22,7 +22,7 @@
 // if the selection (marginal > 0.5) is not exactly the two phrases.
 //
 //   build/test/examples/structured_attention
-#include <attn/core/softmax.hpp>
+#include <attn/attention_weights.hpp>
 #include <attn/structured.hpp>
 #include <cmath>
 #include <cstdio>
@@ -79,21 +79,25 @@ int main() {
   opt.pairwise = attn::view(pairwise);
   const attn::segmentation_result seg = attn::segmentation_attention(query, keys, keys, opt);
 
-  // Softmax attention over the same scores s_j = q · k_j / sqrt(d).
-  std::vector<float> scores(static_cast<std::size_t>(S)), soft(scores.size());
+  // Softmax attention over the same scores s_j = q · k_j / sqrt(d): its
+  // weights softmax_j(s) from attn::attention_weights, with the query and
+  // keys as one batch, one head ([1, 1, 1, d] and [1, S, 1, d]).
+  std::vector<float> scores(static_cast<std::size_t>(S));
   for (long j = 0; j < S; ++j) {
     float s = 0;
     for (long f = 0; f < d; ++f) s += query(0, f) * keys(0, j, f);
-    scores[static_cast<std::size_t>(j)] = soft[static_cast<std::size_t>(j)] =
-        s / std::sqrt(static_cast<float>(d));
+    scores[static_cast<std::size_t>(j)] = s / std::sqrt(static_cast<float>(d));
   }
-  attn::softmax::row_softmax(soft.data(), S);
+  const tensor4 q4 = query.reshape(Eigen::array<Eigen::Index, 4>{1, 1, 1, d});
+  const tensor4 k4 = keys.reshape(Eigen::array<Eigen::Index, 4>{1, S, 1, d});
+  tensor4 soft(1, 1, 1, S);  // [batch, heads, L, S]
+  attn::attention_weights(attn::bshd(q4), attn::bshd(k4), attn::view(soft));
 
   std::printf("Query \"where?\" over a 16-word sentence: softmax vs segmentation attention\n\n");
   std::printf("  %-8s %6s   %-22s %-22s\n", "word", "score", "softmax", "segmentation (CRF)");
   float soft_sum = 0, seg_sum = 0;
   for (long j = 0; j < S; ++j) {
-    const float a = soft[static_cast<std::size_t>(j)], p = seg.marginals(0, j);
+    const float a = soft(0, 0, 0, j), p = seg.marginals(0, j);
     soft_sum += a;
     seg_sum += p;
     std::printf("  %-8s %6.2f   %s %.2f   %s %.2f\n", words[static_cast<std::size_t>(j)].c_str(),

@@ -9,7 +9,7 @@
 // the reference computes per row from the magnitudes that enter each score
 // (additive_reference.hpp, score_error_bound): fp32 dot products of n terms
 // err by ~ sqrt(n)·eps·Σ|terms| for random-sign rounding (taken twice that),
-// attn::simd::tanh adds at most tanh_max_abs_error (4.5e-7) per element, and
+// attn::core::simd::tanh adds at most tanh_max_abs_error (4.5e-7) per element, and
 // the score Σ_a v_a tanh(...) sums |v_a| times the element errors. For the
 // data here (projections O(1), ‖v‖₁ ~ 3..10) E is 1e-6 .. 1e-5.
 // weights: |a - a_ref| <= 2·E·a_ref + 1e-6.
@@ -154,7 +154,7 @@ void check(const std::string& label, const attn::additive_weights& w, const prob
   const attn_ref::additive_result r = attn_ref::additive_attention(
       to_ref(w, p), to_double(q.data(), q.size()), to_double(k.data(), k.size()),
       to_double(v.data(), v.size()), p.B, p.L, p.S, v.dimension(2), to_ref(m),
-      static_cast<double>(attn::simd::tanh_max_abs_error));
+      static_cast<double>(attn::core::simd::tanh_max_abs_error));
   const index dv = v.dimension(2);
   for (index b = 0; b < p.B; ++b) {
     double vmax = 0;
@@ -599,7 +599,7 @@ TEST(AdditiveExtreme, SaturatedTanhGivesExactScoresNoNaN) {
 // cancellation a tanh-of-a-sum identity would suffer; the product of the
 // exponentials does not), each against std::tanh in double.
 TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
-  using attn::simd::width;
+  using attn::core::simd::width;
   std::mt19937 g(1300);
   std::uniform_real_distribution<float> any(-21.5f, 21.5f), near(-12.0f, 12.0f);
   // Two packets of features: the measured element in lane 0 of the first
@@ -634,8 +634,8 @@ TEST(AdditiveExpForm, ElementErrorWithinTheTanhBound) {
   std::printf(
       "[ measured ] exponential form: worst |error| per element (per unit of |v| for a "
       "pair) %.3g (bound %.3g)\n",
-      worst, double(attn::simd::tanh_max_abs_error));
-  EXPECT_LE(worst, double(attn::simd::tanh_max_abs_error));
+      worst, double(attn::core::simd::tanh_max_abs_error));
+  EXPECT_LE(worst, double(attn::core::simd::tanh_max_abs_error));
   // Out of range (or not finite): the factors report it, and the layer takes tanh.
   x[0] = 22.5f;
   EXPECT_FALSE(attn::detail::additive::exp_form_factors(x.data(), width, e.data()));

@@ -13,7 +13,7 @@
 // inputs (large enough that the kernels start their own OpenMP threads
 // inside each call), and additive attention decoder steps. Everything is
 // first computed serially; the concurrent results must be the same bits
-// (the library's results never depend on threads: DESIGN.md).
+// (the library's results never depend on threads: docs/design.md).
 #include <gtest/gtest.h>
 
 #include <attn/attn.hpp>

@@ -1,4 +1,4 @@
-// tests/test_math.cpp: attn::simd::exp / exp_scalar / exp2_nonpositive /
+// tests/test_math.cpp: attn::core::simd::exp / exp_scalar / exp2_nonpositive /
 // tanh / tanh_scalar against std::exp / std::exp2 / std::tanh evaluated in
 // double.
 //
@@ -22,7 +22,7 @@
 
 namespace {
 
-namespace simd = attn::simd;
+namespace simd = attn::core::simd;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 const float kNaN = std::numeric_limits<float>::quiet_NaN();

@@ -3,7 +3,7 @@
 // Every heap allocation of this test binary goes through the counting
 // operator new below; each test records the peak number of live bytes
 // allocated while one attention call runs and compares it with the
-// per-thread working-memory budget (1 MiB per thread, DESIGN.md).
+// per-thread working-memory budget (1 MiB per thread, docs/design.md).
 #include <gtest/gtest.h>
 
 #include <atomic>

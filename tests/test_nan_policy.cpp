@@ -652,7 +652,7 @@ TEST(NanPolicy, MergePartialOfHugeOutputsStaysFinite) {
     const float o_b[2] = {big, -big};
     float lse_a = 0.0f;
     const float lse_b = -0.7f + 0.00037f * static_cast<float>(t);
-    attn::softmax::merge_partial(o_a, lse_a, o_b, lse_b, 2);
+    attn::core::softmax::merge_partial(o_a, lse_a, o_b, lse_b, 2);
     ASSERT_TRUE(std::isfinite(o_a[0]) && std::isfinite(o_a[1])) << lse_b;
     ASSERT_GE(o_a[0], big * (1 - 1e-6f)) << lse_b;  // within rounding of FLT_MAX
     ASSERT_LE(o_a[1], -big * (1 - 1e-6f)) << lse_b;
@@ -660,7 +660,7 @@ TEST(NanPolicy, MergePartialOfHugeOutputsStaysFinite) {
   // Non-finite partial outputs still propagate.
   float o_a[1] = {1.0f}, lse_a = 0.0f;
   const float o_b[1] = {inf_f};
-  attn::softmax::merge_partial(o_a, lse_a, o_b, 0.0f, 1);
+  attn::core::softmax::merge_partial(o_a, lse_a, o_b, 0.0f, 1);
   EXPECT_EQ(o_a[0], inf_f);
 }
 
@@ -1032,9 +1032,9 @@ void latent_huge_values(attn::index n) {
     for (index d = d_c; d < d_qk; ++d) q[static_cast<std::size_t>(r * d_qk + d)] = 1.0f;
   std::vector<float> out(static_cast<std::size_t>(B * T * H * d_c), 0.0f);
   const index lengths[1] = {n};
-  attn::kernel::latent_problem<Storage> pr{q.data(), rows.data(), lengths, out.data(),
-                                           B, T, H, d_c, d_r, n, 1.0f};
-  attn::kernel::latent_attention(pr, 0);
+  attn::detail::mla::latent_problem<Storage> pr{q.data(), rows.data(), lengths, out.data(), B,   T,
+                                                H,        d_c,         d_r,     n,          1.0f};
+  attn::detail::mla::latent_attention(pr, 0);
   for (index r = 0; r < T * H; ++r)
     for (index d = 0; d < d_c; ++d) {
       const double want = static_cast<double>(static_cast<float>(Storage(d % 2 ? 3e38f : -2e38f)));

@@ -10,7 +10,7 @@
 //   * P·V accumulation in fp32 over S keys: a sum of S terms of size <= |V|
 //     whose weights sum to 1; rounding grows like sqrt(S)·eps for random
 //     signs (worst case S·eps): sqrt(1000)·6e-8 ~ 2e-6.
-//   * exp() relative error <= attn::simd::exp_max_rel_error = 3e-7 on every
+//   * exp() relative error <= attn::core::simd::exp_max_rel_error = 3e-7 on every
 //     p_j and on the row sum: <= ~2·3e-7·|V|.
 //   * score error: fp32 dot products of length d (<= 256) of N(0,1) data,
 //     |s| = O(1) after 1/sqrt(d): ~ sqrt(d)·eps·|q||k|/sqrt(d) ~ 1e-6, which
@@ -1471,7 +1471,7 @@ TEST(SdpaZeroSize, ViewsWithZeroExtents) {
 
 // The natural way to get zero-size inputs: Eigen tensors with a zero
 // dimension. Eigen gives those data() == nullptr, which must not be confused
-// with an absent (null) view: DESIGN.md says a row with no keys gives 0 and
+// with an absent (null) view: docs/design.md says a row with no keys gives 0 and
 // LSE -inf, and an empty batch or query set is simply nothing to do.
 TEST(SdpaZeroSize, EigenTensorsWithZeroDims) {
   // S = 0

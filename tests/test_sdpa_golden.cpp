@@ -27,7 +27,7 @@
 // tolerance (max |ours - torch| = 1.05e-6 on sdpa_float_mask, max|V| = 3.1).
 //
 // Fully masked rows: a query row whose every key is masked must be exactly 0
-// in attn (the DESIGN.md convention), whatever torch gives. Torch 2.15 also
+// in attn (the docs/design.md convention), whatever torch gives. Torch 2.15 also
 // gives 0 in F.scaled_dot_product_attention (its math and CPU flash backends
 // both use a "safe" softmax), but older torch gave NaN, and
 // nn.MultiheadAttention with need_weights=True, or its fused eval fast path,
@@ -179,7 +179,7 @@ TEST_P(SdpaGolden, MatchesTorch) {
         const float* theirs = &want.values[static_cast<std::size_t>(((b * r.Hq + h) * r.L + i) * r.Ev)];
         const float* ours = &r.out(b, h, i, 0);
         if (!any) {
-          // Our convention (DESIGN.md): a row with no visible key is exactly 0,
+          // Our convention (docs/design.md): a row with no visible key is exactly 0,
           // never NaN. Torch's value is not asserted (NaN in older torch).
           ++fully_masked;
           torch_nan_rows += std::isnan(theirs[0]) ? 1 : 0;

@@ -1,4 +1,4 @@
-// tests/test_softmax.cpp: attn::softmax — row_softmax, merge_partial,
+// tests/test_softmax.cpp: attn::core::softmax — row_softmax, merge_partial,
 // online_state and the packet online_step — against fp64.
 //
 // Tolerances: the only approximations are simd::exp (relative error
@@ -24,8 +24,8 @@
 namespace {
 
 using attn::index;
-namespace softmax = attn::softmax;
-namespace simd = attn::simd;
+namespace softmax = attn::core::softmax;
+namespace simd = attn::core::simd;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 const double kU = std::ldexp(1.0, -24);

@@ -189,7 +189,7 @@ class additive_attention {
       }
     }
     if (sf == score_function::additive) {
-      const index stride = detail::round_up(Da_, simd::width);
+      const index stride = detail::round_up(Da_, core::simd::width);
       v_.assign(static_cast<std::size_t>(stride), 0.0f);
       double norm2 = 0.0;
       for (index a = 0; a < Da_; ++a) norm2 += double(w_.v[a]) * double(w_.v[a]);

@@ -6,6 +6,63 @@
 // Eigen 3.4+ and, when available, OpenMP) or add include/ and Eigen's include
 // directory to the compiler's search path. Each header below can also be
 // included on its own.
+//
+// What is public
+// --------------
+// This comment is the one list of attn's public API (docs/design.md,
+// section 4, points here). The public headers are the ones this file
+// includes:
+//
+//   vocabulary  attn/error.hpp, attn/view.hpp, attn/mask.hpp, attn/sdpa_options.hpp
+//   families    attn/sdpa.hpp, attn/attention_weights.hpp, attn/additive.hpp,
+//               attn/decomposable.hpp, attn/structured.hpp, attn/mla.hpp
+//   layers      attn/multi_head.hpp, attn/kv_cache.hpp, attn/rope.hpp,
+//               attn/mla_cache.hpp, attn/yarn.hpp
+//
+// The public names are these names in namespace attn, each documented in its
+// header:
+//
+//   types       attn::index (declared in attn/core/index.hpp, which every
+//               public header includes), attn::error
+//   views       attn::strided, attn::view, attn::bshd, attn::bhsd,
+//               attn::packed_qkv, attn::broadcast_mask
+//   masks       attn::causal, attn::alignment, attn::sliding_window,
+//               attn::unbounded
+//   SDPA        attn::scaled_dot_product_attention, attn::sdpa_options,
+//               attn::attention_weights
+//   additive    attn::additive_attention, attn::additive_keys,
+//               attn::additive_weights, attn::additive_options,
+//               attn::score_function
+//   decomposable  attn::decomposable_attention, attn::decomposable_options,
+//               attn::intra_attention_options, attn::decomposable_result
+//   structured  attn::segmentation_attention, attn::segmentation_options,
+//               attn::segmentation_result
+//   multi-head  attn::multi_head_attention, attn::mha_config, attn::mha_weights,
+//               attn::linear, attn::mha_rope, attn::mha_options,
+//               attn::weights_mode, attn::tensor3, attn::tensor4, attn::kv_cache
+//   RoPE        attn::rope_table, attn::rope_options, attn::rope_layout,
+//               attn::apply_rope, attn::yarn_options, attn::yarn_inv_freq
+//   MLA         attn::multi_head_latent_attention, attn::mla_config,
+//               attn::mla_weights, attn::mla_options, attn::mla_path,
+//               attn::mla_cache
+//
+// with their documented members. Names inside the ISA namespace
+// (attn/core/abi.hpp) are public as users spell them: attn::kv_cache, never
+// attn::abi_avx2_omp::kv_cache.
+//
+// Everything else is internal and may change in any commit without notice:
+//
+//   * the namespaces attn::core (with attn::core::simd and
+//     attn::core::softmax) and attn::detail (with attn::detail::sdpa,
+//     attn::detail::engine, attn::detail::mla and the families'
+//     attn::detail::<family>), and the ISA namespaces themselves;
+//   * every header under attn/core/ and attn/detail/, but for attn::index
+//     in attn/core/index.hpp. The public headers include core headers
+//     (simd.hpp, math.hpp, softmax.hpp, linear.hpp, ...) for their own use,
+//     so those names are reachable from here, but they are still internal;
+//     this file includes none of them itself. detail/ headers refuse a
+//     direct include;
+//   * the macros: ATTN_ABI, ATTN_ALWAYS_INLINE and every ATTN_DETAIL_*.
 #pragma once
 
 // Errors and argument checking: attn::error (an std::invalid_argument).
@@ -32,22 +89,19 @@
 #include "attn/structured.hpp"
 
 // Scaled dot-product attention: attn::sdpa_options,
-// attn::scaled_dot_product_attention.
+// attn::scaled_dot_product_attention, attn::attention_weights.
 #include "attn/attention_weights.hpp"
+#include "attn/sdpa.hpp"
+#include "attn/sdpa_options.hpp"
+
+// The multi-head attention layer with its KV cache and rotary embeddings:
+// attn::multi_head_attention, attn::kv_cache, attn::rope_table, attn::apply_rope.
 #include "attn/kv_cache.hpp"
 #include "attn/multi_head.hpp"
 #include "attn/rope.hpp"
-#include "attn/sdpa.hpp"
-#include "attn/sdpa_options.hpp"
 
 // DeepSeek multi-head latent attention with its latent cache and YaRN RoPE:
 // attn::multi_head_latent_attention, attn::mla_config, attn::mla_cache.
 #include "attn/mla.hpp"
 #include "attn/mla_cache.hpp"
 #include "attn/yarn.hpp"
-
-// The shared SIMD core (knows nothing of attention): packets, vector exp,
-// online softmax and log-sum-exp merging.
-#include "attn/core/math.hpp"
-#include "attn/core/simd.hpp"
-#include "attn/core/softmax.hpp"

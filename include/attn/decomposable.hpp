@@ -306,8 +306,8 @@ class decomposable_attention {
   }
 
   static void check_scale(const char* fn, float scale) {
-    detail::require(std::isfinite(scale) && std::isfinite(scale * softmax::log2e), fn, "scale",
-                    "a finite number below FLT_MAX / log2(e)", scale);
+    detail::require(std::isfinite(scale) && std::isfinite(scale * core::softmax::log2e), fn,
+                    "scale", "a finite number below FLT_MAX / log2(e)", scale);
   }
 
   static void check_weights(const char* fn, const char* name, const char* stride_name,

@@ -319,9 +319,9 @@ class multi_head_latent_attention {
           }
           const index row = b * T + t;
           for (index h = 0; h < H; ++h)
-            kernel::rope_rotate_head(q.data() + (row * H + h) * qk + nope, cs.data(),
+            detail::rope_rotate_head(q.data() + (row * H + h) * qk + nope, cs.data(),
                                      cs.data() + pairs, pairs, rope_layout::interleaved);
-          kernel::rope_rotate_head(kv.data() + row * (rank + rope) + rank, cs.data(),
+          detail::rope_rotate_head(kv.data() + row * (rank + rope) + rank, cs.data(),
                                    cs.data() + pairs, pairs, rope_layout::interleaved);
         }
     }
@@ -393,9 +393,10 @@ class multi_head_latent_attention {
 
     std::vector<index> lengths(static_cast<std::size_t>(B));
     for (index b = 0; b < B; ++b) lengths[static_cast<std::size_t>(b)] = cache.lengths()[b];
-    kernel::latent_problem<Storage> p{q_lat.data(), cache.rows().data, lengths.data(), o_lat.data(),
-                                      B, T, H, rank, rope, cache.capacity(), scale_};
-    kernel::latent_attention(p, threads);
+    detail::mla::latent_problem<Storage> p{q_lat.data(), cache.rows().data, lengths.data(),
+                                           o_lat.data(), B, T, H, rank, rope, cache.capacity(),
+                                           scale_};
+    detail::mla::latent_attention(p, threads);
 
     core::parallel_for(H, head_threads, [&](index h) {
       uv_[static_cast<std::size_t>(h)].apply(o_lat.data() + h * rank, H * rank, rows,

@@ -223,8 +223,11 @@ inline void rope_check_positions(const rope_table& table, index offset, index se
 #define ATTN_DETAIL_ROPE_SIMD
 #endif
 
+// The rotation's code depends on the compiler flags (vector width, OpenMP),
+// so it lives in the ISA namespace, opened innermost under detail
+// (docs/design.md, section 3).
+namespace detail {
 inline namespace ATTN_ABI {
-namespace kernel {
 
 // Rotates one head vector's pairs with the given cos / sin rows.
 inline void rope_rotate_head(float* v, const float* c, const float* s, index pairs,
@@ -258,7 +261,7 @@ inline void rope_apply(const rope_table& table, const strided<float, 4>& x, cons
   const index per_row = H * 2 * pairs;
   const index rows = B * S;
   const index rows_per_task = std::max<index>(1, (index{1} << 14) / std::max<index>(1, per_row));
-  const index tasks = attn::detail::ceil_div(rows, rows_per_task);
+  const index tasks = ceil_div(rows, rows_per_task);
   const double flops = 3.0 * static_cast<double>(rows) * static_cast<double>(per_row);
   core::parallel_for(tasks, core::threads_for_work(num_threads, flops), [&](index t) {
     const index end = std::min(rows, (t + 1) * rows_per_task);
@@ -273,7 +276,10 @@ inline void rope_apply(const rope_table& table, const strided<float, 4>& x, cons
   });
 }
 
-}  // namespace kernel
+}  // namespace ATTN_ABI
+}  // namespace detail
+
+inline namespace ATTN_ABI {
 
 /// Applies rotary position embeddings in place: token s of every batch is
 /// rotated as position position_offset + s.
@@ -301,7 +307,7 @@ inline void apply_rope(const rope_table& table, strided<float, 4> x, index posit
                        rope_layout layout, int num_threads = 0) {
   const bool work = detail::rope_check_view(table, x, layout, num_threads);
   detail::rope_check_positions(table, position_offset, x.dims[1], "position_offset");
-  if (work) kernel::rope_apply(table, x, &position_offset, 0, layout, num_threads);
+  if (work) detail::rope_apply(table, x, &position_offset, 0, layout, num_threads);
 }
 
 /// Applies rotary position embeddings in place with one position offset per
@@ -331,7 +337,7 @@ inline void apply_rope(const rope_table& table, strided<float, 4> x,
   for (index b = 0; b < B; ++b)
     detail::rope_check_positions(table, position_offsets[static_cast<std::size_t>(b)], x.dims[1],
                                  "position_offsets", b);
-  if (work) kernel::rope_apply(table, x, position_offsets.data(), 1, layout, num_threads);
+  if (work) detail::rope_apply(table, x, position_offsets.data(), 1, layout, num_threads);
 }
 
 }  // namespace ATTN_ABI

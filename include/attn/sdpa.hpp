@@ -111,7 +111,7 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, s
 
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(Dqk));
   // Scores are kept in log2 units (scale · log2 e), which must stay finite.
-  require(std::isfinite(scale) && std::isfinite(scale * softmax::log2e), fn, "scale",
+  require(std::isfinite(scale) && std::isfinite(scale * core::softmax::log2e), fn, "scale",
           "a finite number below FLT_MAX / log2(e)", scale);
   if (opt.window) {
     require(opt.window->left >= 0, fn, "window.left", ">= 0 (attn::unbounded for no limit)",
@@ -146,10 +146,10 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, s
     values = strided<const KV, 4>{&dummy_v, v.dims, {0, 0, 0, 0}};
     out = strided<float, 4>{&dummy_out, out.dims, {0, 0, 0, 0}};
   }
-  if (kernel::split_kv_policy::applies(L, Hq / Hkv))
-    kernel::split_kv_decode<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
+  if (detail::sdpa::split_kv_policy::applies(L, Hq / Hkv))
+    detail::sdpa::split_kv_decode<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
   else
-    kernel::flash_forward<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
+    detail::sdpa::flash_forward<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
 }
 
 /// Tensor convenience overload: [B, L, Hq, d_qk], [B, S, Hkv, d_qk],

@@ -177,8 +177,8 @@ void run(input& in) {
 
   // --- one call ----------------------------------------------------------------
   // big: longer rows; among those, a decoder step over a source long
-  // enough to split its keys into chunks (attn::kernel::key_chunks), or
-  // enough query rows for tasks of attn::kernel::max_task_rows.
+  // enough to split its keys into chunks (attn::detail::additive::key_chunks), or
+  // enough query rows for tasks of attn::detail::additive::max_task_rows.
   const bool big = in.chance(32);
   const int shape = big ? static_cast<int>(in.range(0, 3)) : 0;  // 1: long source, 2: long run
   const index B = in.chance(16) ? 0 : in.range(1, 2);
@@ -472,7 +472,7 @@ void run(input& in) {
       for (index b = 0; b < B; ++b)
         for (index i = 0; i < L; ++i) m.query_mask.push_back(*opt.query_mask.at(b, i));
     ref = attn_ref::additive_attention(p, qd, kd, vd, B, L, S, Dv, m,
-                                       attn::simd::tanh_max_abs_error);
+                                       attn::core::simd::tanh_max_abs_error);
   }
 
   for (index b = 0; b < B; ++b) {

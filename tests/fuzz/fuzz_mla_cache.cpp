@@ -1012,7 +1012,7 @@ void run(input& in) {
         check(static_cast<index>(h.size()) == old, "harness: history out of step");
         for (index t = 0; t < T; ++t) h.push_back(make_token(m, &x(b, t, 0), old + t));
         const bool naive_leaky = known_mla::flash_edge_tile_nan_leak &&
-                                 !attn::kernel::split_kv_policy::applies(T, 1);
+                                 !attn::detail::sdpa::split_kv_policy::applies(T, 1);
         if (used == attn::mla_path::naive)
           check_sequence(m, cache, h, b, old, y, y_twin, naive_leaky);
         else

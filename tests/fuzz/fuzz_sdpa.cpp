@@ -375,7 +375,8 @@ void run(input& in) {
   breakage br;
   if (opt.scale) {
     const float s = *opt.scale;
-    if (!(std::isfinite(s) && std::isfinite(s * attn::softmax::log2e))) br.set("scale", "scale");
+    if (!(std::isfinite(s) && std::isfinite(s * attn::core::softmax::log2e)))
+      br.set("scale", "scale");
   }
   attn::strided<const float, 4> qv = q.view;
   attn::strided<const KV, 4> kv = k.view, vv = v.view;

@@ -58,7 +58,7 @@ constexpr double eps32 = 5.9604644775390625e-8;
 ///    ~ sqrt(n)·eps·Σ|terms| for rounding errors of random sign (the worst
 ///    case, n·eps, is never approached by random data); we take
 ///    2·sqrt(n)·eps·Σ|terms|;
-///  * tanh adds tanh_abs (attn::simd::tanh_max_abs_error) per element, and
+///  * tanh adds tanh_abs (attn::core::simd::tanh_max_abs_error) per element, and
 ///    passes a pre-activation error through with slope <= 1;
 ///  * the score Σ_a v_a t_a then errs by Σ_a |v_a|·(element error) plus its
 ///    own accumulation 2·sqrt(d_a)·eps·Σ_a |v_a t_a|.

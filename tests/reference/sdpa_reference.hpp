@@ -3,7 +3,7 @@
 //
 // No tiling, no online softmax, no SIMD, no band logic from attn/mask.hpp:
 // every (batch, head, query) row builds its full list of scores in double,
-// decides visibility of each key directly from the conventions in DESIGN.md,
+// decides visibility of each key directly from the conventions in docs/design.md,
 // and does a two-pass max-subtracted softmax. Inputs are read element-wise
 // through attn::strided views (only view::at(), i.e. pointer + sum of
 // index*stride), converted to double from whatever element type they hold,

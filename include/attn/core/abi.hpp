@@ -6,9 +6,12 @@
 // otherwise merge same-named inline functions built for different widths,
 // mixing one's buffer sizes with the other's kernels. Everything that depends
 // on those flags therefore lives in an inline namespace named after them
-// (attn::abi_avx512_omp, attn::abi_sse2_serial, ...); users never name it.
+// (abi_avx512_omp, abi_sse2_serial, ...), opened as the innermost namespace:
+// attn::abi_avx2_omp::kv_cache, attn::core::simd::abi_avx2_omp::exp,
+// attn::detail::sdpa::abi_avx2_omp::flash_forward. Users never name it.
 // ISA-independent types (attn::error, attn::strided, attn::sdpa_options, ...)
-// stay outside, so they are the same type in every translation unit.
+// stay outside, so they are the same type in every translation unit. The
+// rules are in docs/design.md, section 3.
 #pragma once
 
 #include <Eigen/Core>

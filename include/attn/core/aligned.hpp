@@ -14,9 +14,8 @@
 
 #include "attn/core/abi.hpp"
 
-namespace attn {
+namespace attn::core {
 inline namespace ATTN_ABI {
-namespace core {
 
 /// Bytes per cache line on the targets attn is tuned for.
 constexpr std::size_t cache_line = 64;
@@ -54,6 +53,5 @@ struct cache_line_allocator {
 template <class T>
 using aligned_vector = std::vector<T, cache_line_allocator<T>>;
 
-}  // namespace core
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core

@@ -28,9 +28,8 @@
 #include "attn/core/index.hpp"
 #include "attn/core/simd.hpp"
 
-namespace attn {
+namespace attn::core::softmax {
 inline namespace ATTN_ABI {
-namespace softmax {
 
 /// True when the n floats at p (contiguous) are all finite: no NaN, no ±inf.
 /// O(n) with packets; meant for one finished output row.
@@ -131,6 +130,5 @@ bool recompute_row_fp64(index n_keys, const KeyFn& key, const ValueFn& value, in
   return finite;
 }
 
-}  // namespace softmax
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core::softmax

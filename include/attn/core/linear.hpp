@@ -3,7 +3,7 @@
 // The multi-head layer's projections. Eigen's GEMM would do, but its
 // parallel split changes which kernel path computes an element, so the bits
 // of y would depend on the thread count; here every output element is
-// computed by one task in a fixed order, so they never do (DESIGN.md:
+// computed by one task in a fixed order, so they never do (docs/design.md:
 // determinism). Wᵀ is packed once, at construction, into column panels the
 // micro-kernel streams: element (d, c) of panel p at
 // panels[(p · in + d) · panel_cols + c].
@@ -18,9 +18,8 @@
 #include "attn/core/parallel.hpp"
 #include "attn/error.hpp"
 
-namespace attn {
+namespace attn::core {
 inline namespace ATTN_ABI {
-namespace core {
 
 /// A dense layer with its weight packed for gemm_tile. Immutable after
 /// construction; apply() may run from many threads at once.
@@ -87,6 +86,5 @@ class packed_linear {
   std::vector<float> packed_;
 };
 
-}  // namespace core
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core

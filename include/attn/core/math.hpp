@@ -7,11 +7,10 @@
 #include "attn/core/abi.hpp"
 #include "attn/core/simd.hpp"
 
-namespace attn {
+namespace attn::core::simd {
 inline namespace ATTN_ABI {
-namespace simd {
 
-/// Maximum relative error of attn::simd::exp against the correctly rounded
+/// Maximum relative error of attn::core::simd::exp against the correctly rounded
 /// exp, for x in [exp_accurate_min, exp_accurate_max]. Asserted by
 /// tests/test_math.cpp over a dense sweep of that range. (About 2 ulp: a
 /// degree-6 polynomial on the reduced argument plus a two-constant
@@ -24,7 +23,7 @@ constexpr float exp_accurate_min = -87.33654f;
 constexpr float exp_accurate_max = 88.3f;  ///< upper end of that range
 
 /// e^x per lane for x in [exp_accurate_min, exp_accurate_max], with
-/// attn::simd::exp's bits there but none of its range handling: outside that
+/// attn::core::simd::exp's bits there but none of its range handling: outside that
 /// range, and for NaN, the result is unspecified (garbage, never a trap).
 /// For callers that have already checked the range (or discard the lanes
 /// outside it) and cannot afford three selects per packet.
@@ -61,7 +60,7 @@ inline packet exp(const packet& x) {
   return select(equal(x, x), y, x);  // NaN lanes: return the NaN
 }
 
-/// Maximum relative error of attn::simd::exp2_nonpositive against the exact
+/// Maximum relative error of attn::core::simd::exp2_nonpositive against the exact
 /// 2^x, for x in [-126, 0]: the reduced argument r = x - round(x) is exact,
 /// and a degree-6 polynomial fitted for relative error on [-1/2, 1/2]
 /// (fit error 2e-9) leaves only fp32 rounding, measured below 1 ulp.
@@ -88,14 +87,14 @@ inline packet exp2_nonpositive(const packet& x) {
   return mul(p, pow2i(n));
 }
 
-/// Maximum absolute error of attn::simd::tanh against the exact tanh, over
+/// Maximum absolute error of attn::core::simd::tanh against the exact tanh, over
 /// all floats. Since |tanh x| <= 1 this is also the error relative to 1;
 /// relative to |tanh x| the error is at most tanh_max_rel_error. Asserted by
 /// tests/test_math.cpp over a dense sweep (measured: about 3.7e-7, a few
 /// ulp of 1, from fp32 rounding of the rational function below).
 constexpr float tanh_max_abs_error = 4.5e-7f;
 
-/// Maximum error of attn::simd::tanh relative to |tanh x|, for every float
+/// Maximum error of attn::core::simd::tanh relative to |tanh x|, for every float
 /// x (near 0 tanh x ~ x, and the result is x times a ratio close to 1, so
 /// the relative error stays bounded down to the smallest subnormals).
 constexpr float tanh_max_rel_error = 4.5e-7f;
@@ -135,6 +134,5 @@ inline float exp2_nonpositive_scalar(float x) { return ei::pfirst(exp2_nonpositi
 /// Scalar e^x with the same arithmetic as the packet version.
 inline float exp_scalar(float x) { return ei::pfirst(exp(broadcast(x))); }
 
-}  // namespace simd
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core::simd

@@ -20,9 +20,8 @@
 #include "attn/core/inline.hpp"
 #include "attn/core/simd.hpp"
 
-namespace attn {
+namespace attn::core {
 inline namespace ATTN_ABI {
-namespace core {
 
 /// A register tile shape: Rows rows of A by Packets vectors of columns.
 template <int Rows, int Packets>
@@ -122,6 +121,5 @@ class prefetch_stream {
   std::size_t share_;
 };
 
-}  // namespace core
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core

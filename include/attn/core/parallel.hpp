@@ -14,12 +14,11 @@
 #include <omp.h>
 #endif
 
-namespace attn {
-inline namespace ATTN_ABI {
 /// The shared core below every attention family: the parallel loop, the
 /// register-blocked micro-kernel and the packed linear layer. Knows nothing
-/// of attention.
-namespace core {
+/// of attention. Internal, not part of the API (see attn/attn.hpp).
+namespace attn::core {
+inline namespace ATTN_ABI {
 
 /// Number of threads parallel_for will use for `requested` (0 = default),
 /// never more than the OpenMP thread limit.
@@ -79,6 +78,5 @@ void parallel_for(index n, int requested_threads, Body body) {
       n, requested_threads, [] { return none{}; }, [&](none&, index t) { body(t); });
 }
 
-}  // namespace core
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core

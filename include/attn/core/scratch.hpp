@@ -15,9 +15,8 @@
 #include "attn/core/abi.hpp"
 #include "attn/core/aligned.hpp"
 
-namespace attn {
+namespace attn::core {
 inline namespace ATTN_ABI {
-namespace core {
 
 /// n elements of T borrowed from this thread's buffer for Tag (one buffer per
 /// (T, Tag) and thread), starting on a cache line. The contents are unspecified: whatever the
@@ -83,6 +82,5 @@ class scratch_array {
   std::size_t size_ = 0;
 };
 
-}  // namespace core
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core

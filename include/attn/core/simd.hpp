@@ -15,12 +15,12 @@
 #include <immintrin.h>
 #endif
 
-namespace attn {
-inline namespace ATTN_ABI {
 /// The packet layer: float vectors of the widest width the compiler flags
-/// enable (attn::simd::width lanes), over Eigen's packet math, and vector
-/// elementary functions with stated error (attn/core/math.hpp).
-namespace simd {
+/// enable (attn::core::simd::width lanes), over Eigen's packet math, and
+/// vector elementary functions with stated error (attn/core/math.hpp).
+/// Internal, not part of the API (see attn/attn.hpp).
+namespace attn::core::simd {
+inline namespace ATTN_ABI {
 
 namespace ei = Eigen::internal;
 
@@ -148,6 +148,5 @@ inline packet load_as_float(const T* p) {
 #pragma GCC diagnostic pop
 #endif
 
-}  // namespace simd
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core::simd

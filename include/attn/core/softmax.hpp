@@ -17,11 +17,11 @@
 #include "attn/core/math.hpp"
 #include "attn/error.hpp"
 
-namespace attn {
-inline namespace ATTN_ABI {
 /// Softmax building blocks shared by the kernels: the online (streaming)
 /// softmax state, row softmax, and the log-sum-exp merge of partial results.
-namespace softmax {
+/// Internal, not part of the API (see attn/attn.hpp).
+namespace attn::core::softmax {
+inline namespace ATTN_ABI {
 
 /// -inf: the score of a masked key, the LSE of a row that sees no key.
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
@@ -208,6 +208,5 @@ inline void merge_partial(float* o_a, float& lse_a, const float* o_b, float lse_
   lse_a = m + std::log(total);
 }
 
-}  // namespace softmax
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::core::softmax

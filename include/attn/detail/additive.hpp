@@ -9,7 +9,7 @@
 //
 // The scores never form the [L, S, d_a] tensor of pre-activations: for
 // each (query, key) pair the kernel adds the two projections a packet at a
-// time, takes attn::simd::tanh in registers and folds it into the dot with
+// time, takes attn::core::simd::tanh in registers and folds it into the dot with
 // v. When every projected feature of the query and of the key lies within
 // ±exp_form_range (the usual case), it uses the exponential form instead:
 // tanh(x + y) = 1 - 2 / (e^(2x) e^(2y) + 1), with e^(2y) made once per key
@@ -20,7 +20,7 @@
 //
 // Query rows go in tasks of task_rows (4 or 16); a task takes its keys in
 // blocks of key_block: a block's scores, then the core's online softmax
-// state (attn::softmax::online_state) and the block's weighted value rows,
+// state (attn::core::softmax::online_state) and the block's weighted value rows,
 // prefetched into L2 while its scores were computed, added to the output,
 // which is divided by the row sum at the end. A call with few row tasks (a
 // decoder step) also splits its keys into chunks on separate tasks, merged
@@ -63,14 +63,14 @@ inline namespace ATTN_ABI {
 // score has the same bits whichever block it falls in.
 inline void additive_scores4(const float* qp, const float* v, const float* k0, const float* k1,
                              const float* k2, const float* k3, index n, float* out) {
-  using namespace simd;
+  using namespace core::simd;
   packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
   for (index d = 0; d < n; d += width) {
     const packet q = load(qp + d), w = load(v + d);
-    a0 = fma(w, simd::tanh(add(q, load(k0 + d))), a0);
-    a1 = fma(w, simd::tanh(add(q, load(k1 + d))), a1);
-    a2 = fma(w, simd::tanh(add(q, load(k2 + d))), a2);
-    a3 = fma(w, simd::tanh(add(q, load(k3 + d))), a3);
+    a0 = fma(w, core::simd::tanh(add(q, load(k0 + d))), a0);
+    a1 = fma(w, core::simd::tanh(add(q, load(k1 + d))), a1);
+    a2 = fma(w, core::simd::tanh(add(q, load(k2 + d))), a2);
+    a3 = fma(w, core::simd::tanh(add(q, load(k3 + d))), a3);
   }
   out[0] = reduce_add(a0);
   out[1] = reduce_add(a1);
@@ -79,17 +79,17 @@ inline void additive_scores4(const float* qp, const float* v, const float* k0, c
 }
 
 inline float additive_score1(const float* qp, const float* v, const float* k0, index n) {
-  using namespace simd;
+  using namespace core::simd;
   packet a0 = zero();
   for (index d = 0; d < n; d += width)
-    a0 = fma(load(v + d), simd::tanh(add(load(qp + d), load(k0 + d))), a0);
+    a0 = fma(load(v + d), core::simd::tanh(add(load(qp + d), load(k0 + d))), a0);
   return reduce_add(a0);
 }
 
 // Dot products of one (padded) query with 4 / 1 (padded) keys.
 inline void dot_scores4(const float* q, const float* k0, const float* k1, const float* k2,
                         const float* k3, index n, float* out) {
-  using namespace simd;
+  using namespace core::simd;
   packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
   for (index d = 0; d < n; d += width) {
     const packet x = load(q + d);
@@ -105,7 +105,7 @@ inline void dot_scores4(const float* q, const float* k0, const float* k1, const 
 }
 
 inline float dot_score1(const float* q, const float* k0, index n) {
-  using namespace simd;
+  using namespace core::simd;
   packet a0 = zero();
   for (index d = 0; d < n; d += width) a0 = fma(load(q + d), load(k0 + d), a0);
   return reduce_add(a0);
@@ -133,15 +133,15 @@ constexpr float exp_form_denominator_cap = 0x1p63f;
 // e^(2x) of n floats (a multiple of the packet width) into out; returns
 // whether every |x| <= exp_form_range (false for NaN).
 inline bool exp_form_factors(const float* x, index n, float* out) {
-  using namespace simd;
+  using namespace core::simd;
   packet worst = zero(), probe = zero();  // probe: x · 0 is NaN for a NaN or inf x
   for (index d = 0; d < n; d += width) {
     const packet xd = load(x + d);
-    worst = simd::max(worst, simd::max(xd, sub(zero(), xd)));
+    worst = core::simd::max(worst, core::simd::max(xd, sub(zero(), xd)));
     probe = add(probe, mul(xd, zero()));
     // (a lane out of range makes the row fail the test below, and then its
     // factors are never read: no range handling needed)
-    store(out + d, simd::exp_in_range(add(xd, xd)));
+    store(out + d, core::simd::exp_in_range(add(xd, xd)));
   }
   return reduce_max(worst) <= exp_form_range && reduce_add(probe) == 0.0f;
 }
@@ -149,20 +149,20 @@ inline bool exp_form_factors(const float* x, index n, float* out) {
 // Σ v / d over the features [a, a + 2 width) of one (query, key) pair, d =
 // min(E F + 1, cap), with one division. (Σ|v| <= sum_abs_v_limit keeps
 // v1 d2 + v2 d1 finite.)
-inline simd::packet exp_form_pair(const float* e, const float* v, const float* f, index a) {
-  using namespace simd;
+inline core::simd::packet exp_form_pair(const float* e, const float* v, const float* f, index a) {
+  using namespace core::simd;
   const packet one = broadcast(1.0f), cap = broadcast(exp_form_denominator_cap);
   const index b = a + width;
-  const packet d1 = simd::min(fma(load(e + a), load(f + a), one), cap);
-  const packet d2 = simd::min(fma(load(e + b), load(f + b), one), cap);
+  const packet d1 = core::simd::min(fma(load(e + a), load(f + a), one), cap);
+  const packet d2 = core::simd::min(fma(load(e + b), load(f + b), one), cap);
   return ei::pdiv(fma(load(v + a), d2, mul(load(v + b), d1)), mul(d1, d2));
 }
 
 // The same for one packet of features (the last, when n / width is odd).
-inline simd::packet exp_form_single(const float* e, const float* v, const float* f, index a) {
-  using namespace simd;
+inline core::simd::packet exp_form_single(const float* e, const float* v, const float* f, index a) {
+  using namespace core::simd;
   const packet one = broadcast(1.0f), cap = broadcast(exp_form_denominator_cap);
-  return ei::pdiv(load(v + a), simd::min(fma(load(e + a), load(f + a), one), cap));
+  return ei::pdiv(load(v + a), core::simd::min(fma(load(e + a), load(f + a), one), cap));
 }
 
 // Scores of Q queries against 4 keys in the exponential form: e[q] the
@@ -172,7 +172,7 @@ inline simd::packet exp_form_single(const float* e, const float* v, const float*
 template <int Q>
 inline void additive_scores_exp(const float* const* e, const float* v, const float* const* f,
                                 index n, float sum_v, float* out) {
-  using namespace simd;
+  using namespace core::simd;
   packet acc[Q][4];
   for (int q = 0; q < Q; ++q)
     for (int k = 0; k < 4; ++k) acc[q][k] = zero();
@@ -189,7 +189,7 @@ inline void additive_scores_exp(const float* const* e, const float* v, const flo
 
 inline float additive_score_exp1(const float* e, const float* v, const float* f, index n,
                                  float sum_v) {
-  using namespace simd;
+  using namespace core::simd;
   packet a0 = zero();
   index d = 0;
   for (; d + 2 * width <= n; d += 2 * width) a0 = add(a0, exp_form_pair(e, v, f, d));
@@ -232,20 +232,20 @@ inline index key_chunks(index row_tasks, index S) {
 // out[4..7]: query b. The same per-score arithmetic as additive_scores4.
 inline void additive_scores2x4(const float* qa, const float* qb, const float* v,
                                const float* const* k, index n, float* out) {
-  using namespace simd;
+  using namespace core::simd;
   packet a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
   packet b0 = zero(), b1 = zero(), b2 = zero(), b3 = zero();
   for (index d = 0; d < n; d += width) {
     const packet x = load(qa + d), y = load(qb + d), w = load(v + d);
     const packet k0 = load(k[0] + d), k1 = load(k[1] + d), k2 = load(k[2] + d), k3 = load(k[3] + d);
-    a0 = fma(w, simd::tanh(add(x, k0)), a0);
-    a1 = fma(w, simd::tanh(add(x, k1)), a1);
-    a2 = fma(w, simd::tanh(add(x, k2)), a2);
-    a3 = fma(w, simd::tanh(add(x, k3)), a3);
-    b0 = fma(w, simd::tanh(add(y, k0)), b0);
-    b1 = fma(w, simd::tanh(add(y, k1)), b1);
-    b2 = fma(w, simd::tanh(add(y, k2)), b2);
-    b3 = fma(w, simd::tanh(add(y, k3)), b3);
+    a0 = fma(w, core::simd::tanh(add(x, k0)), a0);
+    a1 = fma(w, core::simd::tanh(add(x, k1)), a1);
+    a2 = fma(w, core::simd::tanh(add(x, k2)), a2);
+    a3 = fma(w, core::simd::tanh(add(x, k3)), a3);
+    b0 = fma(w, core::simd::tanh(add(y, k0)), b0);
+    b1 = fma(w, core::simd::tanh(add(y, k1)), b1);
+    b2 = fma(w, core::simd::tanh(add(y, k2)), b2);
+    b3 = fma(w, core::simd::tanh(add(y, k3)), b3);
   }
   out[0] = reduce_add(a0);
   out[1] = reduce_add(a1);
@@ -268,7 +268,7 @@ inline void dot_scores2x4(const float* qa, const float* qb, const float* const* 
 template <int KR, int KC>
 inline index accumulate_strips(const float* const* p, const float* f, float* const* o, index nr,
                                const float* const* v, index nk, index Dv, index d) {
-  using namespace simd;
+  using namespace core::simd;
   auto start = [&](int r, const float* src) {
     return f[r] == 0.0f ? zero() : f[r] == 1.0f ? load(src) : mul(load(src), broadcast(f[r]));
   };
@@ -283,7 +283,7 @@ inline index accumulate_strips(const float* const* p, const float* f, float* con
         const float w = p[r][m];
         if (w == 0.0f) continue;
         const packet pw = broadcast(w);
-        for (int c = 0; c < KC; ++c) acc[r][c] = simd::fma(pw, x[c], acc[r][c]);
+        for (int c = 0; c < KC; ++c) acc[r][c] = core::simd::fma(pw, x[c], acc[r][c]);
       }
     }
     for (int r = 0; r < KR && r < nr; ++r)
@@ -299,7 +299,7 @@ inline index accumulate_strips(const float* const* p, const float* f, float* con
 // between value rows defeat the prefetcher; docs/performance.md.)
 inline void accumulate_row(const float* p, float f, float* o, const float* const* v, index nk,
                            index Dv) {
-  using namespace simd;
+  using namespace core::simd;
   for (index d = 0; d < Dv; ++d) o[d] = f == 0.0f ? 0.0f : f == 1.0f ? o[d] : o[d] * f;
   const index vec = Dv / width * width;
   index m = 0;
@@ -486,7 +486,7 @@ inline key_projection project_keys(const layer& l, const strided<const float, 3>
   c.B = keys.dims[0];
   c.S = keys.dims[1];
   c.dim = l.dim > 0 ? l.dim : keys.dims[2];
-  c.stride = detail::round_up(std::max<index>(c.dim, 1), simd::width);
+  c.stride = detail::round_up(std::max<index>(c.dim, 1), core::simd::width);
   c.data.assign(static_cast<std::size_t>(c.B * c.S * c.stride), 0.0f);
   for (index b = 0; b < c.B; ++b) {
     if (c.S == 0) break;
@@ -626,14 +626,14 @@ struct context {
 inline void finish_row(const call& c, const strided<const float, 3>& values,
                        const strided<float, 3>& out, index b, index i, float* sc) {
   const index S = values.dims[1], Dv = values.dims[2], os = out.strides[2];
-  softmax::row_softmax(sc, S);
+  core::softmax::row_softmax(sc, S);
   if (!c.weights.empty()) {
     float* w = c.weights.at(b, i, 0);
     const index ws = c.weights.strides[2];
     for (index j = 0; j < S; ++j) w[j * ws] = sc[j];
   }
   float* o = out.at(b, i, 0);
-  if (!live_query(c, b, i) || softmax::all_finite(o, Dv)) return;  // (Dv > 1: os == 1)
+  if (!live_query(c, b, i) || core::softmax::all_finite(o, Dv)) return;  // (Dv > 1: os == 1)
   std::vector<index> vis(static_cast<std::size_t>(S));
   const index nv = visible_keys(c, b, S, 0, S, vis.data());
   weighted_sum_fp64_if_nonfinite(sc, o, vis.data(), nv, values, b, os, Dv);
@@ -661,7 +661,7 @@ class row_task {
     nv_ = visible_keys(x_.c, b_, x_.p.S, j0, j0 + x_.p.K, vis_);
     for (index r = 0; r < nr_; ++r) {
       float* sc = scores_of(rows_[r]);
-      for (index j = j0; j < std::min(x_.p.S, j0 + x_.p.K); ++j) sc[j] = softmax::neg_inf;
+      for (index j = j0; j < std::min(x_.p.S, j0 + x_.p.K); ++j) sc[j] = core::softmax::neg_inf;
     }
     sum_values();
     if (x_.p.chunked)
@@ -692,8 +692,8 @@ class row_task {
   }
 
   void prefetch_values(index n) const {
-    simd::prefetch_l2(x_.values.at(b_, vis_[n], 0),
-                      static_cast<std::size_t>(x_.p.Dv) * sizeof(float));
+    core::simd::prefetch_l2(x_.values.at(b_, vis_[n], 0),
+                            static_cast<std::size_t>(x_.p.Dv) * sizeof(float));
   }
 
   // c_i = Σ_j softmax(e_i)_j v_j for the live rows, one key block at a
@@ -724,10 +724,10 @@ class row_task {
       float* e = s_.weights.data() + m * key_block;
       for (index n = 0; n < nk; ++n) e[n] = sc[vis_[n0 + n]];
       // (an overflowed +inf score weighs 1, as in row_softmax)
-      const float bmax = softmax::max_of(e, nk);
-      factor[m] = st_[m].raise_max(std::min(bmax, softmax::max_finite));
+      const float bmax = core::softmax::max_of(e, nk);
+      factor[m] = st_[m].raise_max(std::min(bmax, core::softmax::max_finite));
       if (n0 == 0) factor[m] = 0.0f;
-      st_[m].sum += softmax::exp_in_place(e, nk, st_[m].pivot());
+      st_[m].sum += core::softmax::exp_in_place(e, nk, st_[m].pivot());
     }
   }
 
@@ -864,7 +864,7 @@ class row_task {
     }
     bool nonfinite = false;
     for (index m = 0; m < nl_ && !nonfinite; ++m)
-      nonfinite = !softmax::all_finite(o_[m], Dv);  // (Dv > 1: os == 1)
+      nonfinite = !core::softmax::all_finite(o_[m], Dv);  // (Dv > 1: os == 1)
     if (!x_.p.want_weights && !nonfinite) return;
     for (index r = 0; r < nr_; ++r)
       finish_row(x_.c, x_.values, x_.out, b_, rows_[r], scores_of(rows_[r]));
@@ -880,7 +880,7 @@ class row_task {
   index nv_ = 0;
   float* o_[max_task_rows] = {};        // each live row's output (or partial)
   const float* p_[max_task_rows] = {};  // and its block weights
-  softmax::online_state st_[max_task_rows];
+  core::softmax::online_state st_[max_task_rows];
 };
 
 // Row i of batch b from its chunks' partials (the task of its rows, slot
@@ -892,7 +892,7 @@ class row_task {
 inline void merge_partials(const context& x, index b, index i, index m) {
   const index Dv = x.p.Dv, chunks = x.p.chunks;
   const index first = (b * x.p.blocks + i / x.p.R) * chunks;
-  float top = softmax::neg_inf;
+  float top = core::softmax::neg_inf;
   for (index k = 0; k < chunks; ++k) {
     const float* pk = x.partial(first + k, m);
     if (pk[Dv + 1] != 0.0f) top = std::max(top, pk[Dv]);
@@ -904,13 +904,13 @@ inline void merge_partials(const context& x, index b, index i, index m) {
   for (index k = 0; k < chunks; ++k) {
     const float* pk = x.partial(first + k, m);
     if (pk[Dv + 1] == 0.0f) continue;  // no visible key
-    const float f = pk[Dv] == top ? 1.0f : simd::exp_scalar(pk[Dv] - top);
+    const float f = pk[Dv] == top ? 1.0f : core::simd::exp_scalar(pk[Dv] - top);
     if (f == 0.0f) continue;
     sum += f * pk[Dv + 1];
     for (index d = 0; d < Dv; ++d) dst[d * os] = any ? f * pk[d] + dst[d * os] : f * pk[d];
     any = true;
   }
-  const float inv = softmax::online_state{top, sum}.inv_sum();
+  const float inv = core::softmax::online_state{top, sum}.inv_sum();
   for (index d = 0; d < Dv; ++d) dst[d * os] = any ? dst[d * os] * inv : 0.0f;
 }
 
@@ -930,10 +930,10 @@ inline void merge_row(const context& x, index row) {
   index m = 0;
   for (index k = i / R * R; k < i; ++k) m += live_query(x.c, b, k);
   merge_partials(x, b, i, m);
-  if (!x.p.want_weights && softmax::all_finite(x.out.at(b, i, 0), x.p.Dv)) return;
+  if (!x.p.want_weights && core::softmax::all_finite(x.out.at(b, i, 0), x.p.Dv)) return;
   std::vector<float> again;
   if (sc == nullptr) {
-    again.assign(static_cast<std::size_t>(S), softmax::neg_inf);
+    again.assign(static_cast<std::size_t>(S), core::softmax::neg_inf);
     std::vector<index> vis(static_cast<std::size_t>(S));
     const index nv = visible_keys(x.c, b, S, 0, S, vis.data());
     for (index n = 0; n < nv; ++n) again[vis[n]] = x.score(b, i, vis[n]);

@@ -15,7 +15,7 @@
 //               rows that never attend to them,
 // and leaves its rows unnormalised with their running max and sum, which the
 // walk either finishes into output rows (finish_row) or keeps as a partial
-// (normalised output and LSE) that softmax::merge_partial merges in a fixed
+// (normalised output and LSE) that core::softmax::merge_partial merges in a fixed
 // order. A kernel is a walk order over (query block, key range) pairs plus a
 // walk type that says how each of the four steps is done for its layout:
 //
@@ -50,10 +50,8 @@
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
 
-namespace attn {
+namespace attn::detail::engine {
 inline namespace ATTN_ABI {
-namespace kernel {
-namespace engine {
 
 // ---------------------------------------------------------------------------
 // Queries
@@ -62,7 +60,7 @@ namespace engine {
 /// scores come out in log2 units and the softmax can use exp2, and clamped:
 /// |q| near FLT_MAX would overflow to inf and score inf · 0 = NaN against a
 /// zero key (the exact score is finite).
-inline float scaled_query(float x, float scale2) { return softmax::clamp_finite(x * scale2); }
+inline float scaled_query(float x, float scale2) { return core::softmax::clamp_finite(x * scale2); }
 
 /// Qᵀ of `rows` query rows into qt[d][ld] (column r = row r, row(r) its d_qk
 /// contiguous floats); columns rows..cols are zero (padding whose results
@@ -119,12 +117,12 @@ struct column_state {
 /// by which each column's earlier accumulation must be rescaled.
 ATTN_ALWAYS_INLINE void softmax_columns(float* st, index ld, index n, index n_pad, index cols,
                             const column_state& state) {
-  using namespace simd;
+  using namespace core::simd;
   for (index c0 = 0; c0 < cols; c0 += width) {
     float* s = st + c0;
-    packet m = broadcast(softmax::neg_inf);
-    for (index j = 0; j < n; ++j) m = simd::max(m, load(s + j * ld));
-    const softmax::packet_step step = softmax::online_step(load(state.max + c0), m);
+    packet m = broadcast(core::softmax::neg_inf);
+    for (index j = 0; j < n; ++j) m = core::simd::max(m, load(s + j * ld));
+    const core::softmax::packet_step step = core::softmax::online_step(load(state.max + c0), m);
     store(state.max + c0, step.max);
     store(state.factor + c0, step.factor);
     packet sum = zero();
@@ -141,7 +139,7 @@ ATTN_ALWAYS_INLINE void softmax_columns(float* st, index ld, index n, index n_pa
 /// column's factor; rows whose max did not move (factor 1) are skipped.
 /// Padding columns are never rescaled: their rows are never written out.
 ATTN_ALWAYS_INLINE void rescale_rows(float* o, index ld_o, index d_pad, const float* factor, index rows) {
-  using namespace simd;
+  using namespace core::simd;
   for (index r = 0; r < rows; ++r) {
     const float f = factor[r];
     if (f == 1.0f) continue;
@@ -174,7 +172,7 @@ class hidden_values {
     keys_.clear();
     for (index j = from; j < n; ++j) {
       float* row = v + j * ld_v;
-      if (softmax::all_finite(row, width_)) continue;
+      if (core::softmax::all_finite(row, width_)) continue;
       float* kept = entries_.data() + static_cast<index>(keys_.size()) * width_;
       for (index d = 0; d < width_; ++d) {
         const bool bad = !std::isfinite(row[d]);
@@ -219,11 +217,11 @@ class hidden_values {
 /// the row's O (d_v floats). Leaves P in s.
 inline void softmax_row(float* s, index n, index n_vec, float& max, float& sum, float* o,
                         index d_v) {
-  using namespace simd;
-  packet block_max = broadcast(softmax::neg_inf);
-  for (index jj = 0; jj < n_vec; jj += width) block_max = simd::max(block_max, load(s + jj));
-  const float m = std::min(reduce_max(block_max), softmax::max_finite);
-  if (m == softmax::neg_inf) {  // nothing visible in this block...
+  using namespace core::simd;
+  packet block_max = broadcast(core::softmax::neg_inf);
+  for (index jj = 0; jj < n_vec; jj += width) block_max = core::simd::max(block_max, load(s + jj));
+  const float m = std::min(reduce_max(block_max), core::softmax::max_finite);
+  if (m == core::softmax::neg_inf) {  // nothing visible in this block...
     // ...unless the max skipped NaN scores (a NaN query or key): then the
     // row is NaN, never an empty row's 0.
     for (index jj = 0; jj < n; ++jj)
@@ -232,7 +230,7 @@ inline void softmax_row(float* s, index n, index n_vec, float& max, float& sum, 
     return;
   }
   if (m > max) {
-    const float f = max == softmax::neg_inf ? 0.0f : exp2_nonpositive_scalar(max - m);
+    const float f = max == core::softmax::neg_inf ? 0.0f : exp2_nonpositive_scalar(max - m);
     sum *= f;
     for (index d = 0; d < d_v; ++d) o[d] *= f;
     max = m;
@@ -252,14 +250,12 @@ inline void softmax_row(float* s, index n, index n_vec, float& max, float& sum, 
 
 /// A finished row: dst[d] = o[d] / sum for d < d_v; returns the row's result
 /// (its natural-log LSE: -inf for a row that saw no key, whose output is 0).
-inline softmax::row_result finish_row(float max, float sum, const float* o, index d_v,
-                                      float* dst) {
-  const softmax::row_result res = softmax::finish_row_log2(max, sum);
+inline core::softmax::row_result finish_row(float max, float sum, const float* o, index d_v,
+                                            float* dst) {
+  const core::softmax::row_result res = core::softmax::finish_row_log2(max, sum);
   for (index d = 0; d < d_v; ++d) dst[d] = o[d] * res.inv_sum;
   return res;
 }
 
-}  // namespace engine
-}  // namespace kernel
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::detail::engine

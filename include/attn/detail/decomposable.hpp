@@ -53,7 +53,7 @@ constexpr index tile = 96;
 using score_shape = core::score_tile;
 using acc_shape = core::accumulate_tile;
 static_assert(tile % score_shape::rows == 0 && tile % score_shape::cols == 0 &&
-                  tile % simd::width == 0,
+                  tile % core::simd::width == 0,
               "detail::decomposable::tile must be a whole number of micro-kernel tiles");
 
 // C (=|+=) A · B for any number of rows (whole Shape::rows blocks, then
@@ -134,7 +134,7 @@ inline bool extent(const problem& p, index b, index I, index J, tile_extent& x) 
 // (+ distance bias)); -inf where a row or column is masked and in the
 // padding columns [tj, tjp).
 inline void scores(const problem& p, index b, const tile_extent& x, float* e) {
-  constexpr float ninf = softmax::neg_inf;
+  constexpr float ninf = core::softmax::neg_inf;
   gemm_rows<score_shape, false>(core::lhs{p.fa + b * p.fa_batch + x.i0 * p.fa_row, p.fa_row, 1},
                                 core::rhs{p.fbt + (b * p.nJ + x.j0 / tile) * p.df * tile, tile},
                                 p.df, e, tile, x.ti, x.tjp);
@@ -165,18 +165,18 @@ inline void scores(const problem& p, index b, const tile_extent& x, float* e) {
 // Pass 1 on one tile: online row statistics over its columns and column
 // statistics over its rows (log2 units, maxima clamped to max_finite).
 inline void stats_tile(const problem& p, index b, const tile_extent& x, float* e) {
-  using namespace simd;
+  using namespace core::simd;
   scores(p, b, x, e);
   if (p.rows) {
     float* rm = p.rm + b * p.La + x.i0;
     float* rl = p.rl + b * p.La + x.i0;
     for (index r = 0; r < x.ti; ++r) {
       const float* er = e + r * tile;
-      packet vm = broadcast(softmax::neg_inf);
-      for (index c = 0; c < x.tjp; c += width) vm = simd::max(vm, load(er + c));
+      packet vm = broadcast(core::softmax::neg_inf);
+      for (index c = 0; c < x.tjp; c += width) vm = core::simd::max(vm, load(er + c));
       const float tmax = reduce_max(vm);
-      if (!(tmax > softmax::neg_inf)) continue;  // nothing visible (or NaN)
-      const float mn = std::min(std::max(rm[r], tmax), softmax::max_finite);
+      if (!(tmax > core::softmax::neg_inf)) continue;  // nothing visible (or NaN)
+      const float mn = std::min(std::max(rm[r], tmax), core::softmax::max_finite);
       const packet pv = broadcast(mn);
       packet vs = zero();
       for (index c = 0; c < x.tjp; c += width)
@@ -189,14 +189,14 @@ inline void stats_tile(const problem& p, index b, const tile_extent& x, float* e
     float* cm = p.cm + b * p.lbs + x.j0;
     float* cl = p.cl + b * p.lbs + x.j0;
     for (index c = 0; c < x.tjp; c += width) {
-      packet vm = broadcast(softmax::neg_inf);
-      for (index r = 0; r < x.ti; ++r) vm = simd::max(vm, load(e + r * tile + c));
+      packet vm = broadcast(core::softmax::neg_inf);
+      for (index r = 0; r < x.ti; ++r) vm = core::simd::max(vm, load(e + r * tile + c));
       const packet run_m = load(cm + c);
-      const softmax::packet_step st = softmax::online_step(run_m, vm);
+      const core::softmax::packet_step st = core::softmax::online_step(run_m, vm);
       packet vs = zero();
       for (index r = 0; r < x.ti; ++r)
         vs = add(vs, exp2_nonpositive(sub(load(e + r * tile + c), st.pivot)));
-      store(cl + c, simd::fma(load(cl + c), st.factor, vs));
+      store(cl + c, core::simd::fma(load(cl + c), st.factor, vs));
       store(cm + c, st.max);
     }
   }
@@ -205,7 +205,7 @@ inline void stats_tile(const problem& p, index b, const tile_extent& x, float* e
 // Pass 2 on one tile: probabilities from the final statistics, then
 // alpha[j0..] += P_colᵀ · a[i0..] and beta[i0..] += P_row · b[j0..].
 inline void accumulate_tile(const problem& p, index b, const tile_extent& x, float* e, float* pc) {
-  using namespace simd;
+  using namespace core::simd;
   scores(p, b, x, e);
   if (p.cols) {
     const float* cm = p.cm + b * p.lbs + x.j0;  // pivots
@@ -247,9 +247,9 @@ inline void accumulate_tile(const problem& p, index b, const tile_extent& x, flo
 inline void finish_stats(float* m, float* l, index n, float* lse_out, index lse_stride,
                          index n_lse) {
   for (index k = 0; k < n; ++k) {
-    const softmax::row_result res = softmax::finish_row_log2(m[k], l[k]);
+    const core::softmax::row_result res = core::softmax::finish_row_log2(m[k], l[k]);
     if (lse_out && k < n_lse) lse_out[k * lse_stride] = res.lse;
-    m[k] = m[k] == softmax::neg_inf ? 0.0f : m[k];
+    m[k] = m[k] == core::softmax::neg_inf ? 0.0f : m[k];
     l[k] = res.inv_sum;
   }
 }
@@ -413,7 +413,7 @@ inline void pack(const feed_forward& f, const char* fn, packed& pk,
   p.las = detail::round_up(La, score_shape::cols);
   p.lbs = detail::round_up(Lb, score_shape::cols);
   p.dpad = detail::round_up(d, acc_shape::cols);
-  p.c2 = scale * softmax::log2e;
+  p.c2 = scale * core::softmax::log2e;
   p.nJ = detail::ceil_div(Lb, tile);
   auto visibility = [&](const strided<const float, 3>& x, const positions& pos, index Lx, index Ls,
                         std::vector<char>& vis, std::vector<index>& ext, std::vector<float>& val) {
@@ -478,13 +478,13 @@ inline void pack(const feed_forward& f, const char* fn, packed& pk,
   p.fbt = pk.fbt.data();
 
   if (p.rows) {
-    pk.rm.assign(static_cast<std::size_t>(B * La), softmax::neg_inf);
+    pk.rm.assign(static_cast<std::size_t>(B * La), core::softmax::neg_inf);
     pk.rl.assign(static_cast<std::size_t>(B * La), 0.0f);
     p.rm = pk.rm.data();
     p.rl = pk.rl.data();
   }
   if (p.cols) {
-    pk.cm.assign(static_cast<std::size_t>(B * p.lbs), softmax::neg_inf);
+    pk.cm.assign(static_cast<std::size_t>(B * p.lbs), core::softmax::neg_inf);
     pk.cl.assign(static_cast<std::size_t>(B * p.lbs), 0.0f);
     p.cm = pk.cm.data();
     p.cl = pk.cl.data();
@@ -521,8 +521,8 @@ inline void align(const feed_forward& f, const char* fn, float scale, int thread
   if (!absent(alpha)) pk.alpha.assign(static_cast<std::size_t>(B * Lb * pk.p.dpad), 0.0f);
   fill(row_out.weights, 0.0f);
   fill(col_out.weights, 0.0f);
-  fill(row_out.lse, softmax::neg_inf);
-  fill(col_out.lse, softmax::neg_inf);
+  fill(row_out.lse, core::softmax::neg_inf);
+  fill(col_out.lse, core::softmax::neg_inf);
   if (La > 0 && Lb > 0 && (want_rows || want_cols)) {
     pk.p.beta = pk.beta.empty() ? nullptr : pk.beta.data();
     pk.p.alpha = pk.alpha.empty() ? nullptr : pk.alpha.data();
@@ -548,10 +548,10 @@ inline void intra(const feed_forward& f, const char* fn, float scale, int thread
   pack(f, fn, pk, a, a, /*intra=*/true, pos, pos, scale);
   pk.beta.assign(static_cast<std::size_t>(B * L * pk.p.dpad), 0.0f);
   fill(row_out.weights, 0.0f);
-  fill(row_out.lse, softmax::neg_inf);
+  fill(row_out.lse, core::softmax::neg_inf);
   std::vector<float> bias2(bias.values.size());
   for (std::size_t k = 0; k < bias2.size(); ++k)
-    bias2[k] = softmax::additive_to_log2(bias.values[k]);
+    bias2[k] = core::softmax::additive_to_log2(bias.values[k]);
   if (L > 0) {
     pk.p.beta = pk.beta.data();
     pk.p.row_w = row_out.weights;

@@ -50,9 +50,8 @@
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
 
-namespace attn {
+namespace attn::detail::sdpa {
 inline namespace ATTN_ABI {
-namespace kernel {
 
 /// Tile sizes of the flash forward pass: queries per task (a multiple of the
 /// micro-kernel's tile width) and keys per step (a multiple of its rows).
@@ -137,10 +136,10 @@ core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, ind
 }
 
 // Output row (b, i, query head h) of the attention recomputed in double
-// (softmax::recompute_row_fp64) with the kernels' own visibility rules: the
+// (core::softmax::recompute_row_fp64) with the kernels' own visibility rules: the
 // band (causal, window, key_lengths), a false bool-mask entry and an additive
 // -inf hide a key; other additive values are added in log2 units as
-// softmax::apply_additive_log2 adds them. q2 is the row's query as the
+// core::softmax::apply_additive_log2 adds them. q2 is the row's query as the
 // kernels pre-scale it (clamp_finite(q · scale · log2 e)), element d at
 // q2[d · q2_stride]. The non-finite features of dst (d_v contiguous floats)
 // and a non-finite *lse (lse may be null) take their recomputed values where
@@ -156,24 +155,24 @@ bool recompute_sdpa_row(const float* q2, index q2_stride, const strided<const KV
   const detail::key_band kb = band.row(i);
   const index first = std::max<index>(kb.first, 0);
   const index n = std::max<index>(kb.last + 1 - first, 0);
-  auto key = [&](index jj) -> softmax::fp64_key {
+  auto key = [&](index jj) -> core::softmax::fp64_key {
     const index j = first + jj;
     if (!opt.bool_mask.empty() && !*opt.bool_mask.at(b, h, i, j)) return {false, 0.0};
     float a = 0.0f;
     if (!opt.additive_mask.empty()) {
       a = *opt.additive_mask.at(b, h, i, j);
-      if (a == softmax::neg_inf) return {false, 0.0};
+      if (a == core::softmax::neg_inf) return {false, 0.0};
     }
     const KV* kr = k.at(b, j, hk, 0);
     double s = 0.0;
     for (index d = 0; d < d_qk; ++d)
       s += static_cast<double>(q2[d * q2_stride]) * static_cast<double>(static_cast<float>(kr[d]));
     if (!opt.additive_mask.empty() && s != -std::numeric_limits<double>::infinity())
-      s += static_cast<double>(softmax::additive_to_log2(a));
+      s += static_cast<double>(core::softmax::additive_to_log2(a));
     return {true, s};
   };
   auto value = [&](index jj) { return v.at(b, first + jj, hk, 0); };
-  return softmax::recompute_row_fp64(n, key, value, d_v, dst, lse);
+  return core::softmax::recompute_row_fp64(n, key, value, d_v, dst, lse);
 }
 
 // The engine's walk for one flash task: query rows [i0, i0 + rows) of head
@@ -249,26 +248,26 @@ struct flash_walk {
   void mask(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
     for (index j = n; j < n_pad; ++j)
-      std::fill(ws.st.begin() + j * BQ, ws.st.begin() + (j + 1) * BQ, softmax::neg_inf);
+      std::fill(ws.st.begin() + j * BQ, ws.st.begin() + (j + 1) * BQ, core::softmax::neg_inf);
     if (full) return;
     for (index r = 0; r < rows; ++r) {
       float* col = ws.st.data() + r;
       const detail::key_band kb = band.row(i0 + r);
       const index lo = std::max<index>(kb.first - j0, 0);
       const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
-      for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = softmax::neg_inf;
-      for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = softmax::neg_inf;
+      for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = core::softmax::neg_inf;
+      for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = core::softmax::neg_inf;
       if (has_bool) {
         const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
         const index ms = opt.bool_mask.strides[3];
         for (index j = lo; j <= hi; ++j)
-          if (!m[j * ms]) col[j * BQ] = softmax::neg_inf;
+          if (!m[j * ms]) col[j * BQ] = core::softmax::neg_inf;
       }
       if (has_add) {
         const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
         const index as = opt.additive_mask.strides[3];
         for (index j = lo; j <= hi; ++j)
-          col[j * BQ] = softmax::apply_additive_log2(col[j * BQ], a[j * as]);
+          col[j * BQ] = core::softmax::apply_additive_log2(col[j * BQ], a[j * as]);
       }
     }
   }
@@ -286,7 +285,7 @@ struct flash_walk {
     const detail::key_band kb = band.row(i0 + r);
     if (key < kb.first || key > kb.last) return false;
     if (has_bool && !*opt.bool_mask.at(b, h, i0 + r, key)) return false;
-    if (has_add && *opt.additive_mask.at(b, h, i0 + r, key) == softmax::neg_inf) return false;
+    if (has_add && *opt.additive_mask.at(b, h, i0 + r, key) == core::softmax::neg_inf) return false;
     return true;
   }
 
@@ -336,7 +335,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
   const index tasks = B * Hq * q_tiles;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  const float scale2 = scale * softmax::log2e;
+  const float scale2 = scale * core::softmax::log2e;
 
   auto run_task = [&](flash_scratch& ws, index t) {
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
@@ -357,7 +356,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     engine::pack_queries_transposed([&](index r) { return q.at(b, i0 + r, h, 0); }, rows, cols,
                                     d_qk, scale2, ws.qt.data(), BQ);
     std::fill(ws.o.begin(), ws.o.begin() + cols * d_v_pad, 0.0f);
-    std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
+    std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
     flash_walk<KV> walk{k,   v,    opt,  band, ws,      b,       h,       hk,
@@ -366,14 +365,14 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
 
     for (index r = 0; r < rows; ++r) {
       float* dst = out.at(b, i0 + r, h, 0);
-      const softmax::row_result res =
+      const core::softmax::row_result res =
           engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_v_pad, d_v, dst);
       float* lse = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i0 + r);
       if (lse) *lse = res.lse;
       // The unnormalised O overflows fp32 when the visible |v| sum past
       // FLT_MAX (then inf, or NaN once a later key rescales it): such a row,
       // and only such a row, is redone in double (recompute_sdpa_row).
-      if (!softmax::all_finite(dst, d_v))
+      if (!core::softmax::all_finite(dst, d_v))
         recompute_sdpa_row(ws.qt.data() + r, BQ, k, v, opt, band, b, i0 + r, h, hk, dst, lse);
     }
   };
@@ -384,6 +383,5 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       [&] { return flash_scratch(d_qk, d_v_pad); }, run_task);
 }
 
-}  // namespace kernel
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::detail::sdpa

@@ -47,9 +47,8 @@
 #include "attn/core/softmax.hpp"
 #include "attn/detail/attention_engine.hpp"
 
-namespace attn {
+namespace attn::detail::mla {
 inline namespace ATTN_ABI {
-namespace kernel {
 
 /// Tile sizes and chunking of latent_attention.
 struct latent_tiles {
@@ -82,17 +81,15 @@ struct latent_problem {
   float scale;
 };
 
-namespace latent_detail {
-
 // A task's share of the work.
-struct task {
+struct latent_task {
   index b, r0, r1;  // sequence, query rows [r0, r1) of its T·H
   index j0, j1;     // keys [j0, j1)
   index slot;       // partial slot (chunked), or -1: write straight to out
   index shared_qt;  // packed Qᵀ shared by the block's chunks, or -1: pack it
 };
 
-struct scratch {
+struct latent_scratch {
   std::vector<float> qt;      // [d_qk][cols]   scaled queries, transposed
   std::vector<float> k;       // [kv_tile][d_qk] + slack: converted rows
   std::vector<float> st;      // [kv_tile][cols] scores, then probabilities
@@ -105,12 +102,12 @@ struct scratch {
 // The engine's walk for one task: query rows [r0, r1) of a sequence against
 // its cache rows, which serve as K (all d_qk columns) and V (the first d_c).
 template <class Storage, class Score>
-struct walk {
+struct latent_walk {
   using score = Score;
   using acc = core::accumulate_tile;
   static constexpr index key_tile = latent_tiles::kv_tile;
 
-  scratch& ws;
+  latent_scratch& ws;
   const Storage* cache;  // the sequence's rows, row j at cache + j·d_qk
   const float* qt;       // packed Qᵀ [d_qk][cols]
   index rows, cols, acc_rows, sw, d_qk, d_c, d_c_pad;
@@ -136,7 +133,7 @@ struct walk {
   // 1. The rows as float (padding rows zero), once: they serve as K and V;
   // then Sᵀ = K · Qᵀ.
   ATTN_ALWAYS_INLINE void scores(index j0, index n) {
-    using namespace simd;
+    using namespace core::simd;
     const index n_pad = detail::round_up(n, index{score::rows});
     float* const k = ws.k.data();
     float* const st = ws.st.data();
@@ -166,10 +163,10 @@ struct walk {
     if (j0 + n - 1 > lim_lo)
       for (index r = 0; r < cols; ++r) {
         const index from = std::max<index>(ws.limit[r] + 1 - j0, 0);
-        for (index j = from; j < n; ++j) ws.st[j * sw + r] = softmax::neg_inf;
+        for (index j = from; j < n; ++j) ws.st[j * sw + r] = core::softmax::neg_inf;
       }
     for (index j = n; j < n_pad; ++j)
-      std::fill(ws.st.begin() + j * sw, ws.st.begin() + j * sw + cols, softmax::neg_inf);
+      std::fill(ws.st.begin() + j * sw, ws.st.begin() + j * sw + cols, core::softmax::neg_inf);
   }
 
   // 3. Online softmax down each column.
@@ -207,7 +204,7 @@ struct walk {
 // The unnormalised accumulation O = Σ 2^(s - max) v of a row overflows fp32
 // when its visible values sum past FLT_MAX (the exact output, a convex
 // combination, is at most max|v|). Such rows, and only they, are redone in
-// double by softmax::recompute_row_fp64 with the kernel's own scores (the
+// double by core::softmax::recompute_row_fp64 with the kernel's own scores (the
 // clamped pre-scaled query, the causal limit); finite rows keep their bits.
 // A row whose query, or whose sequence's cached rows, hold a NaN or an inf
 // is non-finite by the NaN policy and is left alone: redoing it could not
@@ -216,15 +213,15 @@ struct walk {
 template <class Storage>
 void repair_nonfinite_rows(const latent_problem<Storage>& p) {
   const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
-  const float scale2 = p.scale * softmax::log2e;
+  const float scale2 = p.scale * core::softmax::log2e;
   std::vector<double> q2(static_cast<std::size_t>(d_qk));
   for (index b = 0; b < p.B; ++b) {
     int cache_finite = -1;  // checked on the sequence's first non-finite row
     for (index r = 0; r < rows_all; ++r) {
       float* dst = p.out + (b * rows_all + r) * p.d_c;
-      if (softmax::all_finite(dst, p.d_c)) continue;
+      if (core::softmax::all_finite(dst, p.d_c)) continue;
       const float* q = p.q + (b * rows_all + r) * d_qk;
-      if (!softmax::all_finite(q, d_qk)) continue;
+      if (!core::softmax::all_finite(q, d_qk)) continue;
       if (cache_finite < 0) {
         const Storage* rows = p.rows + b * p.capacity * d_qk;
         cache_finite = 1;
@@ -236,26 +233,24 @@ void repair_nonfinite_rows(const latent_problem<Storage>& p) {
         q2[static_cast<std::size_t>(d)] = engine::scaled_query(q[d], scale2);
       const index n = p.lengths[b], limit = n - p.T + r / p.H;
       const Storage* rows = p.rows + b * p.capacity * d_qk;
-      softmax::recompute_row_fp64(
+      core::softmax::recompute_row_fp64(
           n,
           [&](index j) {
-            if (j > limit) return softmax::fp64_key{false, 0.0};
+            if (j > limit) return core::softmax::fp64_key{false, 0.0};
             double s = 0;
             for (index d = 0; d < d_qk; ++d)
               s += q2[static_cast<std::size_t>(d)] * static_cast<float>(rows[j * d_qk + d]);
-            return softmax::fp64_key{true, s};
+            return core::softmax::fp64_key{true, s};
           },
           [&](index j) { return rows + j * d_qk; }, p.d_c, dst, nullptr);
     }
   }
 }
 
-}  // namespace latent_detail
-
 // The kernel for one score register tile shape (see latent_attention).
 template <class Storage, class Score>
 void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
-  using namespace simd;
+  using namespace core::simd;
   using tiles = latent_tiles;
   using score = Score;
   using acc = core::accumulate_tile;
@@ -265,13 +260,13 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   const index block_rows = std::min(tiles::max_rows, rows_all);
   const index cols = detail::round_up(block_rows, score::cols);          // Qᵀ / Sᵀ width
   const index acc_rows = detail::round_up(block_rows, index{acc::rows});  // O rows computed
-  const float scale2 = p.scale * softmax::log2e;
+  const float scale2 = p.scale * core::softmax::log2e;
 
   // Work list: row blocks of each sequence, each cut into key chunks when
   // there are few row blocks and many keys. Keys past the last row's limit
   // (n - 1) are never visible.
   // The number of chunks depends on the shapes (B, rows, lengths) only.
-  std::vector<latent_detail::task> tasks;
+  std::vector<latent_task> tasks;
   struct shared_block {
     index b, r0, r1;
   };
@@ -309,7 +304,7 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * cols));
 
   auto make_scratch = [&] {
-    latent_detail::scratch s;
+    latent_scratch s;
     s.qt.resize(static_cast<std::size_t>(d_qk * cols));
     s.k.assign(static_cast<std::size_t>(BK * d_qk + d_c_pad), 0.0f);
     s.st.assign(static_cast<std::size_t>(BK * std::max(cols, acc_rows)), 0.0f);
@@ -322,8 +317,8 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
     return s;
   };
 
-  auto run = [&](latent_detail::scratch& ws, index ti) {
-    const latent_detail::task& tk = tasks[static_cast<std::size_t>(ti)];
+  auto run = [&](latent_scratch& ws, index ti) {
+    const latent_task& tk = tasks[static_cast<std::size_t>(ti)];
     const index n = p.lengths[tk.b], rows = tk.r1 - tk.r0;
     const index sw = std::max(cols, acc_rows);  // row stride of Sᵀ
     const Storage* kb = p.rows + tk.b * p.capacity * d_qk;
@@ -336,18 +331,18 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
       pack_qt(tk.b, tk.r0, tk.r1, ws.qt.data());
     for (index r = 0; r < cols; ++r) ws.limit[r] = r < rows ? n - p.T + (tk.r0 + r) / p.H : -1;
     std::fill(ws.o.begin(), ws.o.end(), 0.0f);
-    std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
+    std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
     const index lim_lo = ws.limit[0], lim_hi = ws.limit[rows - 1];
-    latent_detail::walk<Storage, Score> walk{ws,       kb,   qt,    rows,   cols,     acc_rows,
-                                             sw,       d_qk, p.d_c, d_c_pad, lim_lo};
+    latent_walk<Storage, Score> walk{ws, kb,   qt,    rows,    cols,  acc_rows,
+                                     sw, d_qk, p.d_c, d_c_pad, lim_lo};
     engine::run_chunk(walk, tk.j0, std::min(tk.j1, lim_hi + 1));
 
     // Normalised rows, straight out or into this chunk's partial slot.
     for (index r = 0; r < rows; ++r) {
       float* dst = tk.slot < 0 ? p.out + (tk.b * rows_all + tk.r0 + r) * p.d_c
                                : part_o.data() + (tk.slot * block_rows + r) * p.d_c;
-      const softmax::row_result res =
+      const core::softmax::row_result res =
           engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_c_pad, p.d_c, dst);
       if (tk.slot >= 0) part_lse[static_cast<std::size_t>(tk.slot * block_rows + r)] = res.lse;
     }
@@ -372,7 +367,7 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
         firsts.push_back(t);
     core::parallel_for(static_cast<index>(firsts.size()), threads, [&](index f) {
       const index t0 = firsts[static_cast<std::size_t>(f)];
-      const latent_detail::task& head = tasks[static_cast<std::size_t>(t0)];
+      const latent_task& head = tasks[static_cast<std::size_t>(t0)];
       for (index r = 0; r < head.r1 - head.r0; ++r) {
         float* dst = p.out + (head.b * rows_all + head.r0 + r) * p.d_c;
         float lse = part_lse[static_cast<std::size_t>(head.slot * block_rows + r)];
@@ -381,13 +376,14 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
                                tasks[t].r0 == head.r0;
              ++t) {
           const index s = tasks[static_cast<std::size_t>(t)].slot;
-          softmax::merge_partial(dst, lse, part_o.data() + (s * block_rows + r) * p.d_c,
-                                 part_lse[static_cast<std::size_t>(s * block_rows + r)], p.d_c);
+          core::softmax::merge_partial(dst, lse, part_o.data() + (s * block_rows + r) * p.d_c,
+                                       part_lse[static_cast<std::size_t>(s * block_rows + r)],
+                                       p.d_c);
         }
       }
     });
   }
-  latent_detail::repair_nonfinite_rows(p);
+  repair_nonfinite_rows(p);
 }
 
 /// Runs the problem on `num_threads` threads (0 = default); the output bits
@@ -404,6 +400,5 @@ void latent_attention(const latent_problem<Storage>& p, int num_threads) {
     latent_attention_with<Storage, core::score_tile>(p, num_threads);
 }
 
-}  // namespace kernel
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::detail::mla

@@ -11,10 +11,10 @@
 //    head walks measured 5-10 GB/s, TLB- and prefetch-bound). Each K/V row
 //    serves every query head of its GQA group, so it is loaded once;
 //  * K and V stay where they are: bf16/half values are widened to float in
-//    registers as they are loaded (simd::load_as_float); accumulation is fp32;
+//    registers as they are loaded (core::simd::load_as_float); accumulation is fp32;
 //  * each task leaves a normalised partial output and its LSE, and the
 //    partials of one row are merged in chunk order with
-//    softmax::merge_partial; a merged row that came out non-finite from an
+//    core::softmax::merge_partial; a merged row that came out non-finite from an
 //    overflowing fp32 accumulation (values near FLT_MAX) is recomputed in
 //    double (recompute_sdpa_row, detail/flash_forward.hpp).
 // The chunking depends only on the shapes, never on the thread count, and
@@ -43,16 +43,15 @@
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
 
-namespace attn {
+namespace attn::detail::sdpa {
 inline namespace ATTN_ABI {
-namespace kernel {
 
 /// When the split-KV path runs instead of the tiled one: few query rows per
 /// KV head (L · group), where the tiled kernel would mostly compute padding.
 struct split_kv_policy {
   static constexpr index max_rows = 32;   // L · (Hq / Hkv) per KV head
   static constexpr index key_block = 64;  // keys per online-softmax step
-  static_assert(key_block % simd::width == 0, "key_block must hold whole packets");
+  static_assert(key_block % core::simd::width == 0, "key_block must hold whole packets");
   static constexpr index min_chunk = 512;     // keys per task, at least
   static constexpr index target_tasks = 128;  // enough to balance 2+ threads
 
@@ -74,7 +73,7 @@ struct split_kv_policy {
 // against the widened key row.
 template <class KV>
 inline float dot_row(const float* q, const KV* k, index d) {
-  using namespace simd;
+  using namespace core::simd;
   packet acc0 = zero(), acc1 = zero();
   index i = 0;
   for (; i + 2 * width <= d; i += 2 * width) {
@@ -91,7 +90,7 @@ inline float dot_row(const float* q, const KV* k, index d) {
 // one key row: each key packet is loaded and widened once for all four.
 template <class KV>
 inline void dot_rows4(const float* q, index ldq, const KV* k, index d, float* out, index ldo) {
-  using namespace simd;
+  using namespace core::simd;
   packet acc[4] = {zero(), zero(), zero(), zero()};
   index i = 0;
   for (; i + width <= d; i += width) {
@@ -109,7 +108,7 @@ inline void dot_rows4(const float* q, index ldq, const KV* k, index d, float* ou
 // value row, loaded and widened once.
 template <class KV>
 inline void axpy_rows4(float* o, index ldo, const float* p, index ldp, const KV* v, index n) {
-  using namespace simd;
+  using namespace core::simd;
   const packet pp[4] = {broadcast(p[0]), broadcast(p[ldp]), broadcast(p[2 * ldp]),
                         broadcast(p[3 * ldp])};
   index i = 0;
@@ -124,7 +123,7 @@ inline void axpy_rows4(float* o, index ldo, const float* p, index ldp, const KV*
 // o[d] += p * v[d] for d < n.
 template <class KV>
 inline void axpy_row(float* o, float p, const KV* v, index n) {
-  using namespace simd;
+  using namespace core::simd;
   const packet pp = broadcast(p);
   index i = 0;
   for (; i + width <= n; i += width) store(o + i, fma(pp, load_as_float(v + i), load(o + i)));
@@ -172,32 +171,33 @@ struct split_kv_walk {
   // multiple of the width) so that the softmax is a vector loop.
   void mask(index j0, index n) {
     constexpr index KB = key_tile;
-    const index n_vec = detail::round_up(n, simd::width);
+    const index n_vec = detail::round_up(n, core::simd::width);
     for (index r = 0; r < R; ++r) {
       float* sr = s + r * KB;
       const index i = r % L, h = r / L;
       const detail::key_band kb = band.row(i);
       const index lo = std::min(std::max<index>(kb.first - j0, 0), n);  // visible: [lo, hi)
       const index hi = std::max(std::min<index>(kb.last - j0 + 1, n), lo);
-      std::fill(sr, sr + lo, softmax::neg_inf);
-      std::fill(sr + hi, sr + n_vec, softmax::neg_inf);
+      std::fill(sr, sr + lo, core::softmax::neg_inf);
+      std::fill(sr + hi, sr + n_vec, core::softmax::neg_inf);
       if (has_bool) {
         const bool* m = opt.bool_mask.at(b, h, i, j0);
         const index ms = opt.bool_mask.strides[3];
         for (index jj = lo; jj < hi; ++jj)
-          if (!m[jj * ms]) sr[jj] = softmax::neg_inf;
+          if (!m[jj * ms]) sr[jj] = core::softmax::neg_inf;
       }
       if (has_add) {
         const float* a = opt.additive_mask.at(b, h, i, j0);
         const index as = opt.additive_mask.strides[3];
-        for (index jj = lo; jj < hi; ++jj) sr[jj] = softmax::apply_additive_log2(sr[jj], a[jj * as]);
+        for (index jj = lo; jj < hi; ++jj)
+          sr[jj] = core::softmax::apply_additive_log2(sr[jj], a[jj * as]);
       }
     }
   }
 
   // 3. One online-softmax step per row.
   void online_softmax(index, index n) {
-    const index n_vec = detail::round_up(n, simd::width);
+    const index n_vec = detail::round_up(n, core::simd::width);
     for (index r = 0; r < R; ++r)
       engine::softmax_row(s + r * key_tile, n, n_vec, max[r], sum[r], o + r * d_v, d_v);
   }
@@ -247,7 +247,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   const index tasks = B * n_chunks;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  const float scale2 = scale * softmax::log2e;
+  const float scale2 = scale * core::softmax::log2e;
 
   // Partial results of every task: R rows of d_v outputs and R LSEs.
   std::vector<float> part_o(static_cast<std::size_t>(tasks * R * d_v));
@@ -268,7 +268,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     for (index r = 0; r < R; ++r)
       engine::pack_query_row(q.at(b, r % L, r / L, 0), d_qk, scale2, ws.q.data() + r * d_qk);
     std::fill(ws.o.begin(), ws.o.end(), 0.0f);
-    std::fill(ws.max.begin(), ws.max.end(), softmax::neg_inf);
+    std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
     const detail::key_band span = band.rows(0, L);
@@ -294,17 +294,17 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     float* o = part_o.data() + (first * R + r) * d_v;
     float lse = part_lse[first * R + r];
     for (index c = 1; c < n_chunks; ++c)
-      softmax::merge_partial(o, lse, part_o.data() + ((first + c) * R + r) * d_v,
-                             part_lse[(first + c) * R + r], d_v);
+      core::softmax::merge_partial(o, lse, part_o.data() + ((first + c) * R + r) * d_v,
+                                   part_lse[(first + c) * R + r], d_v);
     const index i = r % L, h = r / L;
     float* dst = out.at(b, i, h, 0);
-    for (index d = 0; d < d_v; ++d) dst[d] = lse == softmax::neg_inf ? 0.0f : o[d];
+    for (index d = 0; d < d_v; ++d) dst[d] = lse == core::softmax::neg_inf ? 0.0f : o[d];
     float* lse_out = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i);
     if (lse_out) *lse_out = lse;
     // A chunk's unnormalised O overflows fp32 when its visible |v| sum past
     // FLT_MAX (inf, or NaN once rescaled), and the merged row inherits it:
     // such a row, and only such a row, is redone in double.
-    if (!softmax::all_finite(dst, d_v)) {
+    if (!core::softmax::all_finite(dst, d_v)) {
       std::vector<float> q2(static_cast<std::size_t>(d_qk));
       engine::pack_query_row(q.at(b, i, h, 0), d_qk, scale2, q2.data());
       const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
@@ -315,6 +315,5 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   core::parallel_for(B * R, threads, merge_row);
 }
 
-}  // namespace kernel
 }  // namespace ATTN_ABI
-}  // namespace attn
+}  // namespace attn::detail::sdpa

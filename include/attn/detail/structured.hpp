@@ -52,10 +52,10 @@ inline double sigmoid_of(double u0, double u1) {
 
 /// Dot product of n floats (packets, then the tail), in a fixed order.
 inline float dot(const float* x, const float* y, index n) {
-  using namespace simd;
+  using namespace core::simd;
   packet acc = zero();
   index k = 0;
-  for (; k + width <= n; k += width) acc = simd::fma(load(x + k), load(y + k), acc);
+  for (; k + width <= n; k += width) acc = core::simd::fma(load(x + k), load(y + k), acc);
   float s = reduce_add(acc);
   for (; k < n; ++k) s = x[k] * y[k] + s;
   return s;
@@ -141,7 +141,7 @@ inline double chain(const inputs& in, index b, index n, scratch& s) {
 
 /// All of batch b: chain, then outputs.
 inline void run_batch(const inputs& in, index b, scratch& s) {
-  using namespace simd;
+  using namespace core::simd;
   const index S = in.S;
   const index n = in.key_lengths->empty() ? S : (*in.key_lengths)[static_cast<std::size_t>(b)];
   const double log_z = chain(in, b, n, s);
@@ -159,7 +159,8 @@ inline void run_batch(const inputs& in, index b, scratch& s) {
     const float* v = in.values.at(b, j, 0);
     const packet pw = broadcast(w);
     index d = 0;
-    for (; d + width <= dv; d += width) store(acc + d, simd::fma(pw, load(v + d), load(acc + d)));
+    for (; d + width <= dv; d += width)
+      store(acc + d, core::simd::fma(pw, load(v + d), load(acc + d)));
     for (; d < dv; ++d) acc[d] = w * v[d] + acc[d];
   }
   float* c = in.context.at(b, 0);

@@ -31,15 +31,17 @@ struct tile_shape {
   static constexpr index cols = Packets * simd::width;  ///< columns of C per tile
 };
 
-/// Shape for Sᵀ = K · Qᵀ (rows = keys, columns = queries). With AVX-512's 32
-/// registers: 16 accumulators, 2 loads and 8 broadcasts per depth step, at
-/// the FMA peak in isolation (measured 250-268 GFLOP/s of 266).
-using score_tile = tile_shape<simd::registers >= 32 ? 8 : 4, 2>;
+/// Shape for Sᵀ = K · Qᵀ (rows = keys, columns = queries). AVX-512 (32
+/// registers): 8 x 2, 16 accumulators. AVX2 (16 registers): 6 x 2, 12
+/// accumulators, enough to hide the FMA latency with two loads and six
+/// broadcasts per depth step; chosen by a sweep of the AVX2 shapes
+/// (docs/performance.md, "Register tiles").
+using score_tile = tile_shape<simd::registers >= 32 ? 8 : 6, 2>;
 
-/// Shape for O += P · V (rows = queries, columns = d_v). 6 x 4 keeps 24
-/// accumulators and needs 10 loads per 24 FMAs instead of 10 per 16
-/// (measured 247 vs 229 GFLOP/s for 8 x 2 on this product).
-using accumulate_tile = tile_shape<simd::registers >= 32 ? 6 : 4, simd::registers >= 32 ? 4 : 2>;
+/// Shape for O += P · V (rows = queries, columns = d_v). AVX-512: 6 x 4, 24
+/// accumulators and 10 loads per 24 FMAs. AVX2: 6 x 2, 12 accumulators; the
+/// 4 x 2 tile it replaces left the FMA ports idle on latency.
+using accumulate_tile = tile_shape<6, simd::registers >= 32 ? 4 : 2>;
 
 /// Left operand: element (r, d) at data[r * row_stride + d * depth_stride].
 struct lhs {
@@ -62,8 +64,9 @@ ATTN_ALWAYS_INLINE void gemm_tile(const lhs& a, const rhs& b, index depth, float
   using namespace simd;
   constexpr int R = Shape::rows, P = Shape::packets;
   packet acc[R][P];
-  for (int r = 0; r < R; ++r)
-    for (int p = 0; p < P; ++p) acc[r][p] = Accumulate ? load(c + r * ldc + p * width) : zero();
+  ATTN_UNROLL for (int r = 0; r < R; ++r)
+    ATTN_UNROLL for (int p = 0; p < P; ++p)
+      acc[r][p] = Accumulate ? load(c + r * ldc + p * width) : zero();
   // A is addressed as one pointer plus r · row_stride: with a row stride
   // known at the call site (1 for Pᵀ) the offsets are immediates, where an
   // array of row pointers left g++ recomputing them in the loop.
@@ -71,14 +74,14 @@ ATTN_ALWAYS_INLINE void gemm_tile(const lhs& a, const rhs& b, index depth, float
   const float* bp = b.data;
   for (index d = 0; d < depth; ++d, bp += b.row_stride, ap += a.depth_stride) {
     packet bv[P];
-    for (int p = 0; p < P; ++p) bv[p] = load(bp + p * width);
-    for (int r = 0; r < R; ++r) {
+    ATTN_UNROLL for (int p = 0; p < P; ++p) bv[p] = load(bp + p * width);
+    ATTN_UNROLL for (int r = 0; r < R; ++r) {
       const packet av = broadcast(ap[r * a.row_stride]);
-      for (int p = 0; p < P; ++p) acc[r][p] = fma(av, bv[p], acc[r][p]);
+      ATTN_UNROLL for (int p = 0; p < P; ++p) acc[r][p] = fma(av, bv[p], acc[r][p]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int p = 0; p < P; ++p) store(c + r * ldc + p * width, acc[r][p]);
+  ATTN_UNROLL for (int r = 0; r < R; ++r)
+    ATTN_UNROLL for (int p = 0; p < P; ++p) store(c + r * ldc + p * width, acc[r][p]);
 }
 
 /// C (=|+=) A · B over rows x cols, rows a multiple of Shape::rows and cols a

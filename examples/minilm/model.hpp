@@ -10,7 +10,7 @@
 // The shapes come from the model folder's config.json, so other BERT
 // checkpoints with absolute positions and mean pooling load too. Weights are
 // read straight from model.safetensors, whose nn.Linear [out, in] layout is
-// the one attn::multi_head_attention and attn::core::packed_linear take.
+// the one attn::multi_head_attention and attn::dense_layer take.
 // Sentences of a batch are padded on the right to the longest for
 // attention, where key_lengths masks the padding keys (no mask tensor
 // needed); LayerNorm, the MLP and the pooling run on the real tokens only.
@@ -24,8 +24,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
-#include <attn/core/linear.hpp>
-#include <attn/core/parallel.hpp>
+#include <attn/dense.hpp>
 #include <attn/multi_head.hpp>
 #include <cmath>
 #include <fstream>
@@ -36,6 +35,10 @@
 #include <string>
 #include <unsupported/Eigen/SpecialFunctions>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "json.hpp"
 #include "safetensors.hpp"
@@ -154,8 +157,8 @@ class encoder {
       b.attention_norm = norm(p + "attention.output.LayerNorm");
       const attn::linear up = linear(p + "intermediate.dense", I, H);
       const attn::linear down = linear(p + "output.dense", H, I);
-      b.up = attn::core::packed_linear(up.weight, up.bias);
-      b.down = attn::core::packed_linear(down.weight, down.bias);
+      b.up = attn::dense_layer(up);
+      b.down = attn::dense_layer(down);
       b.output_norm = norm(p + "output.LayerNorm");
       blocks_.push_back(std::move(b));
     }
@@ -249,9 +252,9 @@ class encoder {
       const attn::tensor3 a = blk.attention->forward(padded, opt);
       for (index b = 0; b < B; ++b) x.middleRows(first(b), len(b)) += in_batch(a, b);
       blk.attention_norm.apply(x.data(), n, cfg_.layer_norm_eps, threads);
-      blk.up.apply(x.data(), H, n, hidden.data(), I, threads);
+      blk.up.apply(rows_of(x), rows_of(hidden), threads);
       gelu(hidden.data(), n, I, threads);
-      blk.down.apply(hidden.data(), I, n, out.data(), H, threads);
+      blk.down.apply(rows_of(hidden), rows_of(out), threads);
       x += out;
       blk.output_norm.apply(x.data(), n, cfg_.layer_norm_eps, threads);
     }
@@ -272,36 +275,52 @@ class encoder {
     void apply(float* x, index rows, float eps, int threads) const {
       const index H = gamma.size();
       constexpr index chunk = 16;
-      attn::core::parallel_for(
-          (rows + chunk - 1) / chunk, attn::core::threads_for_work(threads, 8.0 * rows * H),
-          [&](index c) {
-            for (index r = c * chunk; r < std::min(rows, (c + 1) * chunk); ++r) {
-              Eigen::Map<Eigen::ArrayXf> v(x + r * H, H);
-              const float mean = v.mean();
-              v -= mean;
-              const float var = v.square().mean();
-              v = v * (1.0f / std::sqrt(var + eps)) * gamma.array() + beta.array();
-            }
-          });
+      for_each_chunk((rows + chunk - 1) / chunk, threads, [&](index c) {
+        for (index r = c * chunk; r < std::min(rows, (c + 1) * chunk); ++r) {
+          Eigen::Map<Eigen::ArrayXf> v(x + r * H, H);
+          const float mean = v.mean();
+          v -= mean;
+          const float var = v.square().mean();
+          v = v * (1.0f / std::sqrt(var + eps)) * gamma.array() + beta.array();
+        }
+      });
     }
   };
 
   // x <- x Φ(x) = x (1 + erf(x / √2)) / 2 (the exact GELU), vectorised erf.
   static void gelu(float* h, index rows, index cols, int threads) {
     constexpr index chunk = 16;
-    attn::core::parallel_for((rows + chunk - 1) / chunk,
-                             attn::core::threads_for_work(threads, 30.0 * rows * cols),
-                             [&](index c) {
-                               const index r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-                               Eigen::Map<Eigen::ArrayXf> v(h + r0 * cols, (r1 - r0) * cols);
-                               v = 0.5f * v * (1.0f + (v * 0.70710678118654752f).erf());
-                             });
+    for_each_chunk((rows + chunk - 1) / chunk, threads, [&](index c) {
+      const index r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      Eigen::Map<Eigen::ArrayXf> v(h + r0 * cols, (r1 - r0) * cols);
+      v = 0.5f * v * (1.0f + (v * 0.70710678118654752f).erf());
+    });
+  }
+
+  // body(c) for c in [0, n), on `threads` OpenMP threads (0 = OpenMP's
+  // default) when the build has OpenMP. Each chunk is computed the same way
+  // on any thread, so the bits do not depend on the thread count.
+  template <class Body>
+  static void for_each_chunk(index n, int threads, Body body) {
+#ifdef _OPENMP
+    const int team = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(team)
+    for (index c = 0; c < n; ++c) body(c);
+#else
+    (void)threads;
+    for (index c = 0; c < n; ++c) body(c);
+#endif
+  }
+
+  // A row-major matrix as the [rows, features] view dense_layer reads.
+  static attn::strided<float, 2> rows_of(matrix& m) {
+    return {m.data(), {m.rows(), m.cols()}, {m.cols(), 1}};
   }
 
   struct block {
     std::unique_ptr<attn::multi_head_attention> attention;
     layer_norm attention_norm;
-    attn::core::packed_linear up, down;  // intermediate.dense, output.dense
+    attn::dense_layer up, down;  // intermediate.dense, output.dense
     layer_norm output_norm;
   };
 

@@ -17,7 +17,7 @@
 //   families    attn/sdpa.hpp, attn/attention_weights.hpp, attn/additive.hpp,
 //               attn/decomposable.hpp, attn/structured.hpp, attn/mla.hpp
 //   layers      attn/multi_head.hpp, attn/kv_cache.hpp, attn/rope.hpp,
-//               attn/mla_cache.hpp, attn/yarn.hpp
+//               attn/mla_cache.hpp, attn/yarn.hpp, attn/dense.hpp
 //
 // The public names are these names in namespace attn, each documented in its
 // header:
@@ -38,8 +38,9 @@
 //   structured  attn::segmentation_attention, attn::segmentation_options,
 //               attn::segmentation_result
 //   multi-head  attn::multi_head_attention, attn::mha_config, attn::mha_weights,
-//               attn::linear, attn::mha_rope, attn::mha_options,
+//               attn::mha_rope, attn::mha_options,
 //               attn::weights_mode, attn::tensor3, attn::tensor4, attn::kv_cache
+//   dense       attn::dense_layer (nn.Linear on the micro-kernel), attn::linear
 //   RoPE        attn::rope_table, attn::rope_options, attn::rope_layout,
 //               attn::apply_rope, attn::yarn_options, attn::yarn_inv_freq
 //   MLA         attn::multi_head_latent_attention, attn::mla_config,
@@ -99,6 +100,9 @@
 #include "attn/kv_cache.hpp"
 #include "attn/multi_head.hpp"
 #include "attn/rope.hpp"
+
+// A dense layer y = x Wᵀ + b for the blocks around attention: attn::dense_layer.
+#include "attn/dense.hpp"
 
 // DeepSeek multi-head latent attention with its latent cache and YaRN RoPE:
 // attn::multi_head_latent_attention, attn::mla_config, attn::mla_cache.

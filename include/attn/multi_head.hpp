@@ -23,20 +23,13 @@
 
 #include "attn/attention_weights.hpp"
 #include "attn/core/linear.hpp"
+#include "attn/dense.hpp"  // attn::linear
 #include "attn/error.hpp"
 #include "attn/kv_cache.hpp"
 #include "attn/rope.hpp"
 #include "attn/sdpa.hpp"
 
 namespace attn {
-
-/// A dense layer y = x Wᵀ + b in nn.Linear's orientation.
-struct linear {
-  /// [out_features, in_features].
-  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> weight;
-  /// [out_features], or empty for no bias.
-  Eigen::VectorXf bias;
-};
 
 /// Shape of a multi_head_attention layer. Zeros mean "the usual default".
 struct mha_config {

@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/index.hpp"
 #include "attn/core/microkernel.hpp"
 #include "attn/core/parallel.hpp"
-#include "attn/error.hpp"
 
 namespace attn::core {
 inline namespace ATTN_ABI {

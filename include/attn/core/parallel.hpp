@@ -8,7 +8,7 @@
 #include <algorithm>
 
 #include "attn/core/abi.hpp"
-#include "attn/error.hpp"
+#include "attn/core/index.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>

@@ -14,8 +14,8 @@
 #include <limits>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/index.hpp"
 #include "attn/core/math.hpp"
-#include "attn/error.hpp"
 
 /// Softmax building blocks shared by the kernels: the online (streaming)
 /// softmax state, row softmax, and the log-sum-exp merge of partial results.

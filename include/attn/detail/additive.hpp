@@ -433,7 +433,7 @@ using row_block = Eigen::Map<matrix, 0, Eigen::OuterStride<>>;
 struct key_projection {
   index B = 0, S = 0, dim = 0, stride = 0;
   core::aligned_vector<float> data;
-  core::aligned_vector<float> exp2x;
+  core::aligned_vector<float> exp_factor;  // e^(2·kp) per feature: the key factor
   std::vector<unsigned char> exp_form;
 
   const float* row(index b, index j) const { return data.data() + (b * S + j) * stride; }
@@ -499,7 +499,7 @@ inline key_projection project_keys(const layer& l, const strided<const float, 3>
     }
   }
   if (l.exp_form) {
-    c.exp2x.resize(c.data.size());
+    c.exp_factor.resize(c.data.size());
     c.exp_form.resize(static_cast<std::size_t>(c.B * c.S));
     constexpr index keys_per_task = 64;
     const index n = c.B * c.S;
@@ -508,7 +508,7 @@ inline key_projection project_keys(const layer& l, const strided<const float, 3>
         core::threads_for_work(threads, 40.0 * static_cast<double>(n * c.stride)), [&](index t) {
           for (index k = t * keys_per_task; k < std::min(n, (t + 1) * keys_per_task); ++k)
             c.exp_form[static_cast<std::size_t>(k)] = exp_form_factors(
-                c.data.data() + k * c.stride, c.stride, c.exp2x.data() + k * c.stride);
+                c.data.data() + k * c.stride, c.stride, c.exp_factor.data() + k * c.stride);
         });
   }
   return c;
@@ -609,7 +609,8 @@ struct context {
     if (!l.additive) return dot_score1(q, keys.row(b, j), p.stride);
     if (pair_in_exp_form(b, i, j))
       return additive_score_exp1(qe + (b * p.L + i) * p.stride, l.v,
-                                 keys.exp2x.data() + (b * p.S + j) * p.stride, p.stride, l.sum_v);
+                                 keys.exp_factor.data() + (b * p.S + j) * p.stride, p.stride,
+                                 l.sum_v);
     return additive_score1(q, l.v, keys.row(b, j), p.stride);
   }
 
@@ -778,7 +779,7 @@ class row_task {
       }
       const float* f[4];
       for (int c = 0; c < 4; ++c)
-        f[c] = x_.keys.exp2x.data() + (b_ * x_.p.S + vis_[n + c]) * x_.p.stride;
+        f[c] = x_.keys.exp_factor.data() + (b_ * x_.p.S + vis_[n + c]) * x_.p.stride;
       float tmp[4 * Q];
       additive_scores_exp<Q>(e, x_.l.v, f, x_.p.stride, x_.l.sum_v, tmp);
       for (int q = 0; q < Q; ++q)

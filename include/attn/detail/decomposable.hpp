@@ -100,8 +100,8 @@ struct problem {
   const char* vis_b = nullptr;   // [B, Lb]
   const index* len_a = nullptr;  // [B] extent of the visible prefix
   const index* len_b = nullptr;
-  float c2 = 0.0f;               // scale · log2 e
-  const float* bias2 = nullptr;  // intra: distance bias in log2 units
+  float scale_log2 = 0.0f;           // scale · log2 e: scores come out in log2 units
+  const float* bias_log2 = nullptr;  // intra: distance bias in log2 units
   index max_distance = 0;
   bool symmetric = false;
   bool rows = false, cols = false;  // which statistics / outputs are wanted
@@ -140,22 +140,22 @@ inline void scores(const problem& p, index b, const tile_extent& x, float* e) {
                                 p.df, e, tile, x.ti, x.tjp);
   const char* va = p.vis_a + b * p.La + x.i0;
   const char* vb = p.vis_b + b * p.Lb + x.j0;
-  const float c2 = p.c2;
+  const float scale_log2 = p.scale_log2;
   for (index r = 0; r < x.ti; ++r) {
     float* er = e + r * tile;
     if (!va[r]) {
       for (index c = 0; c < x.tjp; ++c) er[c] = ninf;
       continue;
     }
-    for (index c = 0; c < x.tj; ++c) er[c] = vb[c] ? er[c] * c2 : ninf;
+    for (index c = 0; c < x.tj; ++c) er[c] = vb[c] ? er[c] * scale_log2 : ninf;
     for (index c = x.tj; c < x.tjp; ++c) er[c] = ninf;
-    if (p.bias2) {
+    if (p.bias_log2) {
       const index D = p.max_distance;
       for (index c = 0; c < x.tj; ++c) {
         const index dist = (x.i0 + r) - (x.j0 + c);
         const index k = p.symmetric ? std::min(dist < 0 ? -dist : dist, D)
                                     : std::min(std::max(dist, -D), D) + D;
-        const float bias = p.bias2[k];
+        const float bias = p.bias_log2[k];
         er[c] = bias == ninf ? ninf : er[c] + bias;
       }
     }
@@ -413,7 +413,7 @@ inline void pack(const feed_forward& f, const char* fn, packed& pk,
   p.las = detail::round_up(La, score_shape::cols);
   p.lbs = detail::round_up(Lb, score_shape::cols);
   p.dpad = detail::round_up(d, acc_shape::cols);
-  p.c2 = scale * core::softmax::log2e;
+  p.scale_log2 = scale * core::softmax::log2e;
   p.nJ = detail::ceil_div(Lb, tile);
   auto visibility = [&](const strided<const float, 3>& x, const positions& pos, index Lx, index Ls,
                         std::vector<char>& vis, std::vector<index>& ext, std::vector<float>& val) {
@@ -549,13 +549,13 @@ inline void intra(const feed_forward& f, const char* fn, float scale, int thread
   pk.beta.assign(static_cast<std::size_t>(B * L * pk.p.dpad), 0.0f);
   fill(row_out.weights, 0.0f);
   fill(row_out.lse, core::softmax::neg_inf);
-  std::vector<float> bias2(bias.values.size());
-  for (std::size_t k = 0; k < bias2.size(); ++k)
-    bias2[k] = core::softmax::additive_to_log2(bias.values[k]);
+  std::vector<float> bias_log2(bias.values.size());
+  for (std::size_t k = 0; k < bias_log2.size(); ++k)
+    bias_log2[k] = core::softmax::additive_to_log2(bias.values[k]);
   if (L > 0) {
     pk.p.beta = pk.beta.data();
     pk.p.row_w = row_out.weights;
-    pk.p.bias2 = bias2.empty() ? nullptr : bias2.data();
+    pk.p.bias_log2 = bias_log2.empty() ? nullptr : bias_log2.data();
     pk.p.max_distance = bias.max_distance;
     pk.p.symmetric = bias.symmetric;
     const double flops = static_cast<double>(B) * double(L) * double(L) *

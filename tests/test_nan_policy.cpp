@@ -810,6 +810,156 @@ TEST(NanPolicy, AdditiveAttentionHugeValues) {
     }
 }
 
+// --- attention_weights ----------------------------------------------------------
+// The weights follow the policy of the forward pass by construction (they are
+// computed by its score and mask steps): a row that reads a NaN is all NaN (a
+// row of zeros would claim "fully masked"), +inf keys share the weight, a row
+// with no visible key is all 0. L = 3 and L = 80 as for SDPA's two paths.
+
+struct weights_out {
+  tensor4 probs;
+  tensor3 sums;
+};
+weights_out weights_of(const problem& pr, const attn::sdpa_options& opt = {}) {
+  weights_out w{tensor4(pr.B, pr.Hq, pr.L, pr.S), tensor3(pr.B, pr.Hq, pr.S)};
+  attn::attention_weights(attn::view(pr.q).as_const(), attn::view(pr.k).as_const(),
+                          attn::view(w.probs), opt, attn::view(w.sums));
+  return w;
+}
+bool same_row(const tensor4& a, const tensor4& b, index bb, index h, index i) {
+  return std::memcmp(&a(bb, h, i, 0), &b(bb, h, i, 0), sizeof(float) * a.dimension(3)) == 0;
+}
+bool nan_weights_row(const tensor4& p, index b, index h, index i) {
+  for (index j = 0; j < p.dimension(3); ++j)
+    if (!std::isnan(p(b, h, i, j))) return false;
+  return true;
+}
+
+TEST(NanPolicy, AttentionWeightsPlusInfSaturates) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 40);
+    tensor2 add(p.L, 40);
+    add.setZero();
+    for (index i = 0; i < p.L; ++i) add(i, 7) = inf_f;
+    add(0, 9) = inf_f;  // row 0: keys 7 and 9 share the weight
+    add(0, 39) = add(2, 39) = inf_f;  // past key_lengths: no effect
+    attn::sdpa_options opt;
+    opt.additive_mask = attn::broadcast_mask(add, pr.B, pr.Hq, p.L, 40);
+    opt.key_lengths = {39, 39};
+    const weights_out w = weights_of(pr, opt);
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h)
+        for (index i = 0; i < p.L; ++i)
+          for (index j = 0; j < 40; ++j) {
+            const float want = i == 0 ? (j == 7 || j == 9 ? 0.5f : 0.0f) : (j == 7 ? 1.0f : 0.0f);
+            ASSERT_EQ(w.probs(b, h, i, j), want) << "b" << b << " h" << h << " i" << i << " j" << j;
+          }
+  }
+}
+
+TEST(NanPolicy, AttentionWeightsQueryNaNRowIsNaN) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 50);
+    const weights_out clean = weights_of(pr);
+    pr.q(1, 2, 3, 5) = nan_f;
+    const weights_out w = weights_of(pr);
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h) {
+        for (index i = 0; i < pr.L; ++i) {
+          if (b == 1 && h == 3 && i == 2)
+            EXPECT_TRUE(nan_weights_row(w.probs, b, h, i));
+          else
+            ASSERT_TRUE(same_row(w.probs, clean.probs, b, h, i)) << b << " " << h << " " << i;
+        }
+        for (index j = 0; j < pr.S; ++j) {
+          if (b == 1 && h == 3)
+            EXPECT_TRUE(std::isnan(w.sums(b, h, j)));
+          else
+            ASSERT_EQ(w.sums(b, h, j), clean.sums(b, h, j));
+        }
+      }
+  }
+}
+
+// K row j NaN: exactly the rows that see key j are NaN.
+TEST(NanPolicy, AttentionWeightsKeyNaNReachesRowsThatSeeIt) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 50);
+    attn::sdpa_options opt;
+    opt.causal = attn::causal::top_left;
+    const weights_out clean = weights_of(pr, opt);
+    pr.k(0, 1, 1, 2) = nan_f;  // batch 0, key 1, KV head 1: query heads 2 and 3
+    const weights_out w = weights_of(pr, opt);
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h)
+        for (index i = 0; i < pr.L; ++i) {
+          if (b == 0 && h >= 2 && i >= 1)
+            EXPECT_TRUE(nan_weights_row(w.probs, b, h, i)) << h << " " << i;
+          else
+            ASSERT_TRUE(same_row(w.probs, clean.probs, b, h, i)) << b << " " << h << " " << i;
+        }
+  }
+}
+
+// A NaN additive entry on a visible key makes its row NaN; under a false
+// bool entry or outside the band it is never read.
+TEST(NanPolicy, AttentionWeightsNaNMaskEntry) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 40);
+    Eigen::Tensor<float, 4, Eigen::RowMajor> add(pr.B, pr.Hq, p.L, 40);
+    add.setZero();
+    Eigen::Tensor<bool, 4, Eigen::RowMajor> allow(pr.B, pr.Hq, p.L, 40);
+    allow.setConstant(true);
+    attn::sdpa_options opt;
+    opt.additive_mask = attn::view(add).as_const();
+    opt.bool_mask = attn::view(allow).as_const();
+    opt.causal = attn::causal::bottom_right;
+    const index last = p.L - 1;  // the row that sees every key on both paths
+    allow(0, 0, last, 3) = false;
+    const weights_out clean = weights_of(pr, opt);
+    add(1, 2, last, 5) = nan_f;  // visible: row (1, 2, last) is NaN
+    add(0, 0, last, 3) = nan_f;  // under a false bool entry: never read
+    add(0, 1, 0, 39) = nan_f;  // outside the causal band of row 0 (L < 40)
+    const weights_out w = weights_of(pr, opt);
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h)
+        for (index i = 0; i < p.L; ++i) {
+          if (b == 1 && h == 2 && i == last)
+            EXPECT_TRUE(nan_weights_row(w.probs, b, h, i));
+          else
+            ASSERT_TRUE(same_row(w.probs, clean.probs, b, h, i)) << b << " " << h << " " << i;
+        }
+  }
+}
+
+TEST(NanPolicy, AttentionWeightsFullyMaskedRowIsZero) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 40);
+    Eigen::Tensor<float, 4, Eigen::RowMajor> add(pr.B, pr.Hq, p.L, 40);
+    add.setZero();
+    Eigen::Tensor<bool, 4, Eigen::RowMajor> allow(pr.B, pr.Hq, p.L, 40);
+    allow.setConstant(true);
+    for (index j = 0; j < 40; ++j) {
+      allow(0, 1, 2, j) = false;
+      add(1, 3, 0, j) = -inf_f;
+    }
+    attn::sdpa_options opt;
+    opt.additive_mask = attn::view(add).as_const();
+    opt.bool_mask = attn::view(allow).as_const();
+    const weights_out w = weights_of(pr, opt);
+    for (index j = 0; j < 40; ++j) {
+      ASSERT_EQ(w.probs(0, 1, 2, j), 0.0f);
+      ASSERT_EQ(w.probs(1, 3, 0, j), 0.0f);
+      ASSERT_TRUE(std::isfinite(w.sums(0, 1, j)));
+    }
+  }
+}
+
 // --- multi-head layer and cache ----------------------------------------------------------
 
 attn::multi_head_attention small_layer() {
@@ -878,6 +1028,52 @@ void mha_causal_token_nan(bool check_hits) {
     for (index e = 0; e < 16; ++e) ASSERT_EQ(y(0, t, e), clean(0, t, e)) << t;
   }
 }
+// The layer's weights (both modes) through attention_weights: a NaN query
+// token's rows are NaN in every head and in the average, the other rows are
+// as without it; an additive +inf key takes every row's weight.
+TEST(NanPolicy, MultiHeadWeightsQueryNaN) {
+  const attn::multi_head_attention layer = small_layer();
+  tensor3 x(2, 5, 16), mem(2, 7, 16);
+  x.setRandom();
+  mem.setRandom();
+  for (attn::weights_mode mode : {attn::weights_mode::per_head, attn::weights_mode::averaged}) {
+    attn::mha_options opt;
+    opt.weights = mode;
+    tensor4 clean, w;
+    (void)layer.forward(x, mem, mem, opt, &clean);
+    tensor3 xn = x;
+    xn(0, 3, 4) = nan_f;
+    (void)layer.forward(xn, mem, mem, opt, &w);
+    for (index b = 0; b < 2; ++b)
+      for (index h = 0; h < w.dimension(1); ++h)
+        for (index i = 0; i < 5; ++i) {
+          if (b == 0 && i == 3)
+            EXPECT_TRUE(nan_weights_row(w, b, h, i)) << h;
+          else
+            ASSERT_TRUE(same_row(w, clean, b, h, i)) << b << " " << h << " " << i;
+        }
+  }
+}
+
+TEST(NanPolicy, MultiHeadWeightsPlusInfKey) {
+  const attn::multi_head_attention layer = small_layer();
+  tensor3 x(1, 6, 16);
+  x.setRandom();
+  tensor2 add(6, 6);
+  add.setZero();
+  for (index i = 0; i < 6; ++i) add(i, 2) = inf_f;
+  for (attn::weights_mode mode : {attn::weights_mode::per_head, attn::weights_mode::averaged}) {
+    attn::mha_options opt;
+    opt.weights = mode;
+    opt.attention.additive_mask = attn::broadcast_mask(add, 1, 2, 6, 6);
+    tensor4 w;
+    (void)layer.forward(x, opt, &w);
+    for (index h = 0; h < w.dimension(1); ++h)
+      for (index i = 0; i < 6; ++i)
+        for (index j = 0; j < 6; ++j) ASSERT_EQ(w(0, h, i, j), j == 2 ? 1.0f : 0.0f) << i << j;
+  }
+}
+
 TEST(NanPolicy, MultiHeadCausalSelfAttentionTokenNaN) { mha_causal_token_nan(false); }
 TEST(NanPolicy, MultiHeadCausalSelfAttentionTokenNaNPropagates) {  // F14
   mha_causal_token_nan(true);

@@ -1,7 +1,8 @@
 // tests/test_nan_policy.cpp: the NaN / infinity policy (README, "NaN and
 // infinity"), for scaled dot-product attention (both kernel paths: the
 // split-KV decode that few query rows take and the tiled flash forward),
-// additive attention and the multi-head layer with its cache.
+// attention_weights, additive attention and the multi-head layer with its
+// cache and its weights.
 //
 //  1. A NaN in the inputs reaches exactly the rows that read it:
 //     Q row i (one head)  -> that output row and its LSE, nothing else;
@@ -270,6 +271,52 @@ TEST(NanPolicy, ValueNaNReachesOnlyRowsThatSeeItTiledPath) {
     value_nan_reaches_only_rows_that_see_it<float>(tiled_path, how);
 }
 
+// attention_weights' outputs, and the checks on them.
+struct weights_out {
+  tensor4 probs;
+  tensor3 sums;
+};
+weights_out weights_of(const problem& pr, const attn::sdpa_options& opt = {}) {
+  weights_out w{tensor4(pr.B, pr.Hq, pr.L, pr.S), tensor3(pr.B, pr.Hq, pr.S)};
+  attn::attention_weights(attn::view(pr.q).as_const(), attn::view(pr.k).as_const(),
+                          attn::view(w.probs), opt, attn::view(w.sums));
+  return w;
+}
+bool same_row(const tensor4& a, const tensor4& b, index bb, index h, index i) {
+  return std::memcmp(&a(bb, h, i, 0), &b(bb, h, i, 0), sizeof(float) * a.dimension(3)) == 0;
+}
+bool nan_weights_row(const tensor4& p, index b, index h, index i) {
+  for (index j = 0; j < p.dimension(3); ++j)
+    if (!std::isnan(p(b, h, i, j))) return false;
+  return true;
+}
+// Rows (b, h, i) of probs [B, H, L, S] for which hit(b, h, i) are all NaN;
+// every other row has the bits of the same row of clean.
+template <class Hit>
+void expect_nan_rows_only(const tensor4& probs, const tensor4& clean, Hit hit) {
+  for (index b = 0; b < probs.dimension(0); ++b)
+    for (index h = 0; h < probs.dimension(1); ++h)
+      for (index i = 0; i < probs.dimension(2); ++i) {
+        if (hit(b, h, i))
+          EXPECT_TRUE(nan_weights_row(probs, b, h, i)) << b << " " << h << " " << i;
+        else
+          ASSERT_TRUE(same_row(probs, clean, b, h, i)) << b << " " << h << " " << i;
+      }
+}
+// An all-zero additive mask and an all-true bool mask, [B, Hq, L, S], for
+// tests to edit, set in `opt`.
+struct dense_masks {
+  Eigen::Tensor<float, 4, Eigen::RowMajor> add;
+  Eigen::Tensor<bool, 4, Eigen::RowMajor> allow;
+  dense_masks(const problem& pr, attn::sdpa_options& opt)
+      : add(pr.B, pr.Hq, pr.L, pr.S), allow(pr.B, pr.Hq, pr.L, pr.S) {
+    add.setZero();
+    allow.setConstant(true);
+    opt.additive_mask = attn::view(add).as_const();
+    opt.bool_mask = attn::view(allow).as_const();
+  }
+};
+
 // --- 2. Masks --------------------------------------------------------------------
 
 // An additive mask of -inf (and finite values) gives the same bits as a bool
@@ -306,7 +353,8 @@ TEST(NanPolicy, MinusInfAdditiveMasksLikeABoolMask) {
 }
 
 // +inf in an additive mask: that key takes the weight (two +inf keys share
-// it); the row stays finite.
+// it); the row stays finite. attention_weights gives exactly those weights:
+// 1/2 and 1/2, or 1.
 TEST(NanPolicy, PlusInfAdditiveSaturates) {
   for (const path& p : {decode_path, tiled_path}) {
     SCOPED_TRACE(p.name);
@@ -315,16 +363,25 @@ TEST(NanPolicy, PlusInfAdditiveSaturates) {
     add.setZero();
     for (index i = 0; i < p.L; ++i) add(i, 7) = inf_f;
     add(0, 9) = inf_f;  // row 0: keys 7 and 9 share the weight
+    add(0, 39) = add(2, 39) = inf_f;  // past key_lengths: no effect
     attn::sdpa_options opt;
     opt.additive_mask = attn::broadcast_mask(add, pr.B, pr.Hq, p.L, 40);
+    opt.key_lengths = {39, 39};
     const tensor4 out = pr.run<float>(opt);
+    const weights_out w = weights_of(pr, opt);
     for (index b = 0; b < pr.B; ++b)
-      for (index h = 0; h < pr.Hq; ++h)
+      for (index h = 0; h < pr.Hq; ++h) {
         for (index d = 0; d < pr.D; ++d) {
           const index hk = h / 2;
           EXPECT_FLOAT_EQ(out(b, 0, h, d), 0.5f * (pr.v(b, 7, hk, d) + pr.v(b, 9, hk, d)));
           for (index i = 1; i < p.L; ++i) ASSERT_FLOAT_EQ(out(b, i, h, d), pr.v(b, 7, hk, d));
         }
+        for (index i = 0; i < p.L; ++i)
+          for (index j = 0; j < 40; ++j) {
+            const float want = i == 0 ? (j == 7 || j == 9 ? 0.5f : 0.0f) : (j == 7 ? 1.0f : 0.0f);
+            ASSERT_EQ(w.probs(b, h, i, j), want) << "b" << b << " h" << h << " i" << i << " j" << j;
+          }
+      }
   }
 }
 
@@ -816,48 +873,6 @@ TEST(NanPolicy, AdditiveAttentionHugeValues) {
 // row of zeros would claim "fully masked"), +inf keys share the weight, a row
 // with no visible key is all 0. L = 3 and L = 80 as for SDPA's two paths.
 
-struct weights_out {
-  tensor4 probs;
-  tensor3 sums;
-};
-weights_out weights_of(const problem& pr, const attn::sdpa_options& opt = {}) {
-  weights_out w{tensor4(pr.B, pr.Hq, pr.L, pr.S), tensor3(pr.B, pr.Hq, pr.S)};
-  attn::attention_weights(attn::view(pr.q).as_const(), attn::view(pr.k).as_const(),
-                          attn::view(w.probs), opt, attn::view(w.sums));
-  return w;
-}
-bool same_row(const tensor4& a, const tensor4& b, index bb, index h, index i) {
-  return std::memcmp(&a(bb, h, i, 0), &b(bb, h, i, 0), sizeof(float) * a.dimension(3)) == 0;
-}
-bool nan_weights_row(const tensor4& p, index b, index h, index i) {
-  for (index j = 0; j < p.dimension(3); ++j)
-    if (!std::isnan(p(b, h, i, j))) return false;
-  return true;
-}
-
-TEST(NanPolicy, AttentionWeightsPlusInfSaturates) {
-  for (const path& p : {decode_path, tiled_path}) {
-    SCOPED_TRACE(p.name);
-    problem pr(p.L, 40);
-    tensor2 add(p.L, 40);
-    add.setZero();
-    for (index i = 0; i < p.L; ++i) add(i, 7) = inf_f;
-    add(0, 9) = inf_f;  // row 0: keys 7 and 9 share the weight
-    add(0, 39) = add(2, 39) = inf_f;  // past key_lengths: no effect
-    attn::sdpa_options opt;
-    opt.additive_mask = attn::broadcast_mask(add, pr.B, pr.Hq, p.L, 40);
-    opt.key_lengths = {39, 39};
-    const weights_out w = weights_of(pr, opt);
-    for (index b = 0; b < pr.B; ++b)
-      for (index h = 0; h < pr.Hq; ++h)
-        for (index i = 0; i < p.L; ++i)
-          for (index j = 0; j < 40; ++j) {
-            const float want = i == 0 ? (j == 7 || j == 9 ? 0.5f : 0.0f) : (j == 7 ? 1.0f : 0.0f);
-            ASSERT_EQ(w.probs(b, h, i, j), want) << "b" << b << " h" << h << " i" << i << " j" << j;
-          }
-  }
-}
-
 TEST(NanPolicy, AttentionWeightsQueryNaNRowIsNaN) {
   for (const path& p : {decode_path, tiled_path}) {
     SCOPED_TRACE(p.name);
@@ -865,14 +880,10 @@ TEST(NanPolicy, AttentionWeightsQueryNaNRowIsNaN) {
     const weights_out clean = weights_of(pr);
     pr.q(1, 2, 3, 5) = nan_f;
     const weights_out w = weights_of(pr);
+    expect_nan_rows_only(w.probs, clean.probs,
+                         [](index b, index h, index i) { return b == 1 && h == 3 && i == 2; });
     for (index b = 0; b < pr.B; ++b)
       for (index h = 0; h < pr.Hq; ++h) {
-        for (index i = 0; i < pr.L; ++i) {
-          if (b == 1 && h == 3 && i == 2)
-            EXPECT_TRUE(nan_weights_row(w.probs, b, h, i));
-          else
-            ASSERT_TRUE(same_row(w.probs, clean.probs, b, h, i)) << b << " " << h << " " << i;
-        }
         for (index j = 0; j < pr.S; ++j) {
           if (b == 1 && h == 3)
             EXPECT_TRUE(std::isnan(w.sums(b, h, j)));
@@ -893,14 +904,8 @@ TEST(NanPolicy, AttentionWeightsKeyNaNReachesRowsThatSeeIt) {
     const weights_out clean = weights_of(pr, opt);
     pr.k(0, 1, 1, 2) = nan_f;  // batch 0, key 1, KV head 1: query heads 2 and 3
     const weights_out w = weights_of(pr, opt);
-    for (index b = 0; b < pr.B; ++b)
-      for (index h = 0; h < pr.Hq; ++h)
-        for (index i = 0; i < pr.L; ++i) {
-          if (b == 0 && h >= 2 && i >= 1)
-            EXPECT_TRUE(nan_weights_row(w.probs, b, h, i)) << h << " " << i;
-          else
-            ASSERT_TRUE(same_row(w.probs, clean.probs, b, h, i)) << b << " " << h << " " << i;
-        }
+    expect_nan_rows_only(w.probs, clean.probs,
+                         [](index b, index h, index i) { return b == 0 && h >= 2 && i >= 1; });
   }
 }
 
@@ -910,29 +915,18 @@ TEST(NanPolicy, AttentionWeightsNaNMaskEntry) {
   for (const path& p : {decode_path, tiled_path}) {
     SCOPED_TRACE(p.name);
     problem pr(p.L, 40);
-    Eigen::Tensor<float, 4, Eigen::RowMajor> add(pr.B, pr.Hq, p.L, 40);
-    add.setZero();
-    Eigen::Tensor<bool, 4, Eigen::RowMajor> allow(pr.B, pr.Hq, p.L, 40);
-    allow.setConstant(true);
     attn::sdpa_options opt;
-    opt.additive_mask = attn::view(add).as_const();
-    opt.bool_mask = attn::view(allow).as_const();
+    dense_masks m(pr, opt);
     opt.causal = attn::causal::bottom_right;
     const index last = p.L - 1;  // the row that sees every key on both paths
-    allow(0, 0, last, 3) = false;
+    m.allow(0, 0, last, 3) = false;
     const weights_out clean = weights_of(pr, opt);
-    add(1, 2, last, 5) = nan_f;  // visible: row (1, 2, last) is NaN
-    add(0, 0, last, 3) = nan_f;  // under a false bool entry: never read
-    add(0, 1, 0, 39) = nan_f;  // outside the causal band of row 0 (L < 40)
+    m.add(1, 2, last, 5) = nan_f;  // visible: row (1, 2, last) is NaN
+    m.add(0, 0, last, 3) = nan_f;  // under a false bool entry: never read
+    m.add(0, 1, 0, 39) = nan_f;    // outside the causal band of row 0 (L < 40)
     const weights_out w = weights_of(pr, opt);
-    for (index b = 0; b < pr.B; ++b)
-      for (index h = 0; h < pr.Hq; ++h)
-        for (index i = 0; i < p.L; ++i) {
-          if (b == 1 && h == 2 && i == last)
-            EXPECT_TRUE(nan_weights_row(w.probs, b, h, i));
-          else
-            ASSERT_TRUE(same_row(w.probs, clean.probs, b, h, i)) << b << " " << h << " " << i;
-        }
+    expect_nan_rows_only(w.probs, clean.probs,
+                         [&](index b, index h, index i) { return b == 1 && h == 2 && i == last; });
   }
 }
 
@@ -940,17 +934,12 @@ TEST(NanPolicy, AttentionWeightsFullyMaskedRowIsZero) {
   for (const path& p : {decode_path, tiled_path}) {
     SCOPED_TRACE(p.name);
     problem pr(p.L, 40);
-    Eigen::Tensor<float, 4, Eigen::RowMajor> add(pr.B, pr.Hq, p.L, 40);
-    add.setZero();
-    Eigen::Tensor<bool, 4, Eigen::RowMajor> allow(pr.B, pr.Hq, p.L, 40);
-    allow.setConstant(true);
-    for (index j = 0; j < 40; ++j) {
-      allow(0, 1, 2, j) = false;
-      add(1, 3, 0, j) = -inf_f;
-    }
     attn::sdpa_options opt;
-    opt.additive_mask = attn::view(add).as_const();
-    opt.bool_mask = attn::view(allow).as_const();
+    dense_masks m(pr, opt);
+    for (index j = 0; j < 40; ++j) {
+      m.allow(0, 1, 2, j) = false;
+      m.add(1, 3, 0, j) = -inf_f;
+    }
     const weights_out w = weights_of(pr, opt);
     for (index j = 0; j < 40; ++j) {
       ASSERT_EQ(w.probs(0, 1, 2, j), 0.0f);
@@ -1044,14 +1033,7 @@ TEST(NanPolicy, MultiHeadWeightsQueryNaN) {
     tensor3 xn = x;
     xn(0, 3, 4) = nan_f;
     (void)layer.forward(xn, mem, mem, opt, &w);
-    for (index b = 0; b < 2; ++b)
-      for (index h = 0; h < w.dimension(1); ++h)
-        for (index i = 0; i < 5; ++i) {
-          if (b == 0 && i == 3)
-            EXPECT_TRUE(nan_weights_row(w, b, h, i)) << h;
-          else
-            ASSERT_TRUE(same_row(w, clean, b, h, i)) << b << " " << h << " " << i;
-        }
+    expect_nan_rows_only(w, clean, [](index b, index, index i) { return b == 0 && i == 3; });
   }
 }
 

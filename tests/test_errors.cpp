@@ -152,8 +152,10 @@ struct weights_call {
   attn::strided<const float, 4> k{kb.data(), {2, 5, 2, 8}, {80, 16, 8, 1}};
   attn::strided<float, 4> probs{pb.data(), {2, 4, 3, 5}, {60, 15, 5, 1}};
   attn::sdpa_options opt;
+  std::vector<float> sb = qb;
+  attn::strided<float, 3> column_sums{sb.data(), {2, 4, 5}, {20, 5, 1}};
   std::vector<char> mask = std::vector<char>(4096, 1);
-  void operator()() const { attn::attention_weights(q, k, probs, opt); }
+  void operator()() const { attn::attention_weights(q, k, probs, opt, column_sums); }
 };
 
 error_case weights_case(const std::string& arg, const std::function<void(weights_call&)>& brk) {
@@ -189,6 +191,8 @@ TEST(Errors, AttentionWeights) {
                    }),
       weights_case("probs.strides", [](weights_call& c) { c.probs.strides[2] = 0; }),
       weights_case("num_threads", [](weights_call& c) { c.opt.num_threads = -1; }),
+      weights_case("column_sums", [](weights_call& c) { c.column_sums.dims[2] = 4; }),
+      weights_case("column_sums.strides", [](weights_call& c) { c.column_sums.strides[1] = 0; }),
   });
 }
 

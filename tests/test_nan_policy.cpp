@@ -1,7 +1,8 @@
 // tests/test_nan_policy.cpp: the NaN / infinity policy (README, "NaN and
 // infinity"), for scaled dot-product attention (both kernel paths: the
 // split-KV decode that few query rows take and the tiled flash forward),
-// additive attention and the multi-head layer with its cache.
+// attention_weights, additive attention and the multi-head layer with its
+// cache and its weights.
 //
 //  1. A NaN in the inputs reaches exactly the rows that read it:
 //     Q row i (one head)  -> that output row and its LSE, nothing else;
@@ -270,6 +271,52 @@ TEST(NanPolicy, ValueNaNReachesOnlyRowsThatSeeItTiledPath) {
     value_nan_reaches_only_rows_that_see_it<float>(tiled_path, how);
 }
 
+// attention_weights' outputs, and the checks on them.
+struct weights_out {
+  tensor4 probs;
+  tensor3 sums;
+};
+weights_out weights_of(const problem& pr, const attn::sdpa_options& opt = {}) {
+  weights_out w{tensor4(pr.B, pr.Hq, pr.L, pr.S), tensor3(pr.B, pr.Hq, pr.S)};
+  attn::attention_weights(attn::view(pr.q).as_const(), attn::view(pr.k).as_const(),
+                          attn::view(w.probs), opt, attn::view(w.sums));
+  return w;
+}
+bool same_row(const tensor4& a, const tensor4& b, index bb, index h, index i) {
+  return std::memcmp(&a(bb, h, i, 0), &b(bb, h, i, 0), sizeof(float) * a.dimension(3)) == 0;
+}
+bool nan_weights_row(const tensor4& p, index b, index h, index i) {
+  for (index j = 0; j < p.dimension(3); ++j)
+    if (!std::isnan(p(b, h, i, j))) return false;
+  return true;
+}
+// Rows (b, h, i) of probs [B, H, L, S] for which hit(b, h, i) are all NaN;
+// every other row has the bits of the same row of clean.
+template <class Hit>
+void expect_nan_rows_only(const tensor4& probs, const tensor4& clean, Hit hit) {
+  for (index b = 0; b < probs.dimension(0); ++b)
+    for (index h = 0; h < probs.dimension(1); ++h)
+      for (index i = 0; i < probs.dimension(2); ++i) {
+        if (hit(b, h, i))
+          EXPECT_TRUE(nan_weights_row(probs, b, h, i)) << b << " " << h << " " << i;
+        else
+          ASSERT_TRUE(same_row(probs, clean, b, h, i)) << b << " " << h << " " << i;
+      }
+}
+// An all-zero additive mask and an all-true bool mask, [B, Hq, L, S], for
+// tests to edit, set in `opt`.
+struct dense_masks {
+  Eigen::Tensor<float, 4, Eigen::RowMajor> add;
+  Eigen::Tensor<bool, 4, Eigen::RowMajor> allow;
+  dense_masks(const problem& pr, attn::sdpa_options& opt)
+      : add(pr.B, pr.Hq, pr.L, pr.S), allow(pr.B, pr.Hq, pr.L, pr.S) {
+    add.setZero();
+    allow.setConstant(true);
+    opt.additive_mask = attn::view(add).as_const();
+    opt.bool_mask = attn::view(allow).as_const();
+  }
+};
+
 // --- 2. Masks --------------------------------------------------------------------
 
 // An additive mask of -inf (and finite values) gives the same bits as a bool
@@ -306,7 +353,8 @@ TEST(NanPolicy, MinusInfAdditiveMasksLikeABoolMask) {
 }
 
 // +inf in an additive mask: that key takes the weight (two +inf keys share
-// it); the row stays finite.
+// it); the row stays finite. attention_weights gives exactly those weights:
+// 1/2 and 1/2, or 1.
 TEST(NanPolicy, PlusInfAdditiveSaturates) {
   for (const path& p : {decode_path, tiled_path}) {
     SCOPED_TRACE(p.name);
@@ -315,16 +363,25 @@ TEST(NanPolicy, PlusInfAdditiveSaturates) {
     add.setZero();
     for (index i = 0; i < p.L; ++i) add(i, 7) = inf_f;
     add(0, 9) = inf_f;  // row 0: keys 7 and 9 share the weight
+    add(0, 39) = add(2, 39) = inf_f;  // past key_lengths: no effect
     attn::sdpa_options opt;
     opt.additive_mask = attn::broadcast_mask(add, pr.B, pr.Hq, p.L, 40);
+    opt.key_lengths = {39, 39};
     const tensor4 out = pr.run<float>(opt);
+    const weights_out w = weights_of(pr, opt);
     for (index b = 0; b < pr.B; ++b)
-      for (index h = 0; h < pr.Hq; ++h)
+      for (index h = 0; h < pr.Hq; ++h) {
         for (index d = 0; d < pr.D; ++d) {
           const index hk = h / 2;
           EXPECT_FLOAT_EQ(out(b, 0, h, d), 0.5f * (pr.v(b, 7, hk, d) + pr.v(b, 9, hk, d)));
           for (index i = 1; i < p.L; ++i) ASSERT_FLOAT_EQ(out(b, i, h, d), pr.v(b, 7, hk, d));
         }
+        for (index i = 0; i < p.L; ++i)
+          for (index j = 0; j < 40; ++j) {
+            const float want = i == 0 ? (j == 7 || j == 9 ? 0.5f : 0.0f) : (j == 7 ? 1.0f : 0.0f);
+            ASSERT_EQ(w.probs(b, h, i, j), want) << "b" << b << " h" << h << " i" << i << " j" << j;
+          }
+      }
   }
 }
 
@@ -810,6 +867,88 @@ TEST(NanPolicy, AdditiveAttentionHugeValues) {
     }
 }
 
+// --- attention_weights ----------------------------------------------------------
+// The weights follow the policy of the forward pass by construction (they are
+// computed by its score and mask steps): a row that reads a NaN is all NaN (a
+// row of zeros would claim "fully masked"), +inf keys share the weight, a row
+// with no visible key is all 0. L = 3 and L = 80 as for SDPA's two paths.
+
+TEST(NanPolicy, AttentionWeightsQueryNaNRowIsNaN) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 50);
+    const weights_out clean = weights_of(pr);
+    pr.q(1, 2, 3, 5) = nan_f;
+    const weights_out w = weights_of(pr);
+    expect_nan_rows_only(w.probs, clean.probs,
+                         [](index b, index h, index i) { return b == 1 && h == 3 && i == 2; });
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h) {
+        for (index j = 0; j < pr.S; ++j) {
+          if (b == 1 && h == 3)
+            EXPECT_TRUE(std::isnan(w.sums(b, h, j)));
+          else
+            ASSERT_EQ(w.sums(b, h, j), clean.sums(b, h, j));
+        }
+      }
+  }
+}
+
+// K row j NaN: exactly the rows that see key j are NaN.
+TEST(NanPolicy, AttentionWeightsKeyNaNReachesRowsThatSeeIt) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 50);
+    attn::sdpa_options opt;
+    opt.causal = attn::causal::top_left;
+    const weights_out clean = weights_of(pr, opt);
+    pr.k(0, 1, 1, 2) = nan_f;  // batch 0, key 1, KV head 1: query heads 2 and 3
+    const weights_out w = weights_of(pr, opt);
+    expect_nan_rows_only(w.probs, clean.probs,
+                         [](index b, index h, index i) { return b == 0 && h >= 2 && i >= 1; });
+  }
+}
+
+// A NaN additive entry on a visible key makes its row NaN; under a false
+// bool entry or outside the band it is never read.
+TEST(NanPolicy, AttentionWeightsNaNMaskEntry) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 40);
+    attn::sdpa_options opt;
+    dense_masks m(pr, opt);
+    opt.causal = attn::causal::bottom_right;
+    const index last = p.L - 1;  // the row that sees every key on both paths
+    m.allow(0, 0, last, 3) = false;
+    const weights_out clean = weights_of(pr, opt);
+    m.add(1, 2, last, 5) = nan_f;  // visible: row (1, 2, last) is NaN
+    m.add(0, 0, last, 3) = nan_f;  // under a false bool entry: never read
+    m.add(0, 1, 0, 39) = nan_f;    // outside the causal band of row 0 (L < 40)
+    const weights_out w = weights_of(pr, opt);
+    expect_nan_rows_only(w.probs, clean.probs,
+                         [&](index b, index h, index i) { return b == 1 && h == 2 && i == last; });
+  }
+}
+
+TEST(NanPolicy, AttentionWeightsFullyMaskedRowIsZero) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 40);
+    attn::sdpa_options opt;
+    dense_masks m(pr, opt);
+    for (index j = 0; j < 40; ++j) {
+      m.allow(0, 1, 2, j) = false;
+      m.add(1, 3, 0, j) = -inf_f;
+    }
+    const weights_out w = weights_of(pr, opt);
+    for (index j = 0; j < 40; ++j) {
+      ASSERT_EQ(w.probs(0, 1, 2, j), 0.0f);
+      ASSERT_EQ(w.probs(1, 3, 0, j), 0.0f);
+      ASSERT_TRUE(std::isfinite(w.sums(0, 1, j)));
+    }
+  }
+}
+
 // --- multi-head layer and cache ----------------------------------------------------------
 
 attn::multi_head_attention small_layer() {
@@ -878,6 +1017,45 @@ void mha_causal_token_nan(bool check_hits) {
     for (index e = 0; e < 16; ++e) ASSERT_EQ(y(0, t, e), clean(0, t, e)) << t;
   }
 }
+// The layer's weights (both modes) through attention_weights: a NaN query
+// token's rows are NaN in every head and in the average, the other rows are
+// as without it; an additive +inf key takes every row's weight.
+TEST(NanPolicy, MultiHeadWeightsQueryNaN) {
+  const attn::multi_head_attention layer = small_layer();
+  tensor3 x(2, 5, 16), mem(2, 7, 16);
+  x.setRandom();
+  mem.setRandom();
+  for (attn::weights_mode mode : {attn::weights_mode::per_head, attn::weights_mode::averaged}) {
+    attn::mha_options opt;
+    opt.weights = mode;
+    tensor4 clean, w;
+    (void)layer.forward(x, mem, mem, opt, &clean);
+    tensor3 xn = x;
+    xn(0, 3, 4) = nan_f;
+    (void)layer.forward(xn, mem, mem, opt, &w);
+    expect_nan_rows_only(w, clean, [](index b, index, index i) { return b == 0 && i == 3; });
+  }
+}
+
+TEST(NanPolicy, MultiHeadWeightsPlusInfKey) {
+  const attn::multi_head_attention layer = small_layer();
+  tensor3 x(1, 6, 16);
+  x.setRandom();
+  tensor2 add(6, 6);
+  add.setZero();
+  for (index i = 0; i < 6; ++i) add(i, 2) = inf_f;
+  for (attn::weights_mode mode : {attn::weights_mode::per_head, attn::weights_mode::averaged}) {
+    attn::mha_options opt;
+    opt.weights = mode;
+    opt.attention.additive_mask = attn::broadcast_mask(add, 1, 2, 6, 6);
+    tensor4 w;
+    (void)layer.forward(x, opt, &w);
+    for (index h = 0; h < w.dimension(1); ++h)
+      for (index i = 0; i < 6; ++i)
+        for (index j = 0; j < 6; ++j) ASSERT_EQ(w(0, h, i, j), j == 2 ? 1.0f : 0.0f) << i << j;
+  }
+}
+
 TEST(NanPolicy, MultiHeadCausalSelfAttentionTokenNaN) { mha_causal_token_nan(false); }
 TEST(NanPolicy, MultiHeadCausalSelfAttentionTokenNaNPropagates) {  // F14
   mha_causal_token_nan(true);

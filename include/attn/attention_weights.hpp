@@ -2,19 +2,23 @@
 // softmax(Q Kᵀ · scale + masks), materialised on request.
 //
 // The fast kernels never form this L x S matrix; this is for callers who ask
-// for it (nn.MultiheadAttention's need_weights, plots). It applies exactly
-// the masks and conventions of scaled_dot_product_attention: a fully masked
-// row is all zeros. Cost O(B · Hq · L · S · d_qk), memory the output only.
+// for it (nn.MultiheadAttention's need_weights, plots, H2O-style KV eviction
+// through the per-key column sums). It runs the flash forward pass's own
+// score and mask steps (detail/attention_weights.hpp), so the weights are the
+// probabilities scaled_dot_product_attention applies, with its masks,
+// conventions and NaN / inf policy. Cost: two score passes, about
+// 4 · B · Hq · L · S · d_qk flops on the flash kernel's tiles, plus one read
+// of the output for the column sums; memory the outputs plus the flash
+// kernel's per-thread tiles.
 #pragma once
 
-#include <algorithm>
 #include <array>
 #include <cmath>
-#include <limits>
-#include <vector>
+#include <type_traits>
 
 #include "attn/core/abi.hpp"
-#include "attn/core/parallel.hpp"
+#define ATTN_DETAIL_ALLOWED  // lets the detail headers in (docs/design.md)
+#include "attn/detail/attention_weights.hpp"
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
@@ -23,18 +27,41 @@
 namespace attn {
 inline namespace ATTN_ABI {
 
-/// Attention probabilities into probs [B, Hq, L, S] (float).
+/// Attention probabilities softmax(Q Kᵀ · scale + masks) into probs
+/// [B, Hq, L, S], and optionally their per-key sums over the queries.
 ///
-/// @param q      as for scaled_dot_product_attention: [B, L, Hq, d_qk] float.
-/// @param k      [B, S, Hkv, d_qk]: float, Eigen::bfloat16 or Eigen::half.
-/// @param probs  [B, Hq, L, S] float, written: softmax over each row's keys;
-///               a row that sees no key is all zeros.
-/// @param opt    the same options (scale, causal, window, key_lengths,
-///              masks, threads); opt.lse is ignored.
-/// @throws attn::error on shape mismatches (probs must be [B, Hq, L, S]).
+/// @param q            [B, L, Hq, d_qk] float, as for
+///                     scaled_dot_product_attention.
+/// @param k            [B, S, Hkv, d_qk]: float, Eigen::bfloat16 or
+///                     Eigen::half. Hkv must divide Hq (GQA; Hkv = 1 is MQA):
+///                     query head h reads KV head h / (Hq / Hkv).
+/// @param probs        [B, Hq, L, S] float, written (may not alias the
+///                     inputs): row (b, h, i) holds the weights query i of
+///                     head h gives each key, the probabilities SDPA applies
+///                     to V, equal to them up to fp32 rounding:
+///                     - a row that sees no key is all 0;
+///                     - a row whose visible keys include k > 0 with an
+///                       additive +inf (or scores that overflow fp32) gives
+///                       each of those 1/k and every other key 0;
+///                     - a row that reads a NaN (in its q, in the k row of a
+///                       key it sees, or an additive NaN on a key it sees) is
+///                       all NaN.
+/// @param opt          the options of scaled_dot_product_attention (scale,
+///                     causal, window, key_lengths, bool_mask, additive_mask,
+///                     num_threads); opt.lse is ignored. Results are
+///                     bit-identical for any num_threads.
+/// @param column_sums  optional [B, Hq, S] float, written when not empty
+///                     (default: empty, not computed): column_sums(b, h, j)
+///                     = Σ_i probs(b, h, i, j), the attention key j received
+///                     from all L queries of head h (the score H2O-style KV
+///                     eviction ranks keys by). Summed in double in query
+///                     order, then rounded; NaN where a NaN row reaches it.
+/// @throws attn::error on shape, stride or option mismatches (probs must be
+///         [B, Hq, L, S], column_sums [B, Hq, S]), before anything is written.
 template <class KT>
 void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<float, 4> probs,
-                       const sdpa_options& opt = {}) {
+                       const sdpa_options& opt = {}, strided<float, 3> column_sums = {}) {
+  using KV = std::remove_const_t<KT>;
   constexpr const char* fn = "attention_weights";
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], D = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2];
@@ -71,43 +98,17 @@ void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<floa
   detail::require(detail::non_overlapping(probs), fn, "probs.strides",
                   "strides under which no two elements overlap", probs.strides);
   detail::require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
-  if (B == 0 || Hq == 0 || L == 0 || S == 0) return;
+  if (!column_sums.empty()) {
+    const std::array<index, 3> sums_dims{B, Hq, S};
+    detail::require(column_sums.dims == sums_dims, fn, "column_sums", "dims [batch, heads_q, S]",
+                    column_sums.dims);
+    detail::require(detail::non_overlapping(column_sums), fn, "column_sums.strides",
+                    "strides under which no two elements overlap", column_sums.strides);
+  }
+  // L = 0 still writes column_sums (zeros: no query gives any weight).
+  if (B == 0 || Hq == 0 || S == 0) return;
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(D));
-  const sliding_window* window = opt.window ? &*opt.window : nullptr;
-  const index group = Hq / Hkv;
-
-  core::parallel_for(B * Hq * L, opt.num_threads, [&](index t) {
-    const index i = t % L, h = (t / L) % Hq, b = t / (L * Hq);
-    const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
-    const detail::key_band band = detail::band_mask(L, S, key_len, opt.causal, window).row(i);
-    const float* qi = q.at(b, i, h, 0);
-    float* row = probs.at(b, h, i, 0);
-    const index ps = probs.strides[3];
-    // Scores in double: this path is for inspection, not speed.
-    std::vector<double> s(static_cast<std::size_t>(S));
-    double m = -std::numeric_limits<double>::infinity();
-    for (index j = 0; j < S; ++j) {
-      bool visible = j >= band.first && j <= band.last;
-      if (visible && !opt.bool_mask.empty()) visible = *opt.bool_mask.at(b, h, i, j);
-      double x = -std::numeric_limits<double>::infinity();
-      if (visible) {
-        const auto* kj = k.at(b, j, h / group, 0);
-        double dot = 0;
-        for (index d = 0; d < D; ++d) dot += double(qi[d]) * double(static_cast<float>(kj[d]));
-        x = dot * scale;
-        if (!opt.additive_mask.empty()) x += *opt.additive_mask.at(b, h, i, j);
-      }
-      s[static_cast<std::size_t>(j)] = x;
-      m = std::max(m, x);
-    }
-    double sum = 0;
-    for (double& x : s) {
-      x = std::isinf(m) && m < 0 ? 0.0 : std::exp(x - m);
-      sum += x;
-    }
-    for (index j = 0; j < S; ++j)
-      row[j * ps] = sum > 0 ? static_cast<float>(s[static_cast<std::size_t>(j)] / sum) : 0.0f;
-  });
+  detail::sdpa::attention_weights<KV>(q, strided<const KV, 4>(k), probs, column_sums, scale, opt);
 }
 
 }  // namespace ATTN_ABI

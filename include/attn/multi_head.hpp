@@ -140,7 +140,9 @@ class multi_head_attention {
 
   /// Cross- (or self-) attention: query [B, L, E], key [B, S, kdim],
   /// value [B, S, vdim] -> [B, L, E]. With opt.weights != none, `weights`
-  /// receives [B, 1 or Hq, L, S] probabilities.
+  /// receives [B, 1 or Hq, L, S] probabilities from attn::attention_weights
+  /// (the ones the attention applied; a row that reads a NaN is NaN, one
+  /// with no visible key 0), at about the cost of the attention once more.
   /// @throws attn::error on shape mismatches or bad options.
   tensor3 forward(const tensor3& query, const tensor3& key, const tensor3& value,
                   const mha_options& opt = {}, tensor4* weights = nullptr) const {

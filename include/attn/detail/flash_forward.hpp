@@ -4,14 +4,11 @@
 // One task = one (batch, query head, tile of q_tile queries). The task packs
 // its queries once, transposed and pre-scaled (Qᵀ), then walks the key tiles
 // its rows can see (the band from attn/mask.hpp). For each key tile:
-//   1. Sᵀ = K · Qᵀ with the register-blocked micro-kernel. Scores are kept
+//   1.-2. Sᵀ = K · Qᵀ and the masks: the steps of flash_scores
+//      (flash_scores.hpp), shared with attention_weights. Scores are kept
 //      transposed, [keys][queries], so each query's softmax runs down a
 //      column: maxima, exp and sums are plain vector ops across lanes, with
-//      no horizontal reductions. K rows are read in place when they are
-//      float (each is streamed once per tile); bf16/half and a ragged last
-//      tile are converted into a small buffer first.
-//   2. Masks: whole tiles inside the band need none; edge tiles get -inf
-//      outside each column's band, then the dense bool/additive masks.
+//      no horizontal reductions.
 //   3. Column maxima, the online-softmax step, rescaling of O rows whose
 //      max moved, P = exp(Sᵀ - max) and column sums. Scores are in log2
 //      units (Q is pre-scaled by scale·log2 e), so exp is the cheap
@@ -46,6 +43,7 @@
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
 #include "attn/detail/attention_engine.hpp"
+#include "attn/detail/flash_scores.hpp"
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
@@ -53,23 +51,10 @@
 namespace attn::detail::sdpa {
 inline namespace ATTN_ABI {
 
-/// Tile sizes of the flash forward pass: queries per task (a multiple of the
-/// micro-kernel's tile width) and keys per step (a multiple of its rows).
-struct flash_tiles {
-  // Queries computed together: a whole number of score-tile columns and of
-  // accumulate-tile rows.
-  static constexpr index q_step =
-      std::lcm(core::score_tile::cols, static_cast<index>(core::accumulate_tile::rows));
-  static constexpr index q_tile = detail::round_up(192, q_step);
-  static constexpr index kv_tile = 16 * core::score_tile::rows;
-};
-
 /// One thread's working memory; sized once per call, reused by every task.
 struct flash_scratch {
-  std::vector<float> qt;      // [d_qk][q_tile]     scaled queries, transposed
-  std::vector<float> k;       // [kv_tile][d_qk]    converted / padded keys
+  flash_score_buffers tiles;  // Qᵀ, converted keys, scores (flash_scores.hpp)
   std::vector<float> v;       // [kv_tile][d_v_pad] converted / padded values
-  std::vector<float> st;      // [kv_tile][q_tile]  scores, then probabilities
   std::vector<float> o;       // [q_tile][d_v_pad]  unnormalised output rows
   std::vector<float> max;     // [q_tile]           running max per query
   std::vector<float> sum;     // [q_tile]           running sum per query
@@ -77,10 +62,8 @@ struct flash_scratch {
   engine::hidden_values hidden;  // non-finite V entries of keys some rows do not see
 
   flash_scratch(index d_qk, index d_v_pad)
-      : qt(d_qk * flash_tiles::q_tile),
-        k(flash_tiles::kv_tile * d_qk),
+      : tiles(d_qk),
         v(flash_tiles::kv_tile * d_v_pad),
-        st(flash_tiles::kv_tile * flash_tiles::q_tile),
         o(flash_tiles::q_tile * d_v_pad),
         max(flash_tiles::q_tile),
         sum(flash_tiles::q_tile),
@@ -88,52 +71,6 @@ struct flash_scratch {
     hidden.reserve(flash_tiles::kv_tile, d_v_pad);
   }
 };
-
-// Copies rows [j0, j0 + n) of one head into dst as float, row stride `cols`;
-// rows n..rows_pad and columns width..cols are zero.
-template <class KV>
-void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n, index rows_pad,
-               index width, index cols, float* dst) {
-  for (index r = 0; r < rows_pad; ++r) {
-    float* row = dst + r * cols;
-    index c = 0;
-    if (r < n) {
-      const KV* src = t.at(b, j0 + r, h, 0);
-      for (; c < width; ++c) row[c] = static_cast<float>(src[c]);
-    }
-    for (; c < cols; ++c) row[c] = 0.0f;
-  }
-}
-
-// Asks the cache for rows [j0, j0 + n) of one head ahead of use. In
-// [batch, seq, heads, dim] one head's rows sit heads·dim apart, often a page
-// or more, where hardware prefetchers stop following the stream.
-template <class KV>
-void prefetch_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n,
-                   index width) {
-#if defined(__GNUC__)
-  const index bytes = width * static_cast<index>(sizeof(KV));
-  for (index r = 0; r < n; ++r) {
-    const char* row = reinterpret_cast<const char*>(t.at(b, j0 + r, h, 0));
-    for (index off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
-  }
-#else
-  (void)t, (void)b, (void)h, (void)j0, (void)n, (void)width;
-#endif
-}
-
-// Rows [j0, j0 + n) of one head as a micro-kernel operand: in place when the
-// storage is already float and shaped as the kernel needs (and in_place is
-// allowed), else converted and zero-padded into `buffer`.
-template <class KV>
-core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, index j0, index n,
-                            index rows_pad, index width, index cols, float* buffer, bool in_place) {
-  if constexpr (std::is_same<KV, float>::value) {
-    if (in_place && n == rows_pad && width == cols) return {t.at(b, j0, h, 0), t.strides[1]};
-  }
-  pack_rows(t, b, h, j0, n, rows_pad, width, cols, buffer);
-  return {buffer, cols};
-}
 
 // Output row (b, i, query head h) of the attention recomputed in double
 // (core::softmax::recompute_row_fp64) with the kernels' own visibility rules: the
@@ -175,118 +112,40 @@ bool recompute_sdpa_row(const float* q2, index q2_stride, const strided<const KV
   return core::softmax::recompute_row_fp64(n, key, value, d_v, dst, lse);
 }
 
-// The engine's walk for one flash task: query rows [i0, i0 + rows) of head
-// h in batch entry b (KV head hk), scores transposed [keys][queries].
+// The engine's walk for one flash task: the score and mask steps of
+// flash_scores, then the online softmax and O += P·V.
 template <class KV>
 struct flash_walk {
   static constexpr index BQ = flash_tiles::q_tile;
   static constexpr index key_tile = flash_tiles::kv_tile;
 
-  const strided<const KV, 4>& k;
+  flash_scores<KV> s;
   const strided<const KV, 4>& v;
-  const sdpa_options& opt;
-  const detail::band_mask& band;
   flash_scratch& ws;
-  index b, h, hk, i0, rows, cols, d_qk, d_v, d_v_pad;
-  bool has_bool, has_add;
-  // Per tile: inside the band (no per-element band mask, whole GEMMs), and
-  // free of any mask (no -inf to write, no hidden key).
-  bool in_band = false, full = false;
+  index d_v, d_v_pad;
 
-  // The band reaches the tile for some row, and the bool mask (if any) does
-  // not hide every key it reaches.
-  bool visible(index j0, index n) const {
-    for (index r = 0; r < rows; ++r) {
-      const detail::key_band kb = band.row(i0 + r);
-      const index lo = std::max(kb.first, j0), hi = std::min(kb.last, j0 + n - 1);
-      if (lo > hi) continue;
-      if (!has_bool) return true;
-      const bool* m = opt.bool_mask.at(b, h, i0 + r, 0);
-      const index ms = opt.bool_mask.strides[3];
-      for (index j = lo; j <= hi; ++j)
-        if (m[j * ms]) return true;
-    }
-    return false;
-  }
+  bool visible(index j0, index n) const { return s.visible(j0, n); }
 
   // The next tile's K and V start moving towards L2 while this one computes.
   void prefetch(index j0, index n, index j_end) const {
     if (j0 + n >= j_end) return;
     const index n_next = std::min(key_tile, j_end - (j0 + n));
-    prefetch_rows(k, b, hk, j0 + n, n_next, d_qk);
-    prefetch_rows(v, b, hk, j0 + n, n_next, d_v);
+    prefetch_rows(s.k, s.b, s.hk, j0 + n, n_next, s.d_qk);
+    prefetch_rows(v, s.b, s.hk, j0 + n, n_next, d_v);
   }
 
   // 1. Sᵀ = K · Qᵀ.
-  void scores(index j0, index n) {
-    const index n_pad = detail::round_up(n, core::score_tile::rows);
-    const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, ws.k.data(), true);
-    in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
-    full = !has_bool && !has_add && in_band;
-    if (in_band) {
-      core::gemm_block<core::score_tile, false>(core::lhs{kt.data, kt.row_stride, 1},
-                                                core::rhs{ws.qt.data(), BQ}, d_qk, ws.st.data(),
-                                                BQ, n_pad, cols);
-      return;
-    }
-    // An edge tile: skip register tiles whose keys no query of theirs can
-    // see (the mask step writes -inf there).
-    using shape = core::score_tile;
-    for (index kb = 0; kb < n_pad; kb += shape::rows)
-      for (index c0 = 0; c0 < cols; c0 += shape::cols) {
-        if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
-                                shape::rows))
-          continue;
-        core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
-                                      core::rhs{ws.qt.data() + c0, BQ}, d_qk,
-                                      ws.st.data() + kb * BQ + c0, BQ);
-      }
-  }
+  void scores(index j0, index n) { s.scores(j0, n); }
 
-  // 2. Masks: -inf outside each column's band, then the dense masks.
-  // Padding key rows (n..n_pad) never count.
-  void mask(index j0, index n) {
-    const index n_pad = detail::round_up(n, core::score_tile::rows);
-    for (index j = n; j < n_pad; ++j)
-      std::fill(ws.st.begin() + j * BQ, ws.st.begin() + (j + 1) * BQ, core::softmax::neg_inf);
-    if (full) return;
-    for (index r = 0; r < rows; ++r) {
-      float* col = ws.st.data() + r;
-      const detail::key_band kb = band.row(i0 + r);
-      const index lo = std::max<index>(kb.first - j0, 0);
-      const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
-      for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = core::softmax::neg_inf;
-      for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = core::softmax::neg_inf;
-      if (has_bool) {
-        const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
-        const index ms = opt.bool_mask.strides[3];
-        for (index j = lo; j <= hi; ++j)
-          if (!m[j * ms]) col[j * BQ] = core::softmax::neg_inf;
-      }
-      if (has_add) {
-        const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
-        const index as = opt.additive_mask.strides[3];
-        for (index j = lo; j <= hi; ++j)
-          col[j * BQ] = core::softmax::apply_additive_log2(col[j * BQ], a[j * as]);
-      }
-    }
-  }
+  // 2. Masks.
+  void mask(index j0, index n) { s.mask(j0, n); }
 
   // 3. Online softmax down each column.
   void online_softmax(index, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
-    engine::softmax_columns(ws.st.data(), BQ, n, n_pad, cols,
+    engine::softmax_columns(ws.tiles.st.data(), BQ, n, n_pad, s.cols,
                             {ws.max.data(), ws.sum.data(), ws.factor.data()});
-    engine::rescale_rows(ws.o.data(), d_v_pad, d_v_pad, ws.factor.data(), rows);
-  }
-
-  // Whether row r (of the task) sees key j0 + j through the band and masks.
-  bool sees(index r, index key) const {
-    const detail::key_band kb = band.row(i0 + r);
-    if (key < kb.first || key > kb.last) return false;
-    if (has_bool && !*opt.bool_mask.at(b, h, i0 + r, key)) return false;
-    if (has_add && *opt.additive_mask.at(b, h, i0 + r, key) == core::softmax::neg_inf) return false;
-    return true;
+    engine::rescale_rows(ws.o.data(), d_v_pad, d_v_pad, ws.factor.data(), s.rows);
   }
 
   // 4. O += P · V (P read as the transpose of Sᵀ). V is always copied:
@@ -294,31 +153,33 @@ struct flash_walk {
   // heads·d_v floats apart, typically a multiple of 4 KiB, which maps them
   // all to one L1 set.
   void accumulate(index j0, index n) {
-    const core::rhs vt = tile_rows_operand(v, b, hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
-    if (full)
+    const float* st = ws.tiles.st.data();
+    const core::rhs vt =
+        tile_rows_operand(v, s.b, s.hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
+    if (s.full)
       ws.hidden.set_apart(ws.v.data(), d_v_pad, n, n);  // every row sees every key: none
     else
       ws.hidden.set_apart(ws.v.data(), d_v_pad, 0, n);
-    if (in_band) {
-      core::gemm_block<core::accumulate_tile, true>(core::lhs{ws.st.data(), 1, BQ}, vt, n,
-                                                    ws.o.data(), d_v_pad, cols, d_v_pad);
+    if (s.in_band) {
+      core::gemm_block<core::accumulate_tile, true>(core::lhs{st, 1, BQ}, vt, n, ws.o.data(),
+                                                    d_v_pad, s.cols, d_v_pad);
     } else {
       // Edge tile: each block of query rows only runs over the keys its
       // band reaches; P is exactly 0 outside, so the sums are unchanged.
       using shape = core::accumulate_tile;
-      for (index r0 = 0; r0 < rows; r0 += shape::rows) {
-        const index ra = i0 + r0, rz = i0 + std::min<index>(r0 + shape::rows, rows) - 1;
-        const index lo = std::max<index>(band.row(ra).first - j0, 0);
-        const index hi = std::min<index>(band.row(rz).last - j0 + 1, n);
+      for (index r0 = 0; r0 < s.rows; r0 += shape::rows) {
+        const index ra = s.i0 + r0, rz = s.i0 + std::min<index>(r0 + shape::rows, s.rows) - 1;
+        const index lo = std::max<index>(s.band.row(ra).first - j0, 0);
+        const index hi = std::min<index>(s.band.row(rz).last - j0 + 1, n);
         if (lo >= hi) continue;
-        core::gemm_block<shape, true>(core::lhs{ws.st.data() + r0 + lo * BQ, 1, BQ},
+        core::gemm_block<shape, true>(core::lhs{st + r0 + lo * BQ, 1, BQ},
                                       core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},
                                       hi - lo, ws.o.data() + r0 * d_v_pad, d_v_pad, shape::rows,
                                       d_v_pad);
       }
     }
-    ws.hidden.add_back([&](index r, index j) { return sees(r, j0 + j); }, ws.st.data(), BQ,
-                       ws.o.data(), d_v_pad, rows, d_v);
+    ws.hidden.add_back([&](index r, index j) { return s.sees(r, j0 + j); }, st, BQ, ws.o.data(),
+                       d_v_pad, s.rows, d_v);
   }
 };
 
@@ -354,13 +215,14 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       prefetch_rows(v, b, hk, j_begin, n_first, d_v);
     }
     engine::pack_queries_transposed([&](index r) { return q.at(b, i0 + r, h, 0); }, rows, cols,
-                                    d_qk, scale2, ws.qt.data(), BQ);
+                                    d_qk, scale2, ws.tiles.qt.data(), BQ);
     std::fill(ws.o.begin(), ws.o.begin() + cols * d_v_pad, 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
-    flash_walk<KV> walk{k,   v,    opt,  band, ws,      b,       h,       hk,
-                        i0,  rows, cols, d_qk, d_v,     d_v_pad, has_bool, has_add};
+    flash_walk<KV> walk{
+        {k, opt, band, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add}, v, ws, d_v,
+        d_v_pad};
     engine::run_chunk(walk, j_begin, j_end);
 
     for (index r = 0; r < rows; ++r) {
@@ -373,7 +235,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       // FLT_MAX (then inf, or NaN once a later key rescales it): such a row,
       // and only such a row, is redone in double (recompute_sdpa_row).
       if (!core::softmax::all_finite(dst, d_v))
-        recompute_sdpa_row(ws.qt.data() + r, BQ, k, v, opt, band, b, i0 + r, h, hk, dst, lse);
+        recompute_sdpa_row(ws.tiles.qt.data() + r, BQ, k, v, opt, band, b, i0 + r, h, hk, dst, lse);
     }
   };
 

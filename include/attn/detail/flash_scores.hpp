@@ -1,0 +1,207 @@
+// attn/detail/flash_scores.hpp: the engine's score and mask steps for the
+// column layout under SDPA's masks (docs/design.md, "Engine"), shared by the
+// flash forward pass and attention_weights. Arguments arrive validated.
+//
+// One query tile (rows [i0, i0 + rows) of head h in batch entry b, KV head
+// hk) is packed once, transposed and pre-scaled (Qᵀ). For each key tile,
+//   scores  Sᵀ = K · Qᵀ with the register-blocked micro-kernel, scores kept
+//           transposed, [keys][queries], so each query's softmax runs down
+//           a column; K rows are read in place when they are float, bf16 /
+//           half and a ragged last tile are converted into a small buffer;
+//   mask    whole tiles inside the band need none; edge tiles get -inf
+//           outside each column's band, then the dense bool / additive masks.
+// Both kernels run these same steps on the same tiles, so the weights that
+// attention_weights writes are the probabilities the forward pass applies,
+// NaN / inf policy included.
+#pragma once
+
+// Internal header (docs/design.md, "What is public"): reached only through a
+// public header, which defines ATTN_DETAIL_ALLOWED first.
+#ifndef ATTN_DETAIL_ALLOWED
+#error "attn/detail/flash_scores.hpp is internal: include <attn/sdpa.hpp>"
+#endif
+
+#include <algorithm>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "attn/core/abi.hpp"
+#include "attn/core/microkernel.hpp"
+#include "attn/core/softmax.hpp"
+#include "attn/mask.hpp"
+#include "attn/sdpa_options.hpp"
+#include "attn/view.hpp"
+
+namespace attn::detail::sdpa {
+inline namespace ATTN_ABI {
+
+/// Tile sizes of the column layout: queries per task (a multiple of the
+/// micro-kernel's tile width) and keys per step (a multiple of its rows).
+struct flash_tiles {
+  // Queries computed together: a whole number of score-tile columns and of
+  // accumulate-tile rows.
+  static constexpr index q_step =
+      std::lcm(core::score_tile::cols, static_cast<index>(core::accumulate_tile::rows));
+  static constexpr index q_tile = detail::round_up(192, q_step);
+  static constexpr index kv_tile = 16 * core::score_tile::rows;
+};
+
+/// The score step's working memory for one thread.
+struct flash_score_buffers {
+  std::vector<float> qt;  // [d_qk][q_tile]     scaled queries, transposed
+  std::vector<float> k;   // [kv_tile][d_qk]    converted / padded keys
+  std::vector<float> st;  // [kv_tile][q_tile]  scores, then probabilities
+
+  explicit flash_score_buffers(index d_qk)
+      : qt(d_qk * flash_tiles::q_tile),
+        k(flash_tiles::kv_tile * d_qk),
+        st(flash_tiles::kv_tile * flash_tiles::q_tile) {}
+};
+
+// Copies rows [j0, j0 + n) of one head into dst as float, row stride `cols`;
+// rows n..rows_pad and columns width..cols are zero.
+template <class KV>
+void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n, index rows_pad,
+               index width, index cols, float* dst) {
+  for (index r = 0; r < rows_pad; ++r) {
+    float* row = dst + r * cols;
+    index c = 0;
+    if (r < n) {
+      const KV* src = t.at(b, j0 + r, h, 0);
+      for (; c < width; ++c) row[c] = static_cast<float>(src[c]);
+    }
+    for (; c < cols; ++c) row[c] = 0.0f;
+  }
+}
+
+// Asks the cache for rows [j0, j0 + n) of one head ahead of use. In
+// [batch, seq, heads, dim] one head's rows sit heads·dim apart, often a page
+// or more, where hardware prefetchers stop following the stream.
+template <class KV>
+void prefetch_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n,
+                   index width) {
+#if defined(__GNUC__)
+  const index bytes = width * static_cast<index>(sizeof(KV));
+  for (index r = 0; r < n; ++r) {
+    const char* row = reinterpret_cast<const char*>(t.at(b, j0 + r, h, 0));
+    for (index off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+  }
+#else
+  (void)t, (void)b, (void)h, (void)j0, (void)n, (void)width;
+#endif
+}
+
+// Rows [j0, j0 + n) of one head as a micro-kernel operand: in place when the
+// storage is already float and shaped as the kernel needs (and in_place is
+// allowed), else converted and zero-padded into `buffer`.
+template <class KV>
+core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, index j0, index n,
+                            index rows_pad, index width, index cols, float* buffer, bool in_place) {
+  if constexpr (std::is_same<KV, float>::value) {
+    if (in_place && n == rows_pad && width == cols) return {t.at(b, j0, h, 0), t.strides[1]};
+  }
+  pack_rows(t, b, h, j0, n, rows_pad, width, cols, buffer);
+  return {buffer, cols};
+}
+
+/// The score and mask steps of one query tile: query rows [i0, i0 + rows)
+/// of head h in batch entry b (KV head hk), cols (rows rounded up to
+/// q_step) columns computed, Qᵀ already packed in buf.qt.
+template <class KV>
+struct flash_scores {
+  static constexpr index BQ = flash_tiles::q_tile;
+
+  const strided<const KV, 4>& k;
+  const sdpa_options& opt;
+  const detail::band_mask& band;
+  flash_score_buffers& buf;
+  index b, h, hk, i0, rows, cols, d_qk;
+  bool has_bool, has_add;
+  // Per tile: inside the band (no per-element band mask, whole GEMMs), and
+  // free of any mask (no -inf to write, no hidden key).
+  bool in_band = false, full = false;
+
+  /// The band reaches the tile for some row, and the bool mask (if any)
+  /// does not hide every key it reaches.
+  bool visible(index j0, index n) const {
+    for (index r = 0; r < rows; ++r) {
+      const detail::key_band kb = band.row(i0 + r);
+      const index lo = std::max(kb.first, j0), hi = std::min(kb.last, j0 + n - 1);
+      if (lo > hi) continue;
+      if (!has_bool) return true;
+      const bool* m = opt.bool_mask.at(b, h, i0 + r, 0);
+      const index ms = opt.bool_mask.strides[3];
+      for (index j = lo; j <= hi; ++j)
+        if (m[j * ms]) return true;
+    }
+    return false;
+  }
+
+  /// Sᵀ = K · Qᵀ for keys [j0, j0 + n) into buf.st (row stride BQ).
+  void scores(index j0, index n) {
+    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, buf.k.data(), true);
+    in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
+    full = !has_bool && !has_add && in_band;
+    if (in_band) {
+      core::gemm_block<core::score_tile, false>(core::lhs{kt.data, kt.row_stride, 1},
+                                                core::rhs{buf.qt.data(), BQ}, d_qk, buf.st.data(),
+                                                BQ, n_pad, cols);
+      return;
+    }
+    // An edge tile: skip register tiles whose keys no query of theirs can
+    // see (the mask step writes -inf there).
+    using shape = core::score_tile;
+    for (index kb = 0; kb < n_pad; kb += shape::rows)
+      for (index c0 = 0; c0 < cols; c0 += shape::cols) {
+        if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
+                                shape::rows))
+          continue;
+        core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
+                                      core::rhs{buf.qt.data() + c0, BQ}, d_qk,
+                                      buf.st.data() + kb * BQ + c0, BQ);
+      }
+  }
+
+  /// Masks: -inf outside each column's band, then the dense masks. Padding
+  /// key rows (n..n_pad) never count.
+  void mask(index j0, index n) {
+    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    for (index j = n; j < n_pad; ++j)
+      std::fill(buf.st.begin() + j * BQ, buf.st.begin() + (j + 1) * BQ, core::softmax::neg_inf);
+    if (full) return;
+    for (index r = 0; r < rows; ++r) {
+      float* col = buf.st.data() + r;
+      const detail::key_band kb = band.row(i0 + r);
+      const index lo = std::max<index>(kb.first - j0, 0);
+      const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
+      for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = core::softmax::neg_inf;
+      for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = core::softmax::neg_inf;
+      if (has_bool) {
+        const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
+        const index ms = opt.bool_mask.strides[3];
+        for (index j = lo; j <= hi; ++j)
+          if (!m[j * ms]) col[j * BQ] = core::softmax::neg_inf;
+      }
+      if (has_add) {
+        const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
+        const index as = opt.additive_mask.strides[3];
+        for (index j = lo; j <= hi; ++j)
+          col[j * BQ] = core::softmax::apply_additive_log2(col[j * BQ], a[j * as]);
+      }
+    }
+  }
+
+  /// Whether row r (of the tile) sees key `key` through the band and masks.
+  bool sees(index r, index key) const {
+    const detail::key_band kb = band.row(i0 + r);
+    if (key < kb.first || key > kb.last) return false;
+    if (has_bool && !*opt.bool_mask.at(b, h, i0 + r, key)) return false;
+    if (has_add && *opt.additive_mask.at(b, h, i0 + r, key) == core::softmax::neg_inf) return false;
+    return true;
+  }
+};
+
+}  // namespace ATTN_ABI
+}  // namespace attn::detail::sdpa

@@ -27,7 +27,7 @@
 // Bit-for-bit (memcmp): any thread count; probs written through a strided
 // view vs contiguous; column sums requested or not.
 //
-// Measured (AMD EPYC Zen 4, baseline x86-64 build): the worst probability
+// Measured (AMD EPYC Zen 5, baseline x86-64 build): the worst probability
 // error is 0.26 of the tolerance, the worst column-sum error 0.06 (printed
 // by WorstErrorIsReported).
 #include <gtest/gtest.h>

@@ -116,7 +116,8 @@ constexpr bool prescaled_query_overflow = false;  // fixed (pre-scaled Q clamped
 /// keys span several chunks, the finite result of the other chunks
 /// (merge_partial drops a partial with LSE -inf). Silent garbage.
 /// Fix: test sum == 0 for "empty" and let NaN through
-/// (core/softmax.hpp finish_row_log2; check online_state::lse / inv_sum).
+/// (core/softmax.hpp finish_row_log2; check core/softmax_natural.hpp
+/// online_state::lse / inv_sum).
 /// Tests: test_nan_policy.cpp DISABLED_*Propagates*.
 constexpr bool nan_row_reported_empty = false;  // fixed (finish_row_log2 / split_kv_decode keep NaN rows NaN)
 
@@ -126,7 +127,7 @@ constexpr bool nan_row_reported_empty = false;  // fixed (finish_row_log2 / spli
 /// exp(inf - inf). The sdpa kernels clamp the running max to FLT_MAX
 /// (softmax::max_finite) for exactly this; row_softmax does not.
 /// Regression test: FuzzRegressions.AdditiveDotScoreOverflow.
-constexpr bool additive_score_overflow_nan = false;  // fixed (softmax.hpp row_softmax)
+constexpr bool additive_score_overflow_nan = false;  // fixed (softmax_natural.hpp row_softmax)
 
 /// F8: additive_attention with weight normalisation (normalize = true): the
 /// factor g / ‖v‖ is rounded to float before it multiplies v, so a small ‖v‖

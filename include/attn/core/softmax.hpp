@@ -1,12 +1,16 @@
-// attn/core/softmax.hpp: the online softmax and the log-sum-exp merge.
+// attn/core/softmax.hpp: the online softmax in log2 units and the
+// log-sum-exp merge.
 //
 // A softmax over keys processed block by block keeps, per query row, the
-// running maximum m and the running sum l = sum_j exp(s_j - m). When a new
-// block raises the maximum to m', everything accumulated so far is rescaled
-// by exp(m - m'). A finished partial result is (o = sum_j p_j v_j / l,
-// lse = m + log l); two partial results over disjoint key sets merge exactly
-// by their LSEs. Split-KV decoding, thread reductions and distributed callers
-// all merge through merge_partial().
+// running maximum m and the running sum l = sum_j 2^(s_j - m), with scores
+// s in log2 units (scale·log2(e)·q·k, so the exponentials are the cheap
+// exp2). When a new block raises the maximum to m', everything accumulated
+// so far is rescaled by 2^(m - m'). A finished partial result is (o = sum_j
+// p_j v_j / l, lse = (m + log2 l)·ln 2, natural log as the API reports it);
+// two partial results over disjoint key sets merge exactly by their LSEs.
+// Split-KV decoding, thread reductions and distributed callers all merge
+// through merge_partial(). The natural-log variant, for scores not in log2
+// units, is core/softmax_natural.hpp.
 #pragma once
 
 #include <algorithm>
@@ -18,7 +22,7 @@
 #include "attn/core/math.hpp"
 
 /// Softmax building blocks shared by the kernels: the online (streaming)
-/// softmax state, row softmax, and the log-sum-exp merge of partial results.
+/// softmax steps, the row results and the log-sum-exp merge of partials.
 /// Internal, not part of the API (see attn/attn.hpp).
 namespace attn::core::softmax {
 inline namespace ATTN_ABI {
@@ -29,7 +33,7 @@ constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 // The kernels keep scores in log2 units: scale·log2(e)·q·k, so that the
 // softmax's exponentials are the cheap simd::exp2_nonpositive. These convert.
 constexpr float log2e = 1.44269504088896341f;  ///< log2(e)
-constexpr float ln2 = 0.693147180559945309f;    ///< ln(2)
+constexpr float ln2 = 0.693147180559945309f;   ///< ln(2)
 
 /// An additive mask value in log2 units: -inf stays -inf (masked); finite
 /// values saturate at +-FLT_MAX instead of overflowing to a mask (-FLT_MAX,
@@ -76,36 +80,6 @@ inline row_result finish_row_log2(float m, float l) {
   return {1.0f / l, (m + std::log2(l)) * ln2};
 }
 
-/// Running state of one query row.
-struct online_state {
-  float max = neg_inf;  ///< largest score seen so far (-inf: none yet)
-  float sum = 0.0f;     ///< sum of exp(score - max) over the scores seen
-
-  /// Reference point for exp(): the max, or 0 while no key is visible, so a
-  /// row of -inf scores gives exp(-inf - 0) = 0 rather than NaN.
-  float pivot() const { return max == neg_inf ? 0.0f : max; }
-
-  /// Moves to a new maximum m_new >= max and returns the factor
-  /// exp(max - m_new) by which earlier accumulations must be multiplied
-  /// (1 when the maximum did not move, so callers can skip the rescale).
-  float raise_max(float m_new) {
-    if (!(m_new > max)) return 1.0f;
-    const float f = max == neg_inf ? 0.0f : simd::exp_scalar(max - m_new);
-    sum *= f;
-    max = m_new;
-    return f;
-  }
-
-  /// Natural log of the total: max + log(sum); -inf for a row that saw
-  /// nothing (sum == 0).
-  float lse() const {
-    return std::isnan(sum) ? sum : sum > 0.0f ? max + std::log(sum) : neg_inf;
-  }
-
-  /// 1 / sum, or 0 for a row that saw nothing (its output is 0).
-  float inv_sum() const { return std::isnan(sum) ? sum : sum > 0.0f ? 1.0f / sum : 0.0f; }
-};
-
 /// One online-softmax step for simd::width rows at once (one row per lane),
 /// as the flash kernel needs it, with scores in log2 units (pre-multiplied
 /// by log2 e, so exp2_nonpositive serves): the rows' running maxima and this
@@ -127,53 +101,6 @@ inline packet_step online_step(const simd::packet& running_max, const simd::pack
   const packet m = simd::min(simd::max(running_max, block_max), broadcast(max_finite));
   const packet pivot = select(equal(m, broadcast(neg_inf)), zero(), m);
   return {m, simd::exp2_nonpositive(sub(running_max, pivot)), pivot};
-}
-
-/// Largest of x[0..n), NaN ignored; -inf for none (n = 0).
-inline float max_of(const float* x, index n) {
-  using namespace simd;
-  packet vmax = broadcast(neg_inf);
-  index j = 0;
-  for (; j + width <= n; j += width) vmax = simd::max(vmax, load(x + j));  // a NaN x keeps vmax
-  float m = reduce_max(vmax);
-  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
-  return m;
-}
-
-/// x[j] <- exp(min(x[j] - pivot, 0)) for j < n; returns their sum. A NaN
-/// score stays NaN (and so does the sum).
-inline float exp_in_place(float* x, index n, float pivot) {
-  using namespace simd;
-  const packet pv = broadcast(pivot);
-  packet vsum = zero();
-  index j = 0;
-  for (; j + width <= n; j += width) {
-    const packet e = simd::exp(simd::min(sub(load(x + j), pv), zero()));
-    store(x + j, e);
-    vsum = add(vsum, e);
-  }
-  float s = reduce_add(vsum);
-  for (; j < n; ++j) {
-    x[j] = exp_scalar(std::min(x[j] - pivot, 0.0f));
-    s += x[j];
-  }
-  return s;
-}
-
-/// Softmax of n scores in place (x[j] <- exp(x[j] - max) / sum); returns the
-/// row's log-sum-exp. A row of only -inf becomes all 0 with LSE -inf.
-inline float row_softmax(float* x, index n) {
-  float m = max_of(x, n);
-  // A score that overflowed to +inf: the max is clamped to max_finite and
-  // every exponent to <= 0, so that score weighs 1 (as in the flash
-  // kernels) instead of making the row inf / inf = NaN.
-  if (m > max_finite) m = max_finite;
-  online_state st;
-  st.raise_max(m);
-  st.sum = exp_in_place(x, n, st.pivot());
-  const float inv = st.inv_sum();
-  for (index j = 0; j < n; ++j) x[j] *= inv;
-  return st.lse();
 }
 
 /// Merges partial result b into a, over disjoint key sets: on return

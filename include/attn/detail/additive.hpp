@@ -51,7 +51,7 @@
 #include "attn/core/parallel.hpp"
 #include "attn/core/scratch.hpp"
 #include "attn/core/simd.hpp"
-#include "attn/core/softmax.hpp"
+#include "attn/core/softmax_natural.hpp"
 #include "attn/view.hpp"
 
 namespace attn::detail::additive {
@@ -86,7 +86,10 @@ inline float additive_score1(const float* qp, const float* v, const float* k0, i
   return reduce_add(a0);
 }
 
-// Dot products of one (padded) query with 4 / 1 (padded) keys.
+// Dot products of one (padded) query with 4 / 1 (padded) keys, one packet
+// chain per key in both, so a key's score does not depend on whether it was
+// scored in a group of 4 (which depends on the mask); core::dot, with two
+// chains, would break that.
 inline void dot_scores4(const float* q, const float* k0, const float* k1, const float* k2,
                         const float* k3, index n, float* out) {
   using namespace core::simd;

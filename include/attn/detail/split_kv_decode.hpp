@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/dot.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
@@ -68,23 +69,6 @@ struct split_kv_policy {
     return std::max<index>(std::min({by_tasks, by_size, by_memory}), 1);
   }
 };
-
-// s[j] = sum_d q[d] * k[d] for one query row and one key: d_qk floats of q
-// against the widened key row.
-template <class KV>
-inline float dot_row(const float* q, const KV* k, index d) {
-  using namespace core::simd;
-  packet acc0 = zero(), acc1 = zero();
-  index i = 0;
-  for (; i + 2 * width <= d; i += 2 * width) {
-    acc0 = fma(load(q + i), load_as_float(k + i), acc0);
-    acc1 = fma(load(q + i + width), load_as_float(k + i + width), acc1);
-  }
-  for (; i + width <= d; i += width) acc0 = fma(load(q + i), load_as_float(k + i), acc0);
-  float s = reduce_add(add(acc0, acc1));
-  for (; i < d; ++i) s += q[i] * static_cast<float>(k[i]);
-  return s;
-}
 
 // out[r] = sum_d q[r][d] * k[d] for 4 query rows (row stride ldq) that share
 // one key row: each key packet is loaded and widened once for all four.
@@ -163,7 +147,7 @@ struct split_kv_walk {
         const index r_end = r + rows_per_kv;
         for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
           dot_rows4(q + r * d_qk, d_qk, kr, d_qk, s + r * KB + jj, KB);
-        for (; r < r_end; ++r) s[r * KB + jj] = dot_row(q + r * d_qk, kr, d_qk);
+        for (; r < r_end; ++r) s[r * KB + jj] = core::dot(q + r * d_qk, kr, d_qk);
       }
   }
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/dot.hpp"
 #include "attn/core/index.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
@@ -48,17 +49,6 @@ inline double sigmoid_of(double u0, double u1) {
   if (t >= 0) return 1.0 / (1.0 + std::exp(-t));
   const double e = std::exp(t);
   return e / (1.0 + e);
-}
-
-/// Dot product of n floats (packets, then the tail), in a fixed order.
-inline float dot(const float* x, const float* y, index n) {
-  using namespace core::simd;
-  packet acc = zero();
-  index k = 0;
-  for (; k + width <= n; k += width) acc = core::simd::fma(load(x + k), load(y + k), acc);
-  float s = reduce_add(acc);
-  for (; k < n; ++k) s = x[k] * y[k] + s;
-  return s;
 }
 
 /// One batch element's problem, read through views.
@@ -88,9 +78,10 @@ inline double chain(const inputs& in, index b, index n, scratch& s) {
   double* t0 = s.t0.data();
   double* f = s.fwd.data();
   for (index j = 0; j < n; ++j) {
-    t1[j] = in.scores.empty()
-                ? double(in.scale * dot(in.query.at(b, 0), in.keys.at(b, j, 0), in.query.dims[1]))
-                : double(*in.scores.at(b, j));
+    t1[j] =
+        in.scores.empty()
+            ? double(in.scale * core::dot(in.query.at(b, 0), in.keys.at(b, j, 0), in.query.dims[1]))
+            : double(*in.scores.at(b, j));
     t0[j] = in.unary0.empty() ? 0.0 : double(*in.unary0.at(b, j));
   }
   const bool per_edge = !in.pairwise.empty() && in.pairwise.dims[1] != 1;

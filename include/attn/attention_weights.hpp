@@ -17,6 +17,7 @@
 #include "attn/core/parallel.hpp"
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
+#include "attn/sdpa_checks.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
 
@@ -31,48 +32,26 @@ inline namespace ATTN_ABI {
 ///               a row that sees no key is all zeros.
 /// @param opt    the same options (scale, causal, window, key_lengths,
 ///              masks, threads); opt.lse is ignored.
-/// @throws attn::error on shape mismatches (probs must be [B, Hq, L, S]).
+/// @throws attn::error as scaled_dot_product_attention does for q, k and the
+///         options, and when probs is null, not [B, Hq, L, S] or overlaps
+///         itself.
 template <class KT>
 void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<float, 4> probs,
                        const sdpa_options& opt = {}) {
   constexpr const char* fn = "attention_weights";
+  detail::check_query_key(fn, q, k);
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], D = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2];
-  detail::require(k.dims[0] == B && k.dims[3] == D, fn, "k", "dims [batch, S, heads_kv, d_qk]",
-                  k.dims);
-  detail::require(Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)", "a divisor of heads_q",
-                  Hkv);
+  detail::check_non_null(fn, "probs", probs);
   const std::array<index, 4> want{B, Hq, L, S};
-  detail::require(probs.dims == want, fn, "probs", "dims [batch, heads_q, L, S]", probs.dims);
-  // The option checks of scaled_dot_product_attention: this entry reads the
-  // same masks and lengths.
-  detail::require(!q.empty() || detail::has_zero_extent(q), fn, "q", "a non-null view", "null data");
-  detail::require(!k.empty() || detail::has_zero_extent(k), fn, "k", "a non-null view", "null data");
-  detail::require(!probs.empty() || detail::has_zero_extent(probs), fn, "probs", "a non-null view",
-                  "null data");
-  for (int r = 0; r < 4; ++r) {
-    detail::require(q.dims[r] >= 0, fn, "q", "non-negative dims", q.dims);
-    detail::require(k.dims[r] >= 0, fn, "k", "non-negative dims", k.dims);
-  }
-  detail::require(D >= 1, fn, "q.dims[3] (d_qk)", ">= 1", D);
-  detail::require(q.strides[3] == 1 || D <= 1, fn, "q.strides[3]", "1 (contiguous head dim)",
-                  q.strides[3]);
-  detail::require(k.strides[3] == 1 || D <= 1, fn, "k.strides[3]", "1 (contiguous head dim)",
-                  k.strides[3]);
-  if (opt.scale)
-    detail::require(std::isfinite(*opt.scale), fn, "scale", "a finite number", *opt.scale);
-  if (opt.window) {
-    detail::require(opt.window->left >= 0, fn, "window.left", ">= 0", opt.window->left);
-    detail::require(opt.window->right >= 0, fn, "window.right", ">= 0", opt.window->right);
-  }
-  detail::check_key_lengths(fn, opt.key_lengths, B, S);
-  detail::check_mask(opt.bool_mask, "bool_mask", B, Hq, L, S, fn);
-  detail::check_mask(opt.additive_mask, "additive_mask", B, Hq, L, S, fn);
-  detail::require(detail::non_overlapping(probs), fn, "probs.strides",
-                  "strides under which no two elements overlap", probs.strides);
-  detail::require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
-  if (B == 0 || Hq == 0 || L == 0 || S == 0) return;
-  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(D));
+  detail::require(
+      probs.dims == want, fn, "probs",
+      [&] { return detail::dims_note(want, "[batch, heads_q, L, S]"); }, probs.dims);
+  // This entry reads the masks and lengths of scaled_dot_product_attention,
+  // under the same rules.
+  const float scale = detail::check_sdpa_options(fn, "", opt, B, Hq, L, S, D);
+  detail::check_non_overlapping(fn, "probs.strides", probs);
+  if (B == 0 || L == 0 || S == 0) return;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const index group = Hq / Hkv;
 

@@ -28,7 +28,7 @@ constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
 // The kernels keep scores in log2 units: scale·log2(e)·q·k, so that the
 // softmax's exponentials are the cheap simd::exp2_nonpositive. These convert.
-constexpr float log2e = 1.44269504088896341f;  ///< log2(e)
+constexpr float log2e = ::attn::detail::log2e;  ///< log2(e), as the scale checks use it
 constexpr float ln2 = 0.693147180559945309f;    ///< ln(2)
 
 /// An additive mask value in log2 units: -inf stays -inf (masked); finite

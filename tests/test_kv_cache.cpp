@@ -196,6 +196,46 @@ TEST(KvCache, OverflowThrowsAndLeavesTheCacheUnchanged) {
   EXPECT_EQ(cache.lengths(), (std::vector<index>{20, 15}));
 }
 
+// Issue 18 item 1: attend validates every sequence before it writes any.
+// Lengths {3, 1}, T = 2: sequence 0's call is valid, sequence 1's is not
+// (counts[1] = 2 > lengths()[1]; or an output that overlaps only for its two
+// rows). The failed call must leave out and lse as they were.
+TEST(KvCache, FailedAttendWritesNothing) {
+  attn::kv_cache<float> cache(2, 4, 1, 4);
+  const tensor4 k = randn(2, 3, 1, 4, 31), v = randn(2, 3, 1, 4, 32), q = randn(2, 2, 2, 4, 33);
+  cache.append(attn::view(k).as_const(), attn::view(v).as_const(), {3, 1});
+  ASSERT_EQ(cache.lengths(), (std::vector<index>{3, 1}));
+  constexpr float sentinel = -12345.0f;
+  tensor4 out(2, 2, 2, 4);
+  Eigen::Tensor<float, 3, Eigen::RowMajor> lse(2, 2, 2);
+  attn::sdpa_options opt;
+  opt.lse = attn::view(lse);
+  auto untouched = [&](const char* label) {
+    for (index i = 0; i < out.size(); ++i) EXPECT_EQ(out.data()[i], sentinel) << label << " out " << i;
+    for (index i = 0; i < lse.size(); ++i) EXPECT_EQ(lse.data()[i], sentinel) << label << " lse " << i;
+  };
+
+  out.setConstant(sentinel);
+  lse.setConstant(sentinel);
+  attn_test::expect_error("counts[1]",
+                          [&] { cache.attend(attn::view(q).as_const(), attn::view(out), opt, {2, 2}); },
+                          {"attn::kv_cache::attend: counts: expected"});
+  untouched("counts");
+
+  // Rows of a sequence share an address (stride 0 over T): harmless for
+  // sequence 0's one row, an overlap for sequence 1's two.
+  auto shared_rows = attn::view(out);
+  shared_rows.strides[1] = 0;
+  cache.append(attn::view(k).as_const(), attn::view(v).as_const(), {0, 1});
+  out.setConstant(sentinel);
+  lse.setConstant(sentinel);
+  attn_test::expect_error(
+      "out.strides",
+      [&] { cache.attend(attn::view(q).as_const(), shared_rows, opt, {1, 2}); },
+      {"attn::scaled_dot_product_attention: out.strides: expected"});
+  untouched("overlap");
+}
+
 TEST(KvCache, ArgumentErrors) {
   attn::kv_cache<float> cache(2, 10, 2, 8);
   tensor4 k(2, 3, 2, 8), v(2, 3, 2, 8), bad(2, 3, 3, 8), q(2, 3, 4, 8), out(2, 3, 4, 8);

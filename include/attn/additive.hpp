@@ -252,8 +252,7 @@ class additive_attention {
             "one of another score function or dimension");
     const index B = keys.p_.B, S = keys.p_.S;
     check_query(fn, query, B, w_.score == score_function::dot ? keys.p_.dim : Dq_);
-    require(!values.empty() || detail::has_zero_extent(values), fn, "values", "a non-null view",
-            "null data");
+    detail::check_non_null(fn, "values", values);
     const index Dv = values.dims[2];
     require(
         values.dims[0] == B && values.dims[1] == S && Dv >= 1, fn, "values",
@@ -261,19 +260,15 @@ class additive_attention {
           return detail::dims_note(std::array<index, 3>{B, S, Dv}, "[batch, S, d_v >= 1]");
         },
         values.dims);
-    require(values.strides[2] == 1 || Dv <= 1, fn, "values.strides[2]", "1 (contiguous features)",
-            values.strides[2]);
+    detail::check_unit_last_stride(fn, "values.strides[2]", values, detail::short_rows::any_stride);
     const index L = query.dims[1];
     const std::array<index, 3> out_dims{B, L, Dv};
-    require(!out.empty() || detail::has_zero_extent(out), fn, "out", "a non-null view",
-            "null data");
+    detail::check_non_null(fn, "out", out);
     require(
         out.dims == out_dims, fn, "out",
         [&] { return detail::dims_note(out_dims, "[batch, L, d_v]"); }, out.dims);
-    require(out.strides[2] == 1 || Dv <= 1, fn, "out.strides[2]", "1 (contiguous features)",
-            out.strides[2]);
-    require(detail::non_overlapping(out), fn, "out.strides",
-            "strides under which no two elements overlap", out.strides);
+    detail::check_unit_last_stride(fn, "out.strides[2]", out, detail::short_rows::any_stride);
+    detail::check_non_overlapping(fn, "out.strides", out);
     check_options(fn, opt, B, L, S);
     if (B == 0 || L == 0) return;
     const detail::additive::call c{opt.key_lengths, opt.key_mask, opt.query_mask, opt.weights,
@@ -327,30 +322,27 @@ class additive_attention {
 
   void check_keys(const char* fn, const strided<const float, 3>& keys) const {
     using detail::require;
-    require(!keys.empty() || detail::has_zero_extent(keys), fn, "keys", "a non-null view",
-            "null data");
-    require(keys.dims[0] >= 0 && keys.dims[1] >= 0, fn, "keys", "non-negative dims", keys.dims);
+    detail::check_non_null(fn, "keys", keys);
+    detail::check_non_negative_dims(fn, "keys", keys);
     if (Dk_ > 0)
       require(
           keys.dims[2] == Dk_, fn, "keys",
           [&] { return "dims [batch, S, d_k = " + std::to_string(Dk_) + "]"; }, keys.dims);
     else
       require(keys.dims[2] >= 1, fn, "keys", "dims [batch, S, d >= 1]", keys.dims);
-    require(keys.strides[2] == 1 || keys.dims[2] <= 1, fn, "keys.strides[2]",
-            "1 (contiguous features)", keys.strides[2]);
+    detail::check_unit_last_stride(fn, "keys.strides[2]", keys, detail::short_rows::any_stride);
   }
 
   static void check_query(const char* fn, const strided<const float, 3>& q, index B, index Dq) {
     using detail::require;
-    require(!q.empty() || detail::has_zero_extent(q), fn, "query", "a non-null view", "null data");
+    detail::check_non_null(fn, "query", q);
     require(
         q.dims[0] == B && q.dims[1] >= 0 && q.dims[2] == Dq, fn, "query",
         [&] {
           return "dims [batch = " + std::to_string(B) + ", L, d_q = " + std::to_string(Dq) + "]";
         },
         q.dims);
-    require(q.strides[2] == 1 || Dq <= 1, fn, "query.strides[2]", "1 (contiguous features)",
-            q.strides[2]);
+    detail::check_unit_last_stride(fn, "query.strides[2]", q, detail::short_rows::any_stride);
   }
 
   static void check_options(const char* fn, const additive_options& opt, index B, index L,
@@ -362,26 +354,23 @@ class additive_attention {
       require(
           opt.key_mask.dims == want, fn, "key_mask",
           [&] { return detail::dims_note(want, "[batch, S]"); }, opt.key_mask.dims);
-      require(opt.key_mask.strides[0] >= 0 && opt.key_mask.strides[1] >= 0, fn, "key_mask.strides",
-              "non-negative strides", opt.key_mask.strides);
+      detail::check_non_negative_strides(fn, "key_mask.strides", opt.key_mask);
     }
     if (!opt.query_mask.empty()) {
       const std::array<index, 2> want{B, L};
       require(
           opt.query_mask.dims == want, fn, "query_mask",
           [&] { return detail::dims_note(want, "[batch, L]"); }, opt.query_mask.dims);
-      require(opt.query_mask.strides[0] >= 0 && opt.query_mask.strides[1] >= 0, fn,
-              "query_mask.strides", "non-negative strides", opt.query_mask.strides);
+      detail::check_non_negative_strides(fn, "query_mask.strides", opt.query_mask);
     }
     if (!opt.weights.empty()) {
       const std::array<index, 3> want{B, L, S};
       require(
           opt.weights.dims == want, fn, "weights",
           [&] { return detail::dims_note(want, "[batch, L, S]"); }, opt.weights.dims);
-      require(detail::non_overlapping(opt.weights), fn, "weights.strides",
-              "strides under which no two elements overlap", opt.weights.strides);
+      detail::check_non_overlapping(fn, "weights.strides", opt.weights);
     }
-    require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
+    detail::check_num_threads(fn, "num_threads", opt.num_threads);
   }
 
   // The layer as the kernel reads it (detail::additive::layer).

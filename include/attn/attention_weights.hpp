@@ -21,6 +21,7 @@
 #include "attn/detail/attention_weights.hpp"
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
+#include "attn/sdpa_checks.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
 
@@ -63,51 +64,26 @@ void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<floa
                        const sdpa_options& opt = {}, strided<float, 3> column_sums = {}) {
   using KV = std::remove_const_t<KT>;
   constexpr const char* fn = "attention_weights";
+  detail::check_query_key(fn, q, k);
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], D = q.dims[3];
-  const index S = k.dims[1], Hkv = k.dims[2];
-  detail::require(k.dims[0] == B && k.dims[3] == D, fn, "k", "dims [batch, S, heads_kv, d_qk]",
-                  k.dims);
-  detail::require(Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)", "a divisor of heads_q",
-                  Hkv);
+  const index S = k.dims[1];
+  detail::check_non_null(fn, "probs", probs);
   const std::array<index, 4> want{B, Hq, L, S};
-  detail::require(probs.dims == want, fn, "probs", "dims [batch, heads_q, L, S]", probs.dims);
-  // The option checks of scaled_dot_product_attention: this entry reads the
-  // same masks and lengths.
-  detail::require(!q.empty() || detail::has_zero_extent(q), fn, "q", "a non-null view", "null data");
-  detail::require(!k.empty() || detail::has_zero_extent(k), fn, "k", "a non-null view", "null data");
-  detail::require(!probs.empty() || detail::has_zero_extent(probs), fn, "probs", "a non-null view",
-                  "null data");
-  for (int r = 0; r < 4; ++r) {
-    detail::require(q.dims[r] >= 0, fn, "q", "non-negative dims", q.dims);
-    detail::require(k.dims[r] >= 0, fn, "k", "non-negative dims", k.dims);
-  }
-  detail::require(D >= 1, fn, "q.dims[3] (d_qk)", ">= 1", D);
-  detail::require(q.strides[3] == 1 || D <= 1, fn, "q.strides[3]", "1 (contiguous head dim)",
-                  q.strides[3]);
-  detail::require(k.strides[3] == 1 || D <= 1, fn, "k.strides[3]", "1 (contiguous head dim)",
-                  k.strides[3]);
-  if (opt.scale)
-    detail::require(std::isfinite(*opt.scale), fn, "scale", "a finite number", *opt.scale);
-  if (opt.window) {
-    detail::require(opt.window->left >= 0, fn, "window.left", ">= 0", opt.window->left);
-    detail::require(opt.window->right >= 0, fn, "window.right", ">= 0", opt.window->right);
-  }
-  detail::check_key_lengths(fn, opt.key_lengths, B, S);
-  detail::check_mask(opt.bool_mask, "bool_mask", B, Hq, L, S, fn);
-  detail::check_mask(opt.additive_mask, "additive_mask", B, Hq, L, S, fn);
-  detail::require(detail::non_overlapping(probs), fn, "probs.strides",
-                  "strides under which no two elements overlap", probs.strides);
-  detail::require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
+  detail::require(
+      probs.dims == want, fn, "probs",
+      [&] { return detail::dims_note(want, "[batch, heads_q, L, S]"); }, probs.dims);
+  // This entry reads the masks and lengths of scaled_dot_product_attention,
+  // under the same rules.
+  const float scale = detail::check_sdpa_options(fn, "", opt, B, Hq, L, S, D);
+  detail::check_non_overlapping(fn, "probs.strides", probs);
   if (!column_sums.empty()) {
     const std::array<index, 3> sums_dims{B, Hq, S};
     detail::require(column_sums.dims == sums_dims, fn, "column_sums", "dims [batch, heads_q, S]",
                     column_sums.dims);
-    detail::require(detail::non_overlapping(column_sums), fn, "column_sums.strides",
-                    "strides under which no two elements overlap", column_sums.strides);
+    detail::check_non_overlapping(fn, "column_sums.strides", column_sums);
   }
   // L = 0 still writes column_sums (zeros: no query gives any weight).
   if (B == 0 || Hq == 0 || S == 0) return;
-  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(D));
   detail::sdpa::attention_weights<KV>(q, strided<const KV, 4>(k), probs, column_sums, scale, opt);
 }
 

@@ -46,7 +46,6 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
-#include "attn/core/softmax.hpp"
 #include "attn/error.hpp"
 #include "attn/view.hpp"
 
@@ -170,12 +169,12 @@ class decomposable_attention {
     check_lengths(fn, "b_lengths", opt.b_lengths, B, Lb);
     check_mask(fn, "a_mask", "a_mask.strides", opt.a_mask, B, La, "[batch, La]");
     check_mask(fn, "b_mask", "b_mask.strides", opt.b_mask, B, Lb, "[batch, Lb]");
-    check_scale(fn, opt.scale);
+    detail::check_scale(fn, "scale", opt.scale);
     check_weights(fn, "row_weights", "row_weights.strides", opt.row_weights, B, La, Lb);
     check_weights(fn, "col_weights", "col_weights.strides", opt.col_weights, B, La, Lb);
     check_lse(fn, "row_lse", "row_lse.strides", opt.row_lse, B, La, "[batch, La]");
     check_lse(fn, "col_lse", "col_lse.strides", opt.col_lse, B, Lb, "[batch, Lb]");
-    require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
+    detail::check_num_threads(fn, "num_threads", opt.num_threads);
     if (B == 0) return;
 
     detail::decomposable::align(f_, fn, opt.scale, opt.num_threads, a, {opt.a_lengths, opt.a_mask},
@@ -212,7 +211,7 @@ class decomposable_attention {
     check_output(fn, "out", "out.strides[2]", out, {B, L, d}, "[batch, L, d]");
     check_lengths(fn, "lengths", opt.lengths, B, L);
     check_mask(fn, "mask", "mask.strides", opt.mask, B, L, "[batch, L]");
-    check_scale(fn, opt.scale);
+    detail::check_scale(fn, "scale", opt.scale);
     require(opt.max_distance >= 0, fn, "max_distance", ">= 0", opt.max_distance);
     const index D = opt.max_distance;
     if (!opt.distance_bias.empty()) {
@@ -234,7 +233,7 @@ class decomposable_attention {
     }
     check_weights(fn, "weights", "weights.strides", opt.weights, B, L, L);
     check_lse(fn, "lse", "lse.strides", opt.lse, B, L, "[batch, L]");
-    require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
+    detail::check_num_threads(fn, "num_threads", opt.num_threads);
     if (B == 0) return;
 
     detail::decomposable::intra(f_, fn, opt.scale, opt.num_threads, a, {opt.lengths, opt.mask},
@@ -254,7 +253,7 @@ class decomposable_attention {
   static void check_input(const char* fn, const char* name, const char* stride_name,
                           const strided<const float, 3>& x, index B, index D) {
     using detail::require;
-    require(!x.empty() || detail::has_zero_extent(x), fn, name, "a non-null view", "null data");
+    detail::check_non_null(fn, name, x);
     require(
         x.dims[0] >= 0 && x.dims[1] >= 0 && x.dims[2] >= 1 && (B < 0 || x.dims[0] == B) &&
             (D < 0 || x.dims[2] == D),
@@ -264,8 +263,7 @@ class decomposable_attention {
                  (D < 0 ? " >= 1" : " = " + std::to_string(D)) + "]";
         },
         x.dims);
-    require(x.strides[2] == 1 || x.dims[2] <= 1, fn, stride_name, "1 (contiguous features)",
-            x.strides[2]);
+    detail::check_unit_last_stride(fn, stride_name, x, detail::short_rows::any_stride);
   }
 
   static void check_output(const char* fn, const char* name, const char* stride_name,
@@ -273,13 +271,11 @@ class decomposable_attention {
                            const char* names) {
     using detail::require;
     if (detail::decomposable::absent(x)) return;
-    require(!x.empty() || detail::has_zero_extent(x), fn, name, "a non-null view", "null data");
+    detail::check_non_null(fn, name, x);
     require(
         x.dims == want, fn, name, [&] { return detail::dims_note(want, names); }, x.dims);
-    require(x.strides[2] == 1 || x.dims[2] <= 1, fn, stride_name, "1 (contiguous features)",
-            x.strides[2]);
-    require(detail::non_overlapping(x), fn, (std::string(name) + ".strides").c_str(),
-            "strides under which no two elements overlap", x.strides);
+    detail::check_unit_last_stride(fn, stride_name, x, detail::short_rows::any_stride);
+    detail::check_non_overlapping(fn, detail::field_name{name, "strides"}, x);
   }
 
   static void check_lengths(const char* fn, const char* name, const std::vector<index>& len,
@@ -301,13 +297,7 @@ class decomposable_attention {
     const std::array<index, 2> want{B, L};
     require(
         m.dims == want, fn, name, [&] { return detail::dims_note(want, names); }, m.dims);
-    require(m.strides[0] >= 0 && m.strides[1] >= 0, fn, stride_name, "non-negative strides",
-            m.strides);
-  }
-
-  static void check_scale(const char* fn, float scale) {
-    detail::require(std::isfinite(scale) && std::isfinite(scale * core::softmax::log2e), fn,
-                    "scale", "a finite number below FLT_MAX / log2(e)", scale);
+    detail::check_non_negative_strides(fn, stride_name, m);
   }
 
   static void check_weights(const char* fn, const char* name, const char* stride_name,
@@ -318,8 +308,7 @@ class decomposable_attention {
     require(
         w.dims == want, fn, name, [&] { return detail::dims_note(want, "[batch, La, Lb]"); },
         w.dims);
-    require(detail::non_overlapping(w), fn, stride_name,
-            "strides under which no two elements overlap", w.strides);
+    detail::check_non_overlapping(fn, stride_name, w);
   }
 
   static void check_lse(const char* fn, const char* name, const char* stride_name,
@@ -329,8 +318,7 @@ class decomposable_attention {
     const std::array<index, 2> want{B, L};
     require(
         v.dims == want, fn, name, [&] { return detail::dims_note(want, names); }, v.dims);
-    require(detail::non_overlapping(v), fn, stride_name,
-            "strides under which no two elements overlap", v.strides);
+    detail::check_non_overlapping(fn, stride_name, v);
   }
 
   feed_forward f_;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include <type_traits>
 
 #include "attn/core/index.hpp"
+#include "attn/core/units.hpp"
 
 namespace attn {
 
@@ -62,9 +64,23 @@ std::string dims_note(const std::array<index, N>& d, const char* names) {
   return s.str();
 }
 
-// Formats "fn: arg: expected E, got G" and throws attn::error.
-template <class Expected, class Got>
-[[noreturn]] inline void fail(const char* fn, const char* arg, const Expected& expected,
+// An argument named as a field of a caller's argument: "opt.attention" and
+// "scale" print "opt.attention.scale"; an empty part is left out. Lets one
+// check serve entries that spell the same option differently, with nothing
+// built unless the check fails.
+struct field_name {
+  const char* base;
+  const char* field;
+};
+inline std::ostream& operator<<(std::ostream& os, const field_name& n) {
+  const bool both = *n.base != '\0' && *n.field != '\0';
+  return os << n.base << (both ? "." : "") << n.field;
+}
+
+// Formats "fn: arg: expected E, got G" and throws attn::error. `arg` is
+// anything printable: a string, a field_name.
+template <class Arg, class Expected, class Got>
+[[noreturn]] inline void fail(const char* fn, const Arg& arg, const Expected& expected,
                               const Got& got) {
   std::ostringstream s;
   s << "attn::" << fn << ": " << arg << ": expected ";
@@ -83,10 +99,28 @@ template <class Expected, class Got>
 // Checks a condition; on failure throws with the standard message format.
 // Pass message parts that need building (dims_note, to_string) as lambdas:
 // a passing check then costs a comparison, nothing more.
-template <class Expected, class Got>
-inline void require(bool ok, const char* fn, const char* arg, const Expected& expected,
+template <class Arg, class Expected, class Got>
+inline void require(bool ok, const char* fn, const Arg& arg, const Expected& expected,
                     const Got& got) {
   if (!ok) fail(fn, arg, expected, got);
+}
+
+// log2(e): kernels keep scores in log2 units (Q pre-scaled by scale·log2 e,
+// so the softmax can use exp2), hence the second half of check_scale.
+using core::log2e;
+
+// The rule for every softmax scale: scale·log2 e must be finite too, or the
+// pre-scaled queries overflow.
+template <class Arg>
+void check_scale(const char* fn, const Arg& arg, float scale) {
+  require(std::isfinite(scale) && std::isfinite(scale * log2e), fn, arg,
+          "a finite number below FLT_MAX / log2(e)", scale);
+}
+
+// num_threads: 0 means OpenMP's default, negative means nothing.
+template <class Arg>
+void check_num_threads(const char* fn, const Arg& arg, int num_threads) {
+  require(num_threads >= 0, fn, arg, ">= 0 (0 = default)", num_threads);
 }
 
 }  // namespace detail

@@ -23,6 +23,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
 #include "attn/sdpa.hpp"
+#include "attn/sdpa_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -133,16 +134,15 @@ class kv_cache {
   /// scale, a sliding window (measured from that diagonal), an LSE output
   /// and threads. Dense masks, key_lengths and opt.causal are set by the
   /// cache and must be left empty / none.
-  /// @throws attn::error on shape mismatches or a mask option given.
+  /// @throws attn::error on shape mismatches or a mask option given, and
+  ///         with the attention's own messages for each sequence's slice;
+  ///         all before any row of out or lse is written.
   void attend(strided<const float, 4> q, strided<float, 4> out, const sdpa_options& opt = {},
               const std::vector<index>& counts = {}) const {
     constexpr const char* fn = "kv_cache::attend";
     detail::require(q.dims[0] == batch_, fn, "q.dims[0] (batch)", batch_, q.dims[0]);
     detail::require(q.dims[3] == head_dim_, fn, "q.dims[3] (head_dim)", head_dim_, q.dims[3]);
-    detail::require(opt.causal == causal::none, fn, "opt.causal",
-                    "causal::none (the cache applies bottom-right causal itself)", "another value");
-    detail::require(opt.key_lengths.empty() && opt.bool_mask.empty() && opt.additive_mask.empty(),
-                    fn, "opt", "no key_lengths or dense masks", "some given");
+    detail::check_cache_options(fn, "opt", opt);
     const index T = q.dims[1];
     // out and lse are cut into per-sequence prefixes below, which the
     // attention checks only within themselves: their batch and length here.
@@ -158,20 +158,42 @@ class kv_cache {
     detail::require(counts.empty() || static_cast<index>(counts.size()) == batch_, fn,
                     "counts.size()", [&] { return "0 or batch = " + std::to_string(batch_); },
                     counts.size());
+    // Every sequence's call is checked before the first one writes its rows:
+    // a failed attend leaves out and lse as they were.
     for (index b = 0; b < batch_; ++b) {
       const index n = counts.empty() ? T : counts[static_cast<std::size_t>(b)];
       detail::require(n >= 0 && n <= T && n <= lengths_[b], fn, "counts",
                       "0 <= counts[b] <= min(T, lengths()[b])", n);
-      if (n == 0) continue;
-      sdpa_options o = opt;
-      o.causal = causal::bottom_right;
-      if (!opt.lse.empty()) o.lse = lse_prefix(opt.lse, b, n);
-      scaled_dot_product_attention(prefix(q, b, n), prefix(keys(), b, lengths_[b]),
-                                   prefix(values(), b, lengths_[b]), prefix(out, b, n), o);
+      const sequence_call c = sequence(q, out, opt, counts, b);
+      if (c.rows > 0)
+        detail::check_sdpa_arguments("scaled_dot_product_attention", c.q, c.k, c.v, c.out, c.opt);
+    }
+    for (index b = 0; b < batch_; ++b) {
+      const sequence_call c = sequence(q, out, opt, counts, b);
+      if (c.rows > 0) scaled_dot_product_attention(c.q, c.k, c.v, c.out, c.opt);
     }
   }
 
  private:
+  // The attention of sequence b's rows [0, rows) over its cached tokens.
+  struct sequence_call {
+    index rows;
+    strided<const float, 4> q;
+    strided<const Storage, 4> k, v;
+    strided<float, 4> out;
+    sdpa_options opt;
+  };
+  sequence_call sequence(const strided<const float, 4>& q, const strided<float, 4>& out,
+                         const sdpa_options& opt, const std::vector<index>& counts,
+                         index b) const {
+    const index n = counts.empty() ? q.dims[1] : counts[static_cast<std::size_t>(b)];
+    sequence_call c{n,   prefix(q, b, n), prefix(keys(), b, lengths_[b]),
+                    prefix(values(), b, lengths_[b]), prefix(out, b, n), opt};
+    c.opt.causal = causal::bottom_right;
+    if (!opt.lse.empty()) c.opt.lse = lse_prefix(opt.lse, b, n);
+    return c;
+  }
+
   strided<const Storage, 4> view_of(const Storage* data, index dim) const {
     strided<const Storage, 4> v;
     v.data = data;
@@ -218,8 +240,8 @@ class kv_cache {
         k.dims == kd, fn, "k_new", [&] { return "dims " + dims_text(kd); }, k.dims);
     detail::require(
         v.dims == vd, fn, "v_new", [&] { return "dims " + dims_text(vd); }, v.dims);
-    detail::require(k.strides[3] == 1 && v.strides[3] == 1, fn, "k_new/v_new strides[3]",
-                    "1 (contiguous head dim)", k.strides[3] != 1 ? k.strides[3] : v.strides[3]);
+    detail::check_unit_last_stride(fn, "k_new/v_new strides[3]", k);
+    detail::check_unit_last_stride(fn, "k_new/v_new strides[3]", v);
     detail::require((k.data || detail::has_zero_extent(k)) && (v.data || detail::has_zero_extent(v)),
                     fn, "k_new/v_new", "non-null views (null only without elements)", "null data");
     detail::require(

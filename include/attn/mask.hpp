@@ -127,29 +127,32 @@ class band_mask {
 };
 
 // Checks per-batch key lengths for an entry point `fn`: empty, or B values
-// each in [0, S]. The message names the offending entry.
+// each in [0, S]. The message names the offending entry; `base` prefixes
+// the names as in field_name ("opt.attention").
 inline void check_key_lengths(const char* fn, const std::vector<index>& key_lengths, index B,
-                              index S) {
+                              index S, const char* base = "") {
   require(
-      key_lengths.empty() || static_cast<index>(key_lengths.size()) == B, fn, "key_lengths.size()",
+      key_lengths.empty() || static_cast<index>(key_lengths.size()) == B, fn,
+      field_name{base, "key_lengths.size()"},
       [&] { return "0 or batch = " + std::to_string(B); }, key_lengths.size());
   for (std::size_t i = 0; i < key_lengths.size(); ++i)
-    if (key_lengths[i] < 0 || key_lengths[i] > S)
-      fail(fn, ("key_lengths[" + std::to_string(i) + "]").c_str(),
-           "a value in [0, S = " + std::to_string(S) + "]", key_lengths[i]);
+    if (key_lengths[i] < 0 || key_lengths[i] > S) {
+      const std::string entry = "key_lengths[" + std::to_string(i) + "]";
+      fail(fn, field_name{base, entry.c_str()}, "a value in [0, S = " + std::to_string(S) + "]",
+           key_lengths[i]);
+    }
 }
 
 // Checks a dense [B, H, L, S] mask view (bool or additive) for an entry
 // point `fn`; `what` names the argument. An empty view is no mask.
-template <class T>
-void check_mask(const strided<const T, 4>& m, const char* what, index B, index H, index L,
-                index S, const char* fn = "scaled_dot_product_attention") {
+template <class T, class Arg>
+void check_mask(const char* fn, const Arg& what, const strided<const T, 4>& m, index B, index H,
+                index L, index S) {
   if (m.empty()) return;
   const std::array<index, 4> want{B, H, L, S};
-  detail::require(
+  require(
       m.dims == want, fn, what, [&] { return dims_note(want, "[batch, heads_q, L, S]"); }, m.dims);
-  for (int r = 0; r < 4; ++r)
-    detail::require(m.strides[r] >= 0, fn, what, "non-negative strides", m.strides);
+  check_non_negative_strides(fn, what, m);
 }
 
 }  // namespace detail

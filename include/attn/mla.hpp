@@ -203,6 +203,9 @@ class multi_head_latent_attention {
     const double scale = cfg_.softmax_scale();
     require(std::isfinite(scale) && scale > 0, fn, "config", "a finite softmax scale > 0", scale);
     scale_ = static_cast<float>(scale);
+    // Both paths pre-scale queries by scale·log2 e; checked here, not after
+    // the cache has grown.
+    detail::check_scale(fn, "config (softmax scale)", scale_);
 
     const index H = cfg_.n_heads, qk = cfg_.qk_head_dim(), rank = cfg_.kv_lora_rank;
     const index nope = cfg_.qk_nope_head_dim, vd = cfg_.v_head_dim;
@@ -281,8 +284,7 @@ class multi_head_latent_attention {
                     fn, "opt.path", "an mla_path enumerator", static_cast<int>(opt.path));
     detail::require(opt.absorbed_max_tokens >= 0, fn, "opt.absorbed_max_tokens", ">= 0",
                     opt.absorbed_max_tokens);
-    detail::require(opt.num_threads >= 0, fn, "opt.num_threads", ">= 0 (0 = default)",
-                    opt.num_threads);
+    detail::check_num_threads(fn, "opt.num_threads", opt.num_threads);
     cache.require_room(T, fn);
     tensor3 y(B, T, cfg_.dim);
     if (B == 0 || T == 0) return y;

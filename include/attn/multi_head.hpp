@@ -15,7 +15,6 @@
 #pragma once
 
 #include <Eigen/Core>
-#include <cmath>
 #include <memory>
 #include <string>
 #include <unsupported/Eigen/CXX11/Tensor>
@@ -28,6 +27,7 @@
 #include "attn/kv_cache.hpp"
 #include "attn/rope.hpp"
 #include "attn/sdpa.hpp"
+#include "attn/sdpa_checks.hpp"
 
 namespace attn {
 
@@ -218,6 +218,11 @@ class multi_head_attention {
             return "sequence " + std::to_string(b) + " at " + std::to_string(cache.lengths()[b]) +
                    " of " + std::to_string(cache.capacity());
           });
+    // Everything the attention would refuse, checked before anything is
+    // computed (a failed call leaves the cache as it was).
+    detail::check_cache_options(fn, "opt.attention", opt.attention);
+    // (Masks and key lengths are refused above, so L = S = T only sizes messages.)
+    detail::check_sdpa_options(fn, "opt.attention", opt.attention, B, Hq_, T, T, hd_);
     const int threads = opt.attention.num_threads;
     tensor4 q = project(x, q_, Hq_, threads), k = project(x, k_, Hkv_, threads),
             v = project(x, v_, Hkv_, threads);
@@ -225,26 +230,6 @@ class multi_head_attention {
       apply_rope(*rope_.table, view(q), cache.lengths(), rope_.layout, opt.attention.num_threads);
       apply_rope(*rope_.table, view(k), cache.lengths(), rope_.layout, opt.attention.num_threads);
     }
-    // Everything the attention would refuse, checked before the cache grows
-    // (a failed call leaves the cache as it was).
-    const sdpa_options& ao = opt.attention;
-    detail::require(ao.causal == causal::none, fn, "opt.attention.causal",
-                    "causal::none (the cache applies bottom-right causal itself)", "another value");
-    detail::require(ao.key_lengths.empty() && ao.bool_mask.empty() && ao.additive_mask.empty(), fn,
-                    "opt.attention", "no key_lengths or dense masks (the cache sets them)",
-                    "some given");
-    if (ao.scale)
-      detail::require(std::isfinite(*ao.scale) && std::isfinite(*ao.scale * 1.4426950408889634f),
-                      fn, "opt.attention.scale", "a finite number below FLT_MAX / log2(e)",
-                      *ao.scale);
-    if (ao.window) {
-      detail::require(ao.window->left >= 0, fn, "opt.attention.window.left", ">= 0",
-                      ao.window->left);
-      detail::require(ao.window->right >= 0, fn, "opt.attention.window.right", ">= 0",
-                      ao.window->right);
-    }
-    detail::require(ao.num_threads >= 0, fn, "opt.attention.num_threads", ">= 0 (0 = default)",
-                    ao.num_threads);
     cache.append(view(k).as_const(), view(v).as_const());
     tensor4 o(B, T, Hq_, hd_);
     sdpa_options so = opt.attention;

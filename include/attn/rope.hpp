@@ -172,19 +172,15 @@ namespace detail {
 inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x, rope_layout layout,
                             int num_threads) {
   constexpr const char* fn = "apply_rope";
-  bool any_zero = false;
-  for (int r = 0; r < 4; ++r) {
-    require(x.dims[r] >= 0, fn, "x", "non-negative dims", x.dims);
-    any_zero = any_zero || x.dims[r] == 0;
-  }
-  require(!x.empty() || any_zero, fn, "x", "a non-null view", "null data");
-  require(x.strides[3] == 1, fn, "x.strides[3]", "1 (contiguous head dim)", x.strides[3]);
+  check_non_negative_dims(fn, "x", x);
+  check_non_null(fn, "x", x);
+  check_unit_last_stride(fn, "x.strides[3]", x);
   require(
       x.dims[3] >= table.rotary_dim(), fn, "x.dims[3] (head_dim)",
       [&] { return ">= table.rotary_dim() = " + std::to_string(table.rotary_dim()); }, x.dims[3]);
   require(layout == rope_layout::interleaved || layout == rope_layout::half_split, fn, "layout",
           "rope_layout::interleaved or rope_layout::half_split", static_cast<int>(layout));
-  require(num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", num_threads);
+  check_num_threads(fn, "num_threads", num_threads);
   require(non_overlapping(x), fn, "x",
           "a view whose elements do not overlap (it is written in place)", [&] {
             std::ostringstream s;
@@ -194,7 +190,7 @@ inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x,
             write(s, x.dims);
             return s.str();
           });
-  return !any_zero && table.rotary_dim() > 0;
+  return !has_zero_extent(x) && table.rotary_dim() > 0;
 }
 
 // Checks that positions [offset, offset + seq) lie in the table. `arg` names

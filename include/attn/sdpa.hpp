@@ -13,7 +13,6 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 #include <type_traits>
 #include <unsupported/Eigen/CXX11/Tensor>
 #include <utility>
@@ -24,6 +23,7 @@
 #include "attn/detail/split_kv_decode.hpp"
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
+#include "attn/sdpa_checks.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
 
@@ -63,77 +63,11 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, s
   static_assert(detail::is_kv_scalar<KV>,
                 "attn::scaled_dot_product_attention: k/v must be float, Eigen::bfloat16 or "
                 "Eigen::half");
-  constexpr const char* fn = "scaled_dot_product_attention";
-  using detail::require;
+  const float scale =
+      detail::check_sdpa_arguments("scaled_dot_product_attention", q, k, v, out, opt);
 
-  // A view of zero elements may have null data (Eigen gives zero-size tensors
-  // none); any other view must point somewhere.
-  require(!q.empty() || detail::has_zero_extent(q), fn, "q", "a non-null view", "null data");
-  require(!k.empty() || detail::has_zero_extent(k), fn, "k", "a non-null view", "null data");
-  require(!v.empty() || detail::has_zero_extent(v), fn, "v", "a non-null view", "null data");
-  require(!out.empty() || detail::has_zero_extent(out), fn, "out", "a non-null view", "null data");
-
-  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], Dqk = q.dims[3];
-  const index S = k.dims[1], Hkv = k.dims[2], Dv = v.dims[3];
-  for (int r = 0; r < 4; ++r) {
-    require(q.dims[r] >= 0, fn, "q", "non-negative dims", q.dims);
-    require(k.dims[r] >= 0, fn, "k", "non-negative dims", k.dims);
-    require(v.dims[r] >= 0, fn, "v", "non-negative dims", v.dims);
-  }
-  require(Dqk >= 1, fn, "q.dims[3] (d_qk)", ">= 1", Dqk);
-  require(Hq >= 1, fn, "q.dims[2] (heads_q)", ">= 1", Hq);
-  require(
-      k.dims[0] == B && k.dims[3] == Dqk, fn, "k",
-      [&] {
-        return detail::dims_note(std::array<index, 4>{B, S, Hkv, Dqk},
-                                 "[batch, S, heads_kv, d_qk]");
-      },
-      k.dims);
-  require(
-      Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)",
-      [&] { return "a divisor of heads_q = " + std::to_string(Hq); }, Hkv);
-  require(
-      v.dims[0] == B && v.dims[1] == S && v.dims[2] == Hkv, fn, "v",
-      [&] {
-        return detail::dims_note(std::array<index, 4>{B, S, Hkv, Dv}, "[batch, S, heads_kv, d_v]");
-      },
-      v.dims);
-  const std::array<index, 4> out_dims{B, L, Hq, Dv};
-  require(
-      out.dims == out_dims, fn, "out",
-      [&] { return detail::dims_note(out_dims, "[batch, L, heads_q, d_v]"); }, out.dims);
-  require(q.strides[3] == 1, fn, "q.strides[3]", "1 (contiguous head dim)", q.strides[3]);
-  require(k.strides[3] == 1, fn, "k.strides[3]", "1 (contiguous head dim)", k.strides[3]);
-  require(v.strides[3] == 1 || Dv <= 1, fn, "v.strides[3]", "1 (contiguous head dim)",
-          v.strides[3]);
-  require(out.strides[3] == 1 || Dv <= 1, fn, "out.strides[3]", "1 (contiguous head dim)",
-          out.strides[3]);
-
-  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(Dqk));
-  // Scores are kept in log2 units (scale · log2 e), which must stay finite.
-  require(std::isfinite(scale) && std::isfinite(scale * core::softmax::log2e), fn, "scale",
-          "a finite number below FLT_MAX / log2(e)", scale);
-  if (opt.window) {
-    require(opt.window->left >= 0, fn, "window.left", ">= 0 (attn::unbounded for no limit)",
-            opt.window->left);
-    require(opt.window->right >= 0, fn, "window.right", ">= 0 (attn::unbounded for no limit)",
-            opt.window->right);
-  }
-  detail::check_key_lengths(fn, opt.key_lengths, B, S);
-  detail::check_mask(opt.bool_mask, "bool_mask", B, Hq, L, S);
-  detail::check_mask(opt.additive_mask, "additive_mask", B, Hq, L, S);
-  if (!opt.lse.empty()) {
-    const std::array<index, 3> want{B, Hq, L};
-    require(
-        opt.lse.dims == want, fn, "lse",
-        [&] { return detail::dims_note(want, "[batch, heads_q, L]"); }, opt.lse.dims);
-  }
-  require(detail::non_overlapping(out), fn, "out.strides",
-          "strides under which no two elements overlap", out.strides);
-  require(opt.lse.empty() || detail::non_overlapping(opt.lse), fn, "lse.strides",
-          "strides under which no two elements overlap", opt.lse.strides);
-  require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
-
+  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2];
+  const index Hkv = k.dims[2], Dv = v.dims[3];
   if (B == 0 || L == 0) return;
   strided<const KV, 4> values(v);
   if (Dv == 0) {

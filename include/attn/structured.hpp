@@ -97,8 +97,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
     return v.empty() && v.dims == std::array<index, 3>{};
   };
   if (!absent3(values)) {
-    require(!values.empty() || detail::has_zero_extent(values), fn, "values", "a non-null view",
-            "null data");
+    detail::check_non_null(fn, "values", values);
     require(
         values.dims[0] == B && values.dims[1] == S && values.dims[2] >= 1, fn, "values",
         [&] {
@@ -106,41 +105,35 @@ inline void check_segmentation_args(const char* fn, index B, index S,
                  ", d_v >= 1]";
         },
         values.dims);
-    require(values.strides[2] == 1 || values.dims[2] <= 1, fn, "values.strides[2]",
-            "1 (contiguous features)", values.strides[2]);
+    detail::check_unit_last_stride(fn, "values.strides[2]", values, detail::short_rows::any_stride);
   }
   const bool has_context = !(context.empty() && context.dims == std::array<index, 2>{});
   if (has_context) {
     require(!absent3(values), fn, "values", "a view of [batch, S, d_v] (context is wanted)",
             "an absent view");
     const std::array<index, 2> want{B, values.dims[2]};
-    require(!context.empty() || detail::has_zero_extent(context), fn, "context", "a non-null view",
-            "null data");
+    detail::check_non_null(fn, "context", context);
     require(
         context.dims == want, fn, "context",
         [&] { return detail::dims_note(want, "[batch, d_v]"); }, context.dims);
-    require(context.strides[1] == 1 || want[1] <= 1, fn, "context.strides[1]",
-            "1 (contiguous features)", context.strides[1]);
-    require(detail::non_overlapping(context), fn, "context.strides",
-            "strides under which no two elements overlap", context.strides);
+    detail::check_unit_last_stride(fn, "context.strides[1]", context,
+                                   detail::short_rows::any_stride);
+    detail::check_non_overlapping(fn, "context.strides", context);
   }
   if (!(marginals.empty() && marginals.dims == std::array<index, 2>{})) {
     const std::array<index, 2> want{B, S};
-    require(!marginals.empty() || detail::has_zero_extent(marginals), fn, "marginals",
-            "a non-null view", "null data");
+    detail::check_non_null(fn, "marginals", marginals);
     require(
         marginals.dims == want, fn, "marginals",
         [&] { return detail::dims_note(want, "[batch, S]"); }, marginals.dims);
-    require(detail::non_overlapping(marginals), fn, "marginals.strides",
-            "strides under which no two elements overlap", marginals.strides);
+    detail::check_non_overlapping(fn, "marginals.strides", marginals);
   }
   if (!(log_partition.empty() && log_partition.dims == std::array<index, 1>{})) {
-    require(!log_partition.empty() || B == 0, fn, "log_partition", "a non-null view", "null data");
+    detail::check_non_null(fn, "log_partition", log_partition);
     require(
         log_partition.dims[0] == B, fn, "log_partition",
         [&] { return "dims [batch = " + std::to_string(B) + "]"; }, log_partition.dims);
-    require(detail::non_overlapping(log_partition), fn, "log_partition.strides",
-            "strides under which no two elements overlap", log_partition.strides);
+    detail::check_non_overlapping(fn, "log_partition.strides", log_partition);
   }
   detail::check_key_lengths(fn, opt.key_lengths, B, S);
   if (!opt.unary0.empty()) {
@@ -150,7 +143,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
         [&] { return detail::dims_note(want, "[batch, S]"); }, opt.unary0.dims);
   }
   if (!opt.pairwise.empty() || !detail::has_zero_extent(opt.pairwise)) {
-    require(!opt.pairwise.empty(), fn, "pairwise", "a non-null view", "null data");
+    detail::check_non_null(fn, "pairwise", opt.pairwise);
     const auto& d = opt.pairwise.dims;
     require(
         d[0] == B && (d[1] == 1 || d[1] == S - 1) && d[2] == 2 && d[3] == 2, fn, "pairwise",
@@ -160,7 +153,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
         },
         d);
   }
-  require(opt.num_threads >= 0, fn, "num_threads", ">= 0 (0 = default)", opt.num_threads);
+  detail::check_num_threads(fn, "num_threads", opt.num_threads);
 }
 
 }  // namespace detail
@@ -184,8 +177,7 @@ inline void segmentation_attention(strided<const float, 2> scores, strided<const
                                    const segmentation_options& opt = {}) {
   constexpr const char* fn = "segmentation_attention";
   using detail::require;
-  require(!scores.empty() || detail::has_zero_extent(scores), fn, "scores", "a non-null view",
-          "null data");
+  detail::check_non_null(fn, "scores", scores);
   require(scores.dims[0] >= 0 && scores.dims[1] >= 0, fn, "scores",
           "dims [batch, S] (non-negative)", scores.dims);
   const index B = scores.dims[0], S = scores.dims[1];
@@ -219,23 +211,19 @@ inline void segmentation_attention(strided<const float, 2> query, strided<const 
                                    const segmentation_options& opt = {}) {
   constexpr const char* fn = "segmentation_attention";
   using detail::require;
-  require(!query.empty() || detail::has_zero_extent(query), fn, "query", "a non-null view",
-          "null data");
+  detail::check_non_null(fn, "query", query);
   require(query.dims[0] >= 0 && query.dims[1] >= 1, fn, "query", "dims [batch, d_k >= 1]",
           query.dims);
-  require(query.strides[1] == 1 || query.dims[1] <= 1, fn, "query.strides[1]",
-          "1 (contiguous features)", query.strides[1]);
+  detail::check_unit_last_stride(fn, "query.strides[1]", query, detail::short_rows::any_stride);
   const index B = query.dims[0], dk = query.dims[1];
-  require(!keys.empty() || detail::has_zero_extent(keys), fn, "keys", "a non-null view",
-          "null data");
+  detail::check_non_null(fn, "keys", keys);
   require(
       keys.dims[0] == B && keys.dims[1] >= 0 && keys.dims[2] == dk, fn, "keys",
       [&] {
         return "dims [batch = " + std::to_string(B) + ", S, d_k = " + std::to_string(dk) + "]";
       },
       keys.dims);
-  require(keys.strides[2] == 1 || dk <= 1, fn, "keys.strides[2]", "1 (contiguous features)",
-          keys.strides[2]);
+  detail::check_unit_last_stride(fn, "keys.strides[2]", keys, detail::short_rows::any_stride);
   const index S = keys.dims[1];
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(dk));
   require(std::isfinite(scale), fn, "scale", "a finite number", scale);

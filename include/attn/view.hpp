@@ -100,6 +100,53 @@ bool non_overlapping(const strided<T, R>& v) {
   return true;
 }
 
+// ---------------------------------------------------------------------------
+// The checks every entry makes on its views, each phrased once. `arg` names
+// the argument as the caller spells it ("q", "out.strides").
+
+// A view of zero elements may have null data (Eigen gives zero-size tensors
+// none); any other view must point somewhere.
+template <class T, int R, class Arg>
+void check_non_null(const char* fn, const Arg& arg, const strided<T, R>& v) {
+  require(!v.empty() || has_zero_extent(v), fn, arg, "a non-null view", "null data");
+}
+
+template <class T, int R, class Arg>
+void check_non_negative_dims(const char* fn, const Arg& arg, const strided<T, R>& v) {
+  for (int r = 0; r < R; ++r) require(v.dims[r] >= 0, fn, arg, "non-negative dims", v.dims);
+}
+
+// Read-only views such as masks may broadcast (stride 0) but not run backwards.
+template <class T, int R, class Arg>
+void check_non_negative_strides(const char* fn, const Arg& arg, const strided<T, R>& v) {
+  for (int r = 0; r < R; ++r) require(v.strides[r] >= 0, fn, arg, "non-negative strides", v.strides);
+}
+
+// What the unit-stride rule asks of a view whose innermost extent is 0 or 1,
+// where no two elements of a row are ever read together.
+enum class short_rows {
+  unit_stride,  // stride 1 all the same
+  any_stride,   // any stride
+};
+
+// The innermost stride must be 1, so rows are contiguous and SIMD loads are
+// plain loads. A rank-4 view is [batch, seq, heads, head_dim]; lower ranks
+// end in features.
+template <class T, int R, class Arg>
+void check_unit_last_stride(const char* fn, const Arg& arg, const strided<T, R>& v,
+                            short_rows rule = short_rows::unit_stride) {
+  const bool short_ok = rule == short_rows::any_stride && v.dims[R - 1] <= 1;
+  require(v.strides[R - 1] == 1 || short_ok, fn, arg,
+          R == 4 ? "1 (contiguous head dim)" : "1 (contiguous features)", v.strides[R - 1]);
+}
+
+// For outputs: overlapping elements would make the result depend on which
+// thread wrote last.
+template <class T, int R, class Arg>
+void check_non_overlapping(const char* fn, const Arg& arg, const strided<T, R>& v) {
+  require(non_overlapping(v), fn, arg, "strides under which no two elements overlap", v.strides);
+}
+
 template <class E>
 using tensor_scalar_t = std::remove_reference_t<decltype(*std::declval<E&>().data())>;
 

@@ -16,6 +16,7 @@
 #include <cstddef>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/assert.hpp"
 #include "attn/core/index.hpp"
 #include "attn/core/inline.hpp"
 #include "attn/core/simd.hpp"
@@ -63,6 +64,7 @@ template <class Shape, bool Accumulate>
 ATTN_ALWAYS_INLINE void gemm_tile(const lhs& a, const rhs& b, index depth, float* c, index ldc) {
   using namespace simd;
   constexpr int R = Shape::rows, P = Shape::packets;
+  ATTN_ASSERT(depth >= 0 && ldc >= Shape::cols);
   packet acc[R][P];
   ATTN_UNROLL for (int r = 0; r < R; ++r)
     ATTN_UNROLL for (int p = 0; p < P; ++p)
@@ -90,6 +92,8 @@ ATTN_ALWAYS_INLINE void gemm_tile(const lhs& a, const rhs& b, index depth, float
 template <class Shape, bool Accumulate>
 inline void gemm_block(const lhs& a, const rhs& b, index depth, float* c, index ldc, index rows,
                        index cols) {
+  ATTN_ASSERT(rows >= 0 && cols >= 0 && rows % Shape::rows == 0 && cols % Shape::cols == 0);
+  ATTN_ASSERT(ldc >= cols && b.row_stride >= cols);
   for (index r0 = 0; r0 < rows; r0 += Shape::rows) {
     const lhs ar{a.data + r0 * a.row_stride, a.row_stride, a.depth_stride};
     for (index c0 = 0; c0 < cols; c0 += Shape::cols)

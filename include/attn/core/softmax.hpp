@@ -20,6 +20,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/core/index.hpp"
 #include "attn/core/math.hpp"
+#include "attn/core/units.hpp"
 
 /// Softmax building blocks shared by the kernels: the online (streaming)
 /// softmax steps, the row results and the log-sum-exp merge of partials.
@@ -32,8 +33,8 @@ constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
 // The kernels keep scores in log2 units: scale·log2(e)·q·k, so that the
 // softmax's exponentials are the cheap simd::exp2_nonpositive. These convert.
-constexpr float log2e = 1.44269504088896341f;  ///< log2(e)
-constexpr float ln2 = 0.693147180559945309f;   ///< ln(2)
+using core::log2e;  ///< log2(e) (core/units.hpp)
+using core::ln2;    ///< ln(2) (core/units.hpp)
 
 /// An additive mask value in log2 units: -inf stays -inf (masked); finite
 /// values saturate at +-FLT_MAX instead of overflowing to a mask (-FLT_MAX,

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/assert.hpp"
 #include "attn/core/fp64_row.hpp"
 #include "attn/core/inline.hpp"
 #include "attn/core/math.hpp"
@@ -68,6 +69,8 @@ inline float scaled_query(float x, float scale2) { return core::softmax::clamp_f
 template <class RowPointer>
 void pack_queries_transposed(RowPointer row, index rows, index cols, index d_qk, float scale2,
                              float* qt, index ld) {
+  ATTN_ASSERT(0 <= rows && rows <= cols && cols <= ld);
+  ATTN_ASSERT(d_qk >= 1 && std::isfinite(scale2));
   for (index r = 0; r < cols; ++r) {
     const float* src = r < rows ? row(r) : nullptr;
     for (index d = 0; d < d_qk; ++d) qt[d * ld + r] = src ? scaled_query(src[d], scale2) : 0.0f;
@@ -76,6 +79,7 @@ void pack_queries_transposed(RowPointer row, index rows, index cols, index d_qk,
 
 /// One query row, packed for the row layout: dst[d] = scaled_query(src[d]).
 inline void pack_query_row(const float* src, index d_qk, float scale2, float* dst) {
+  ATTN_ASSERT(d_qk >= 1 && std::isfinite(scale2));
   for (index d = 0; d < d_qk; ++d) dst[d] = scaled_query(src[d], scale2);
 }
 
@@ -91,6 +95,7 @@ inline void pack_query_row(const float* src, index d_qk, float scale2, float* ds
 template <class Walk>
 ATTN_ALWAYS_INLINE void run_chunk(Walk& walk, index j_begin, index j_end) {
   constexpr index BK = Walk::key_tile;
+  ATTN_ASSERT(j_begin >= 0);
   for (index j0 = j_begin; j0 < j_end; j0 += BK) {
     const index n = std::min(BK, j_end - j0);
     if (!walk.visible(j0, n)) continue;
@@ -118,6 +123,8 @@ struct column_state {
 ATTN_ALWAYS_INLINE void softmax_columns(float* st, index ld, index n, index n_pad, index cols,
                             const column_state& state) {
   using namespace core::simd;
+  // Whole packets of columns, and padding rows that are already -inf.
+  ATTN_ASSERT(0 <= n && n <= n_pad && cols % width == 0 && cols <= ld);
   for (index c0 = 0; c0 < cols; c0 += width) {
     float* s = st + c0;
     packet m = broadcast(core::softmax::neg_inf);
@@ -140,6 +147,7 @@ ATTN_ALWAYS_INLINE void softmax_columns(float* st, index ld, index n, index n_pa
 /// Padding columns are never rescaled: their rows are never written out.
 ATTN_ALWAYS_INLINE void rescale_rows(float* o, index ld_o, index d_pad, const float* factor, index rows) {
   using namespace core::simd;
+  ATTN_ASSERT(rows >= 0 && d_pad % width == 0 && d_pad <= ld_o);
   for (index r = 0; r < rows; ++r) {
     const float f = factor[r];
     if (f == 1.0f) continue;
@@ -218,6 +226,7 @@ class hidden_values {
 inline void softmax_row(float* s, index n, index n_vec, float& max, float& sum, float* o,
                         index d_v) {
   using namespace core::simd;
+  ATTN_ASSERT(0 <= n && n <= n_vec && n_vec % width == 0 && d_v >= 0);
   packet block_max = broadcast(core::softmax::neg_inf);
   for (index jj = 0; jj < n_vec; jj += width) block_max = core::simd::max(block_max, load(s + jj));
   const float m = std::min(reduce_max(block_max), core::softmax::max_finite);

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/assert.hpp"
 #include "attn/core/fp64_row.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/microkernel.hpp"
@@ -190,6 +191,11 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
   constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
+  // What scaled_dot_product_attention has checked.
+  ATTN_ASSERT(Hkv >= 1 && Hq % Hkv == 0 && d_qk >= 1 && std::isfinite(scale));
+  ATTN_ASSERT(q.strides[3] == 1 && k.strides[3] == 1);
+  ATTN_ASSERT((v.strides[3] == 1 && out.strides[3] == 1) || d_v <= 1);
+  ATTN_ASSERT(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B);
   const index d_v_pad = detail::round_up(d_v, core::accumulate_tile::cols);
   const index group = Hq / Hkv;
   const index q_tiles = detail::ceil_div(L, BQ);

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/assert.hpp"
 #include "attn/core/fp64_row.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/microkernel.hpp"
@@ -390,6 +391,11 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
 /// do not depend on it.
 template <class Storage>
 void latent_attention(const latent_problem<Storage>& p, int num_threads) {
+  // What the MLA layer has checked: every sequence holds its T new tokens
+  // within the capacity, and the scale survives pre-scaling.
+  ATTN_ASSERT(p.B >= 0 && p.T >= 0 && p.H >= 1 && p.d_c >= 1 && p.d_r >= 0);
+  ATTN_ASSERT(std::isfinite(p.scale * core::softmax::log2e));
+  for (index b = 0; b < p.B; ++b) ATTN_ASSERT(p.T <= p.lengths[b] && p.lengths[b] <= p.capacity);
   // Few query rows (a decode step of a model with at most one packet's worth
   // of heads, V2-Lite's 16): a one-packet-wide score tile, so no column of
   // the score product is padding.

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/assert.hpp"
 #include "attn/core/dot.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/parallel.hpp"
@@ -223,6 +224,11 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   constexpr index KB = policy::key_block;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
+  // What scaled_dot_product_attention has checked.
+  ATTN_ASSERT(Hkv >= 1 && Hq % Hkv == 0 && d_qk >= 1 && std::isfinite(scale));
+  ATTN_ASSERT(q.strides[3] == 1 && k.strides[3] == 1);
+  ATTN_ASSERT((v.strides[3] == 1 && out.strides[3] == 1) || d_v <= 1);
+  ATTN_ASSERT(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B);
   // Rows of one task: every (query head, position) of the batch entry, row
   // r = h * L + i, so the rows of KV head hk are [hk·group·L, (hk+1)·group·L).
   const index group = Hq / Hkv, R = Hq * L, rows_per_kv = group * L;

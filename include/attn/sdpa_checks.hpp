@@ -1,0 +1,119 @@
+// attn/sdpa_checks.hpp: the argument rules of scaled dot-product attention,
+// each stated once, for every entry that takes its tensors or its options:
+// scaled_dot_product_attention, attention_weights, kv_cache::attend and the
+// layers that reach them (multi_head_attention, the MLA layer).
+//
+// Every function throws attn::error before anything is written and leaves
+// the message form of docs/design.md section 5.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <string>
+
+#include "attn/error.hpp"
+#include "attn/mask.hpp"
+#include "attn/sdpa_options.hpp"
+#include "attn/view.hpp"
+
+namespace attn::detail {
+
+// q [B, L, Hq, d_qk] and k [B, S, Hkv, d_qk], as every entry that scores
+// queries against keys reads them: Hkv divides Hq (GQA), head dims
+// contiguous.
+template <class KT>
+void check_query_key(const char* fn, const strided<const float, 4>& q, const strided<KT, 4>& k) {
+  check_non_null(fn, "q", q);
+  check_non_null(fn, "k", k);
+  check_non_negative_dims(fn, "q", q);
+  check_non_negative_dims(fn, "k", k);
+  const index B = q.dims[0], Hq = q.dims[2], Dqk = q.dims[3];
+  const index S = k.dims[1], Hkv = k.dims[2];
+  require(Dqk >= 1, fn, "q.dims[3] (d_qk)", ">= 1", Dqk);
+  require(Hq >= 1, fn, "q.dims[2] (heads_q)", ">= 1", Hq);
+  require(
+      k.dims[0] == B && k.dims[3] == Dqk, fn, "k",
+      [&] {
+        return dims_note(std::array<index, 4>{B, S, Hkv, Dqk}, "[batch, S, heads_kv, d_qk]");
+      },
+      k.dims);
+  require(
+      Hkv >= 1 && Hq % Hkv == 0, fn, "k.dims[2] (heads_kv)",
+      [&] { return "a divisor of heads_q = " + std::to_string(Hq); }, Hkv);
+  check_unit_last_stride(fn, "q.strides[3]", q);
+  check_unit_last_stride(fn, "k.strides[3]", k);
+}
+
+// The options every entry taking sdpa_options reads (all but lse, which is
+// an output and checked with the others): scale, window, key_lengths, masks
+// and threads, for B batch entries, Hq query heads, L queries, S keys and
+// head dim d_qk. `base` is how the caller spells the options: "" when they
+// are the entry's own argument, "opt.attention" inside mha_options. Returns
+// the scale in use (default 1/sqrt(d_qk)).
+inline float check_sdpa_options(const char* fn, const char* base, const sdpa_options& opt,
+                                index B, index Hq, index L, index S, index d_qk) {
+  const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(d_qk));
+  check_scale(fn, field_name{base, "scale"}, scale);
+  if (opt.window) {
+    const char* open_side = ">= 0 (attn::unbounded for no limit)";
+    require(opt.window->left >= 0, fn, field_name{base, "window.left"}, open_side,
+            opt.window->left);
+    require(opt.window->right >= 0, fn, field_name{base, "window.right"}, open_side,
+            opt.window->right);
+  }
+  check_key_lengths(fn, opt.key_lengths, B, S, base);
+  check_mask(fn, field_name{base, "bool_mask"}, opt.bool_mask, B, Hq, L, S);
+  check_mask(fn, field_name{base, "additive_mask"}, opt.additive_mask, B, Hq, L, S);
+  check_num_threads(fn, field_name{base, "num_threads"}, opt.num_threads);
+  return scale;
+}
+
+// All of scaled_dot_product_attention's checks, in its documented order;
+// returns the scale in use. Entries that run the attention on slices of
+// their arguments (kv_cache::attend) call it on every slice before the
+// first one is computed.
+template <class KT, class VT>
+float check_sdpa_arguments(const char* fn, const strided<const float, 4>& q,
+                           const strided<KT, 4>& k, const strided<VT, 4>& v,
+                           const strided<float, 4>& out, const sdpa_options& opt) {
+  check_query_key(fn, q, k);
+  check_non_null(fn, "v", v);
+  check_non_null(fn, "out", out);
+  check_non_negative_dims(fn, "v", v);
+  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], Dqk = q.dims[3];
+  const index S = k.dims[1], Hkv = k.dims[2], Dv = v.dims[3];
+  require(
+      v.dims[0] == B && v.dims[1] == S && v.dims[2] == Hkv, fn, "v",
+      [&] { return dims_note(std::array<index, 4>{B, S, Hkv, Dv}, "[batch, S, heads_kv, d_v]"); },
+      v.dims);
+  const std::array<index, 4> out_dims{B, L, Hq, Dv};
+  require(
+      out.dims == out_dims, fn, "out",
+      [&] { return dims_note(out_dims, "[batch, L, heads_q, d_v]"); }, out.dims);
+  check_unit_last_stride(fn, "v.strides[3]", v, short_rows::any_stride);
+  check_unit_last_stride(fn, "out.strides[3]", out, short_rows::any_stride);
+  const float scale = check_sdpa_options(fn, "", opt, B, Hq, L, S, Dqk);
+  if (!opt.lse.empty()) {
+    const std::array<index, 3> want{B, Hq, L};
+    require(
+        opt.lse.dims == want, fn, "lse", [&] { return dims_note(want, "[batch, heads_q, L]"); },
+        opt.lse.dims);
+  }
+  check_non_overlapping(fn, "out.strides", out);
+  if (!opt.lse.empty()) check_non_overlapping(fn, "lse.strides", opt.lse);
+  return scale;
+}
+
+// What a cache's attention takes from sdpa_options: it applies bottom-right
+// causal on each sequence's own length and sets the key lengths itself, so
+// causal, key_lengths and dense masks must be left unset. `base` as in
+// check_sdpa_options ("opt", "opt.attention").
+inline void check_cache_options(const char* fn, const char* base, const sdpa_options& opt) {
+  require(opt.causal == causal::none, fn, field_name{base, "causal"},
+          "causal::none (the cache applies bottom-right causal itself)", "another value");
+  require(opt.key_lengths.empty() && opt.bool_mask.empty() && opt.additive_mask.empty(), fn,
+          field_name{base, ""}, "no key_lengths or dense masks (the cache sets them)",
+          "some given");
+}
+
+}  // namespace attn::detail

@@ -61,26 +61,28 @@ inline namespace ATTN_ABI {
 /// scores come out in log2 units and the softmax can use exp2, and clamped:
 /// |q| near FLT_MAX would overflow to inf and score inf · 0 = NaN against a
 /// zero key (the exact score is finite).
-inline float scaled_query(float x, float scale2) { return core::softmax::clamp_finite(x * scale2); }
+inline float scaled_query(float x, float scale_log2) {
+  return core::softmax::clamp_finite(x * scale_log2);
+}
 
 /// Qᵀ of `rows` query rows into qt[d][ld] (column r = row r, row(r) its d_qk
 /// contiguous floats); columns rows..cols are zero (padding whose results
 /// are dropped).
 template <class RowPointer>
-void pack_queries_transposed(RowPointer row, index rows, index cols, index d_qk, float scale2,
+void pack_queries_transposed(RowPointer row, index rows, index cols, index d_qk, float scale_log2,
                              float* qt, index ld) {
   ATTN_ASSERT(0 <= rows && rows <= cols && cols <= ld);
-  ATTN_ASSERT(d_qk >= 1 && std::isfinite(scale2));
+  ATTN_ASSERT(d_qk >= 1 && std::isfinite(scale_log2));
   for (index r = 0; r < cols; ++r) {
     const float* src = r < rows ? row(r) : nullptr;
-    for (index d = 0; d < d_qk; ++d) qt[d * ld + r] = src ? scaled_query(src[d], scale2) : 0.0f;
+    for (index d = 0; d < d_qk; ++d) qt[d * ld + r] = src ? scaled_query(src[d], scale_log2) : 0.0f;
   }
 }
 
 /// One query row, packed for the row layout: dst[d] = scaled_query(src[d]).
-inline void pack_query_row(const float* src, index d_qk, float scale2, float* dst) {
-  ATTN_ASSERT(d_qk >= 1 && std::isfinite(scale2));
-  for (index d = 0; d < d_qk; ++d) dst[d] = scaled_query(src[d], scale2);
+inline void pack_query_row(const float* src, index d_qk, float scale_log2, float* dst) {
+  ATTN_ASSERT(d_qk >= 1 && std::isfinite(scale_log2));
+  for (index d = 0; d < d_qk; ++d) dst[d] = scaled_query(src[d], scale_log2);
 }
 
 // ---------------------------------------------------------------------------
@@ -94,10 +96,10 @@ inline void pack_query_row(const float* src, index d_qk, float scale2, float* ds
 ///   void scores(j0, n), mask(j0, n), online_softmax(j0, n), accumulate(j0, n)
 template <class Walk>
 ATTN_ALWAYS_INLINE void run_chunk(Walk& walk, index j_begin, index j_end) {
-  constexpr index BK = Walk::key_tile;
+  constexpr index key_tile = Walk::key_tile;
   ATTN_ASSERT(j_begin >= 0);
-  for (index j0 = j_begin; j0 < j_end; j0 += BK) {
-    const index n = std::min(BK, j_end - j0);
+  for (index j0 = j_begin; j0 < j_end; j0 += key_tile) {
+    const index n = std::min(key_tile, j_end - j0);
     if (!walk.visible(j0, n)) continue;
     walk.prefetch(j0, n, j_end);
     walk.scores(j0, n);

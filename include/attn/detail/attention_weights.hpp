@@ -68,7 +68,7 @@ struct weights_scratch {
 // with no values to accumulate.
 template <class KV>
 struct row_normaliser_walk {
-  static constexpr index BQ = flash_tiles::q_tile;
+  static constexpr index q_tile = flash_tiles::q_tile;
   static constexpr index key_tile = flash_tiles::kv_tile;
 
   flash_scores<KV>& s;
@@ -82,14 +82,14 @@ struct row_normaliser_walk {
   void scores(index j0, index n) { s.scores(j0, n); }
   void mask(index j0, index n) { s.mask(j0, n); }
   void online_softmax(index, index n) {
-    engine::softmax_columns(ws.tiles.st.data(), BQ, n,
+    engine::softmax_columns(ws.tiles.st.data(), q_tile, n,
                             detail::round_up(n, core::score_tile::rows), s.cols,
                             {ws.max.data(), ws.sum.data(), ws.factor.data()});
   }
   void accumulate(index, index) {}
 };
 
-// Columns [0, cols) of the score tile st (n keys, row stride BQ) become
+// Columns [0, cols) of the score tile st (n keys, row stride q_tile) become
 // probabilities 2^(s - pivot) · inv_sum per column.
 inline void normalise_columns(float* st, index ld, index n, index cols, const float* pivot,
                               const float* inv_sum) {
@@ -109,23 +109,23 @@ template <class KV>
 void attention_weights(const strided<const float, 4>& q, const strided<const KV, 4>& k,
                        const strided<float, 4>& probs, const strided<float, 3>& column_sums,
                        float scale, const sdpa_options& opt) {
-  constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
+  constexpr index q_tile = flash_tiles::q_tile, kv_tile = flash_tiles::kv_tile;
   constexpr float nan = std::numeric_limits<float>::quiet_NaN();
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2];
   const index group = Hq / Hkv;
-  const index q_tiles = detail::ceil_div(L, BQ);
+  const index q_tiles = detail::ceil_div(L, q_tile);
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
   // This entry accepts any finite scale: one whose log2 units overflow
   // saturates (as an overflowed score does) instead of making inf · 0 = NaN.
-  const float scale2 = core::softmax::clamp_finite(scale * core::softmax::log2e);
+  const float scale_log2 = core::softmax::clamp_finite(scale * core::softmax::log2e);
   const index ps = probs.strides[3];
 
   auto run_task = [&](weights_scratch& ws, index t) {
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
     const index hk = h / group;
-    const index i0 = qt * BQ, rows = std::min(BQ, L - i0);
+    const index i0 = qt * q_tile, rows = std::min(q_tile, L - i0);
     const index cols = detail::round_up(rows, flash_tiles::q_step);
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const detail::band_mask band(L, S, key_len, opt.causal, window);
@@ -134,7 +134,7 @@ void attention_weights(const strided<const float, 4>& q, const strided<const KV,
     const index j_end = std::max(j_begin, std::min(span.last + 1, S));
 
     engine::pack_queries_transposed([&](index r) { return q.at(b, i0 + r, h, 0); }, rows, cols,
-                                    d_qk, scale2, ws.tiles.qt.data(), BQ);
+                                    d_qk, scale_log2, ws.tiles.qt.data(), q_tile);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
     flash_scores<KV> s{k, opt, band, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add};
@@ -162,19 +162,19 @@ void attention_weights(const strided<const float, 4>& q, const strided<const KV,
     }
 
     float* st = ws.tiles.st.data();
-    for (index j0 = j_begin; j0 < j_end; j0 += BK) {
-      const index n = std::min(BK, j_end - j0);
+    for (index j0 = j_begin; j0 < j_end; j0 += kv_tile) {
+      const index n = std::min(kv_tile, j_end - j0);
       if (!s.visible(j0, n)) {
         for (index r = 0; r < rows; ++r) fill(r, j0, j0 + n);
         continue;
       }
       s.scores(j0, n);
       s.mask(j0, n);
-      normalise_columns(st, BQ, n, cols, ws.pivot.data(), ws.inv_sum.data());
+      normalise_columns(st, q_tile, n, cols, ws.pivot.data(), ws.inv_sum.data());
       // Sᵀ back to rows: each output row is written along its keys.
       for (index r = 0; r < rows; ++r) {
         float* dst = probs.at(b, h, i0 + r, j0);
-        for (index j = 0; j < n; ++j) dst[j * ps] = st[j * BQ + r];
+        for (index j = 0; j < n; ++j) dst[j * ps] = st[j * q_tile + r];
       }
     }
   };

@@ -77,15 +77,15 @@ struct flash_scratch {
 // (core::softmax::recompute_row_fp64) with the kernels' own visibility rules: the
 // band (causal, window, key_lengths), a false bool-mask entry and an additive
 // -inf hide a key; other additive values are added in log2 units as
-// core::softmax::apply_additive_log2 adds them. q2 is the row's query as the
+// core::softmax::apply_additive_log2 adds them. q_log2 is the row's query as the
 // kernels pre-scale it (clamp_finite(q · scale · log2 e)), element d at
-// q2[d · q2_stride]. The non-finite features of dst (d_v contiguous floats)
+// q_log2[d · q_log2_stride]. The non-finite features of dst (d_v contiguous floats)
 // and a non-finite *lse (lse may be null) take their recomputed values where
 // those are finite; finite ones keep their bits. Returns whether dst is
 // finite afterwards. Both kernels call this for a finished row that came out
 // non-finite.
 template <class KV>
-bool recompute_sdpa_row(const float* q2, index q2_stride, const strided<const KV, 4>& k,
+bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const strided<const KV, 4>& k,
                         const strided<const KV, 4>& v, const sdpa_options& opt,
                         const detail::band_mask& band, index b, index i, index h, index hk,
                         float* dst, float* lse) {
@@ -104,7 +104,8 @@ bool recompute_sdpa_row(const float* q2, index q2_stride, const strided<const KV
     const KV* kr = k.at(b, j, hk, 0);
     double s = 0.0;
     for (index d = 0; d < d_qk; ++d)
-      s += static_cast<double>(q2[d * q2_stride]) * static_cast<double>(static_cast<float>(kr[d]));
+      s += static_cast<double>(q_log2[d * q_log2_stride]) *
+           static_cast<double>(static_cast<float>(kr[d]));
     if (!opt.additive_mask.empty() && s != -std::numeric_limits<double>::infinity())
       s += static_cast<double>(core::softmax::additive_to_log2(a));
     return {true, s};
@@ -117,7 +118,7 @@ bool recompute_sdpa_row(const float* q2, index q2_stride, const strided<const KV
 // flash_scores, then the online softmax and O += P·V.
 template <class KV>
 struct flash_walk {
-  static constexpr index BQ = flash_tiles::q_tile;
+  static constexpr index q_tile = flash_tiles::q_tile;
   static constexpr index key_tile = flash_tiles::kv_tile;
 
   flash_scores<KV> s;
@@ -144,7 +145,7 @@ struct flash_walk {
   // 3. Online softmax down each column.
   void online_softmax(index, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
-    engine::softmax_columns(ws.tiles.st.data(), BQ, n, n_pad, s.cols,
+    engine::softmax_columns(ws.tiles.st.data(), q_tile, n, n_pad, s.cols,
                             {ws.max.data(), ws.sum.data(), ws.factor.data()});
     engine::rescale_rows(ws.o.data(), d_v_pad, d_v_pad, ws.factor.data(), s.rows);
   }
@@ -162,7 +163,7 @@ struct flash_walk {
     else
       ws.hidden.set_apart(ws.v.data(), d_v_pad, 0, n);
     if (s.in_band) {
-      core::gemm_block<core::accumulate_tile, true>(core::lhs{st, 1, BQ}, vt, n, ws.o.data(),
+      core::gemm_block<core::accumulate_tile, true>(core::lhs{st, 1, q_tile}, vt, n, ws.o.data(),
                                                     d_v_pad, s.cols, d_v_pad);
     } else {
       // Edge tile: each block of query rows only runs over the keys its
@@ -173,13 +174,13 @@ struct flash_walk {
         const index lo = std::max<index>(s.band.row(ra).first - j0, 0);
         const index hi = std::min<index>(s.band.row(rz).last - j0 + 1, n);
         if (lo >= hi) continue;
-        core::gemm_block<shape, true>(core::lhs{st + r0 + lo * BQ, 1, BQ},
+        core::gemm_block<shape, true>(core::lhs{st + r0 + lo * q_tile, 1, q_tile},
                                       core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},
                                       hi - lo, ws.o.data() + r0 * d_v_pad, d_v_pad, shape::rows,
                                       d_v_pad);
       }
     }
-    ws.hidden.add_back([&](index r, index j) { return s.sees(r, j0 + j); }, st, BQ, ws.o.data(),
+    ws.hidden.add_back([&](index r, index j) { return s.sees(r, j0 + j); }, st, q_tile, ws.o.data(),
                        d_v_pad, s.rows, d_v);
   }
 };
@@ -188,7 +189,7 @@ template <class KV>
 void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>& k,
                    const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
                    const sdpa_options& opt) {
-  constexpr index BQ = flash_tiles::q_tile, BK = flash_tiles::kv_tile;
+  constexpr index q_tile = flash_tiles::q_tile, kv_tile = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
   // What scaled_dot_product_attention has checked.
@@ -198,16 +199,16 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
   ATTN_ASSERT(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B);
   const index d_v_pad = detail::round_up(d_v, core::accumulate_tile::cols);
   const index group = Hq / Hkv;
-  const index q_tiles = detail::ceil_div(L, BQ);
+  const index q_tiles = detail::ceil_div(L, q_tile);
   const index tasks = B * Hq * q_tiles;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  const float scale2 = scale * core::softmax::log2e;
+  const float scale_log2 = scale * core::softmax::log2e;
 
   auto run_task = [&](flash_scratch& ws, index t) {
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
     const index hk = h / group;
-    const index i0 = qt * BQ, rows = std::min(BQ, L - i0);
+    const index i0 = qt * q_tile, rows = std::min(q_tile, L - i0);
     const index cols = detail::round_up(rows, flash_tiles::q_step);  // query columns computed
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const detail::band_mask band(L, S, key_len, opt.causal, window);
@@ -216,12 +217,12 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     const detail::key_band span = band.rows(i0, i0 + rows);
     const index j_begin = std::max<index>(span.first, 0), j_end = span.last + 1;
     if (j_begin < j_end) {
-      const index n_first = std::min(BK, j_end - j_begin);
+      const index n_first = std::min(kv_tile, j_end - j_begin);
       prefetch_rows(k, b, hk, j_begin, n_first, d_qk);
       prefetch_rows(v, b, hk, j_begin, n_first, d_v);
     }
     engine::pack_queries_transposed([&](index r) { return q.at(b, i0 + r, h, 0); }, rows, cols,
-                                    d_qk, scale2, ws.tiles.qt.data(), BQ);
+                                    d_qk, scale_log2, ws.tiles.qt.data(), q_tile);
     std::fill(ws.o.begin(), ws.o.begin() + cols * d_v_pad, 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
@@ -241,7 +242,8 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
       // FLT_MAX (then inf, or NaN once a later key rescales it): such a row,
       // and only such a row, is redone in double (recompute_sdpa_row).
       if (!core::softmax::all_finite(dst, d_v))
-        recompute_sdpa_row(ws.tiles.qt.data() + r, BQ, k, v, opt, band, b, i0 + r, h, hk, dst, lse);
+        recompute_sdpa_row(ws.tiles.qt.data() + r, q_tile, k, v, opt, band, b, i0 + r, h, hk, dst,
+                           lse);
     }
   };
 

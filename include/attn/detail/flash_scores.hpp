@@ -110,7 +110,7 @@ core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, ind
 /// q_step) columns computed, Qᵀ already packed in buf.qt.
 template <class KV>
 struct flash_scores {
-  static constexpr index BQ = flash_tiles::q_tile;
+  static constexpr index q_tile = flash_tiles::q_tile;
 
   const strided<const KV, 4>& k;
   const sdpa_options& opt;
@@ -138,7 +138,7 @@ struct flash_scores {
     return false;
   }
 
-  /// Sᵀ = K · Qᵀ for keys [j0, j0 + n) into buf.st (row stride BQ).
+  /// Sᵀ = K · Qᵀ for keys [j0, j0 + n) into buf.st (row stride q_tile).
   void scores(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
     const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, buf.k.data(), true);
@@ -146,8 +146,8 @@ struct flash_scores {
     full = !has_bool && !has_add && in_band;
     if (in_band) {
       core::gemm_block<core::score_tile, false>(core::lhs{kt.data, kt.row_stride, 1},
-                                                core::rhs{buf.qt.data(), BQ}, d_qk, buf.st.data(),
-                                                BQ, n_pad, cols);
+                                                core::rhs{buf.qt.data(), q_tile}, d_qk,
+                                                buf.st.data(), q_tile, n_pad, cols);
       return;
     }
     // An edge tile: skip register tiles whose keys no query of theirs can
@@ -159,8 +159,8 @@ struct flash_scores {
                                 shape::rows))
           continue;
         core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
-                                      core::rhs{buf.qt.data() + c0, BQ}, d_qk,
-                                      buf.st.data() + kb * BQ + c0, BQ);
+                                      core::rhs{buf.qt.data() + c0, q_tile}, d_qk,
+                                      buf.st.data() + kb * q_tile + c0, q_tile);
       }
   }
 
@@ -169,26 +169,27 @@ struct flash_scores {
   void mask(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
     for (index j = n; j < n_pad; ++j)
-      std::fill(buf.st.begin() + j * BQ, buf.st.begin() + (j + 1) * BQ, core::softmax::neg_inf);
+      std::fill(buf.st.begin() + j * q_tile, buf.st.begin() + (j + 1) * q_tile,
+                core::softmax::neg_inf);
     if (full) return;
     for (index r = 0; r < rows; ++r) {
       float* col = buf.st.data() + r;
       const detail::key_band kb = band.row(i0 + r);
       const index lo = std::max<index>(kb.first - j0, 0);
       const index hi = std::min<index>(kb.last - j0, n - 1);  // inclusive
-      for (index j = 0; j < std::min(lo, n); ++j) col[j * BQ] = core::softmax::neg_inf;
-      for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * BQ] = core::softmax::neg_inf;
+      for (index j = 0; j < std::min(lo, n); ++j) col[j * q_tile] = core::softmax::neg_inf;
+      for (index j = std::max(hi + 1, lo); j < n; ++j) col[j * q_tile] = core::softmax::neg_inf;
       if (has_bool) {
         const bool* m = opt.bool_mask.at(b, h, i0 + r, j0);
         const index ms = opt.bool_mask.strides[3];
         for (index j = lo; j <= hi; ++j)
-          if (!m[j * ms]) col[j * BQ] = core::softmax::neg_inf;
+          if (!m[j * ms]) col[j * q_tile] = core::softmax::neg_inf;
       }
       if (has_add) {
         const float* a = opt.additive_mask.at(b, h, i0 + r, j0);
         const index as = opt.additive_mask.strides[3];
         for (index j = lo; j <= hi; ++j)
-          col[j * BQ] = core::softmax::apply_additive_log2(col[j * BQ], a[j * as]);
+          col[j * q_tile] = core::softmax::apply_additive_log2(col[j * q_tile], a[j * as]);
       }
     }
   }

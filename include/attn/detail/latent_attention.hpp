@@ -214,8 +214,8 @@ struct latent_walk {
 template <class Storage>
 void repair_nonfinite_rows(const latent_problem<Storage>& p) {
   const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
-  const float scale2 = p.scale * core::softmax::log2e;
-  std::vector<double> q2(static_cast<std::size_t>(d_qk));
+  const float scale_log2 = p.scale * core::softmax::log2e;
+  std::vector<double> q_log2(static_cast<std::size_t>(d_qk));
   for (index b = 0; b < p.B; ++b) {
     int cache_finite = -1;  // checked on the sequence's first non-finite row
     for (index r = 0; r < rows_all; ++r) {
@@ -231,7 +231,7 @@ void repair_nonfinite_rows(const latent_problem<Storage>& p) {
       }
       if (cache_finite == 0) continue;
       for (index d = 0; d < d_qk; ++d)  // as the kernel packs it
-        q2[static_cast<std::size_t>(d)] = engine::scaled_query(q[d], scale2);
+        q_log2[static_cast<std::size_t>(d)] = engine::scaled_query(q[d], scale_log2);
       const index n = p.lengths[b], limit = n - p.T + r / p.H;
       const Storage* rows = p.rows + b * p.capacity * d_qk;
       core::softmax::recompute_row_fp64(
@@ -240,7 +240,7 @@ void repair_nonfinite_rows(const latent_problem<Storage>& p) {
             if (j > limit) return core::softmax::fp64_key{false, 0.0};
             double s = 0;
             for (index d = 0; d < d_qk; ++d)
-              s += q2[static_cast<std::size_t>(d)] * static_cast<float>(rows[j * d_qk + d]);
+              s += q_log2[static_cast<std::size_t>(d)] * static_cast<float>(rows[j * d_qk + d]);
             return core::softmax::fp64_key{true, s};
           },
           [&](index j) { return rows + j * d_qk; }, p.d_c, dst, nullptr);
@@ -255,13 +255,13 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   using tiles = latent_tiles;
   using score = Score;
   using acc = core::accumulate_tile;
-  constexpr index BK = tiles::kv_tile;
+  constexpr index kv_tile = tiles::kv_tile;
   const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
   const index d_c_pad = detail::round_up(p.d_c, acc::cols);
   const index block_rows = std::min(tiles::max_rows, rows_all);
   const index cols = detail::round_up(block_rows, score::cols);          // Qᵀ / Sᵀ width
   const index acc_rows = detail::round_up(block_rows, index{acc::rows});  // O rows computed
-  const float scale2 = p.scale * core::softmax::log2e;
+  const float scale_log2 = p.scale * core::softmax::log2e;
 
   // Work list: row blocks of each sequence, each cut into key chunks when
   // there are few row blocks and many keys. Keys past the last row's limit
@@ -278,7 +278,7 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   for (index b = 0; b < p.B; ++b) {
     const index n = p.lengths[b];
     const index chunks = std::min(max_chunks, std::max<index>(1, n / tiles::min_chunk));
-    const index chunk = detail::round_up(detail::ceil_div(n, chunks), BK);
+    const index chunk = detail::round_up(detail::ceil_div(n, chunks), kv_tile);
     for (index rb = 0; rb < row_blocks; ++rb) {
       const index r0 = rb * block_rows, r1 = std::min(rows_all, r0 + block_rows);
       index qt = -1;
@@ -300,21 +300,21 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
   auto pack_qt = [&](index b, index r0, index r1, float* qt) {
     const float* qb = p.q + (b * rows_all + r0) * d_qk;
     engine::pack_queries_transposed([&](index r) { return qb + r * d_qk; }, r1 - r0, cols, d_qk,
-                                    scale2, qt, cols);
+                                    scale_log2, qt, cols);
   };
   std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * cols));
 
   auto make_scratch = [&] {
     latent_scratch s;
     s.qt.resize(static_cast<std::size_t>(d_qk * cols));
-    s.k.assign(static_cast<std::size_t>(BK * d_qk + d_c_pad), 0.0f);
-    s.st.assign(static_cast<std::size_t>(BK * std::max(cols, acc_rows)), 0.0f);
+    s.k.assign(static_cast<std::size_t>(kv_tile * d_qk + d_c_pad), 0.0f);
+    s.st.assign(static_cast<std::size_t>(kv_tile * std::max(cols, acc_rows)), 0.0f);
     s.o.resize(static_cast<std::size_t>(acc_rows * d_c_pad));
     s.max.resize(static_cast<std::size_t>(cols));
     s.sum.resize(static_cast<std::size_t>(cols));
     s.factor.resize(static_cast<std::size_t>(cols));
     s.limit.resize(static_cast<std::size_t>(cols));
-    s.hidden.reserve(BK, p.d_c);
+    s.hidden.reserve(kv_tile, p.d_c);
     return s;
   };
 

@@ -117,7 +117,7 @@ inline void axpy_row(float* o, float p, const KV* v, index n) {
 
 // The engine's walk for one split-KV task: every (query head, position) row
 // of batch entry b — row r = h·L + i — against the keys of one chunk, in the
-// row layout (scores s[r][key], KB keys per row).
+// row layout (scores s[r][key], key_tile keys per row).
 template <class KV>
 struct split_kv_walk {
   static constexpr index key_tile = split_kv_policy::key_block;
@@ -140,25 +140,23 @@ struct split_kv_walk {
   // 1. Scores, walking the tile in memory order (key j: every head's row,
   // then key j + 1); each K row serves every query row of its GQA group.
   void scores(index j0, index n) {
-    constexpr index KB = key_tile;
     for (index jj = 0; jj < n; ++jj)
       for (index hk = 0; hk < Hkv; ++hk) {
         const KV* kr = k.at(b, j0 + jj, hk, 0);
         index r = hk * rows_per_kv;
         const index r_end = r + rows_per_kv;
         for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
-          dot_rows4(q + r * d_qk, d_qk, kr, d_qk, s + r * KB + jj, KB);
-        for (; r < r_end; ++r) s[r * KB + jj] = core::dot(q + r * d_qk, kr, d_qk);
+          dot_rows4(q + r * d_qk, d_qk, kr, d_qk, s + r * key_tile + jj, key_tile);
+        for (; r < r_end; ++r) s[r * key_tile + jj] = core::dot(q + r * d_qk, kr, d_qk);
       }
   }
 
   // 2. Masks; rows are padded with -inf to whole packets (key_block is a
   // multiple of the width) so that the softmax is a vector loop.
   void mask(index j0, index n) {
-    constexpr index KB = key_tile;
     const index n_vec = detail::round_up(n, core::simd::width);
     for (index r = 0; r < R; ++r) {
-      float* sr = s + r * KB;
+      float* sr = s + r * key_tile;
       const index i = r % L, h = r / L;
       const detail::key_band kb = band.row(i);
       const index lo = std::min(std::max<index>(kb.first - j0, 0), n);  // visible: [lo, hi)
@@ -191,25 +189,25 @@ struct split_kv_walk {
   // GQA group. A key with P = 0 for a row (masked) is never read for it, so
   // a non-finite V of a hidden key cannot reach that row.
   void accumulate(index j0, index n) {
-    constexpr index KB = key_tile;
     for (index jj = 0; jj < n; ++jj)
       for (index hk = 0; hk < Hkv; ++hk) {
         const KV* vr = v.at(b, j0 + jj, hk, 0);
         index r = hk * rows_per_kv;
         const index r_end = r + rows_per_kv;
         for (; r + 4 <= r_end; r += 4) {
-          const float* p4 = s + r * KB + jj;
-          const int zeros =
-              (p4[0] == 0.0f) + (p4[KB] == 0.0f) + (p4[2 * KB] == 0.0f) + (p4[3 * KB] == 0.0f);
+          const float* p4 = s + r * key_tile + jj;
+          const int zeros = (p4[0] == 0.0f) + (p4[key_tile] == 0.0f) + (p4[2 * key_tile] == 0.0f) +
+                            (p4[3 * key_tile] == 0.0f);
           if (zeros == 0) {
-            axpy_rows4(o + r * d_v, d_v, p4, KB, vr, d_v);
+            axpy_rows4(o + r * d_v, d_v, p4, key_tile, vr, d_v);
           } else if (zeros < 4) {  // a key masked for some rows: never read it for them
             for (index q4 = 0; q4 < 4; ++q4)
-              if (p4[q4 * KB] != 0.0f) axpy_row(o + (r + q4) * d_v, p4[q4 * KB], vr, d_v);
+              if (p4[q4 * key_tile] != 0.0f)
+                axpy_row(o + (r + q4) * d_v, p4[q4 * key_tile], vr, d_v);
           }
         }
         for (; r < r_end; ++r) {
-          const float p = s[r * KB + jj];
+          const float p = s[r * key_tile + jj];
           if (p != 0.0f) axpy_row(o + r * d_v, p, vr, d_v);
         }
       }
@@ -221,7 +219,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
                      const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
                      const sdpa_options& opt) {
   using policy = split_kv_policy;
-  constexpr index KB = policy::key_block;
+  constexpr index key_block = policy::key_block;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
   // What scaled_dot_product_attention has checked.
@@ -237,7 +235,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   const index tasks = B * n_chunks;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  const float scale2 = scale * core::softmax::log2e;
+  const float scale_log2 = scale * core::softmax::log2e;
 
   // Partial results of every task: R rows of d_v outputs and R LSEs.
   std::vector<float> part_o(static_cast<std::size_t>(tasks * R * d_v));
@@ -247,7 +245,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     std::vector<float> q, s, o, max, sum;
   };
   auto make_scratch = [&] {
-    return scratch{std::vector<float>(R * d_qk), std::vector<float>(R * KB),
+    return scratch{std::vector<float>(R * d_qk), std::vector<float>(R * key_block),
                    std::vector<float>(R * d_v), std::vector<float>(R), std::vector<float>(R)};
   };
 
@@ -256,7 +254,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const detail::band_mask band(L, S, key_len, opt.causal, window);
     for (index r = 0; r < R; ++r)
-      engine::pack_query_row(q.at(b, r % L, r / L, 0), d_qk, scale2, ws.q.data() + r * d_qk);
+      engine::pack_query_row(q.at(b, r % L, r / L, 0), d_qk, scale_log2, ws.q.data() + r * d_qk);
     std::fill(ws.o.begin(), ws.o.end(), 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
@@ -295,11 +293,11 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     // FLT_MAX (inf, or NaN once rescaled), and the merged row inherits it:
     // such a row, and only such a row, is redone in double.
     if (!core::softmax::all_finite(dst, d_v)) {
-      std::vector<float> q2(static_cast<std::size_t>(d_qk));
-      engine::pack_query_row(q.at(b, i, h, 0), d_qk, scale2, q2.data());
+      std::vector<float> q_log2(static_cast<std::size_t>(d_qk));
+      engine::pack_query_row(q.at(b, i, h, 0), d_qk, scale_log2, q_log2.data());
       const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
       const detail::band_mask band(L, S, key_len, opt.causal, window);
-      recompute_sdpa_row(q2.data(), 1, k, v, opt, band, b, i, h, h / group, dst, lse_out);
+      recompute_sdpa_row(q_log2.data(), 1, k, v, opt, band, b, i, h, h / group, dst, lse_out);
     }
   };
   core::parallel_for(B * R, threads, merge_row);

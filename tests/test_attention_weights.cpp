@@ -82,8 +82,9 @@ weights run(const tensor4& q, const tensor4& k, const attn::sdpa_options& opt) {
   const Eigen::Tensor<KV, 4, Eigen::RowMajor> kk = k.cast<KV>();
   weights w{tensor4(q.dimension(0), q.dimension(2), q.dimension(1), k.dimension(1)),
             tensor3(q.dimension(0), q.dimension(2), k.dimension(1))};
+  const attn::attention_weights_options with_sums{opt, attn::view(w.sums)};
   attn::attention_weights(attn::view(q).as_const(), attn::view(kk).as_const(), attn::view(w.probs),
-                          opt, attn::view(w.sums));
+                          with_sums);
   return w;
 }
 
@@ -212,8 +213,10 @@ TEST(AttentionWeights, NothingToAttend) {
   tensor4 probs(2, 2, 0, 6);
   tensor3 sums(2, 2, 6);
   sums.setConstant(7.0f);
+  attn::attention_weights_options opt;
+  opt.column_sums = attn::view(sums);
   attn::attention_weights(attn::view(q0).as_const(), attn::view(k).as_const(), attn::view(probs),
-                          {}, attn::view(sums));
+                          opt);
   for (index i = 0; i < sums.size(); ++i) ASSERT_EQ(sums.data()[i], 0.0f);
 }
 
@@ -273,7 +276,8 @@ TEST(AttentionWeights, BitIdenticalAcrossThreadsAndLayouts) {
                                    {2, 4, 250, 310},
                                    {250 * 4 * 310, 310, 4 * 310, 1}};
   const attn::strided<float, 3> sv{sums_bsh.data(), {2, 4, 310}, {310 * 4, 1, 4}};
-  attn::attention_weights(attn::view(q).as_const(), attn::view(k).as_const(), pv, o, sv);
+  const attn::attention_weights_options with_sums{o, sv};
+  attn::attention_weights(attn::view(q).as_const(), attn::view(k).as_const(), pv, with_sums);
   tensor4 plain(2, 4, 250, 310);
   attn::attention_weights(attn::view(q).as_const(), attn::view(k).as_const(), attn::view(plain), o);
   for (index b = 0; b < 2; ++b)
@@ -293,8 +297,10 @@ TEST(AttentionWeights, ColumnSumsShapeIsChecked) {
   tensor4 probs(1, 2, 3, 5);
   tensor3 wrong(1, 2, 3);
   try {
+    attn::attention_weights_options opt;
+    opt.column_sums = attn::view(wrong);
     attn::attention_weights(attn::view(q).as_const(), attn::view(k).as_const(), attn::view(probs),
-                            {}, attn::view(wrong));
+                            opt);
     FAIL() << "no error";
   } catch (const attn::error& e) {
     EXPECT_NE(std::string(e.what()).find("attn::attention_weights: column_sums: expected dims"),
@@ -304,8 +310,10 @@ TEST(AttentionWeights, ColumnSumsShapeIsChecked) {
   tensor3 sums(1, 2, 5);
   const attn::strided<float, 3> overlapping{sums.data(), {1, 2, 5}, {0, 0, 1}};
   try {
+    attn::attention_weights_options opt;
+    opt.column_sums = overlapping;
     attn::attention_weights(attn::view(q).as_const(), attn::view(k).as_const(), attn::view(probs),
-                            {}, overlapping);
+                            opt);
     FAIL() << "no error";
   } catch (const attn::error& e) {
     EXPECT_NE(std::string(e.what()).find("attn::attention_weights: column_sums.strides: expected"),

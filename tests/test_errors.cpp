@@ -155,7 +155,10 @@ struct weights_call {
   std::vector<float> sb = qb;
   attn::strided<float, 3> column_sums{sb.data(), {2, 4, 5}, {20, 5, 1}};
   std::vector<char> mask = std::vector<char>(4096, 1);
-  void operator()() const { attn::attention_weights(q, k, probs, opt, column_sums); }
+  void operator()() const {
+    const attn::attention_weights_options with_sums{opt, column_sums};
+    attn::attention_weights(q, k, probs, with_sums);
+  }
 };
 
 error_case weights_case(const std::string& arg, const std::function<void(weights_call&)>& brk) {

@@ -278,8 +278,9 @@ struct weights_out {
 };
 weights_out weights_of(const problem& pr, const attn::sdpa_options& opt = {}) {
   weights_out w{tensor4(pr.B, pr.Hq, pr.L, pr.S), tensor3(pr.B, pr.Hq, pr.S)};
+  const attn::attention_weights_options with_sums{opt, attn::view(w.sums)};
   attn::attention_weights(attn::view(pr.q).as_const(), attn::view(pr.k).as_const(),
-                          attn::view(w.probs), opt, attn::view(w.sums));
+                          attn::view(w.probs), with_sums);
   return w;
 }
 bool same_row(const tensor4& a, const tensor4& b, index bb, index h, index i) {

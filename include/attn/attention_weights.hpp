@@ -26,6 +26,18 @@
 #include "attn/view.hpp"
 
 namespace attn {
+
+/// The options of attention_weights: those of scaled_dot_product_attention
+/// (opt.lse is ignored) and the one extra output it can write.
+struct attention_weights_options : sdpa_options {
+  /// Optional [B, Hq, S] float, written when not empty (default: empty, not
+  /// computed): column_sums(b, h, j) = Σ_i probs(b, h, i, j), the attention
+  /// key j received from all L queries of head h (the score H2O-style KV
+  /// eviction ranks keys by). Summed in double in query order, then rounded;
+  /// NaN where a NaN row reaches it; 0 when L = 0.
+  strided<float, 3> column_sums;
+};
+
 inline namespace ATTN_ABI {
 
 /// Attention probabilities softmax(Q Kᵀ · scale + masks) into probs
@@ -49,19 +61,15 @@ inline namespace ATTN_ABI {
 ///                       all NaN.
 /// @param opt          the options of scaled_dot_product_attention (scale,
 ///                     causal, window, key_lengths, bool_mask, additive_mask,
-///                     num_threads); opt.lse is ignored. Results are
-///                     bit-identical for any num_threads.
-/// @param column_sums  optional [B, Hq, S] float, written when not empty
-///                     (default: empty, not computed): column_sums(b, h, j)
-///                     = Σ_i probs(b, h, i, j), the attention key j received
-///                     from all L queries of head h (the score H2O-style KV
-///                     eviction ranks keys by). Summed in double in query
-///                     order, then rounded; NaN where a NaN row reaches it.
+///                     num_threads; opt.lse is ignored) and the optional
+///                     opt.column_sums output. Results are bit-identical for
+///                     any num_threads.
 /// @throws attn::error on shape, stride or option mismatches (probs must be
 ///         [B, Hq, L, S], column_sums [B, Hq, S]), before anything is written.
 template <class KT>
 void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<float, 4> probs,
-                       const sdpa_options& opt = {}, strided<float, 3> column_sums = {}) {
+                       const attention_weights_options& opt = {}) {
+  const strided<float, 3>& column_sums = opt.column_sums;
   using KV = std::remove_const_t<KT>;
   constexpr const char* fn = "attention_weights";
   detail::check_query_key(fn, q, k);
@@ -85,6 +93,14 @@ void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<floa
   // L = 0 still writes column_sums (zeros: no query gives any weight).
   if (B == 0 || Hq == 0 || S == 0) return;
   detail::sdpa::attention_weights<KV>(q, strided<const KV, 4>(k), probs, column_sums, scale, opt);
+}
+
+/// attention_weights with the options of scaled_dot_product_attention, as
+/// they are (no column sums).
+template <class KT>
+void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<float, 4> probs,
+                       const sdpa_options& opt) {
+  attention_weights(q, k, probs, attention_weights_options{opt, {}});
 }
 
 }  // namespace ATTN_ABI

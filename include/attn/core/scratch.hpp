@@ -2,8 +2,8 @@
 //
 // A call's temporaries of a few hundred KiB lie above glibc's mmap
 // threshold, so a fresh std::vector for each costs page faults on every call
-// (measured: a fifth of an additive call at S = L = 50, more on two
-// threads, where the faults contend for the process's memory map). A
+// (docs/performance.md, additive; worse on two threads, where the faults
+// contend for the process's memory map). A
 // scratch_array instead borrows its thread's buffer for the given Tag and
 // gives it back when it goes out of scope; the buffer is kept for the next
 // call while it is at most retain_bytes.

@@ -24,7 +24,7 @@
 // call, never on the thread count, so the output bits do not either. While
 // a tile is multiplied, the next tile's rows are prefetched into L2: they
 // come from memory, and without huge pages the hardware prefetcher stops at
-// every 4 KiB page (measured 5-10% of the step time).
+// every 4 KiB page (docs/performance.md, MLA).
 #pragma once
 
 // Internal header (docs/design.md, "What is public"): reached only through a

@@ -8,7 +8,7 @@
 //  * the key axis is split into chunks; one task = (batch entry, chunk) over
 //    all heads, visiting keys in memory order (in [batch, seq, heads, dim]
 //    one head's consecutive keys sit heads·dim apart, a page or more: per-
-//    head walks measured 5-10 GB/s, TLB- and prefetch-bound). Each K/V row
+//    head walks are TLB- and prefetch-bound, docs/performance.md). Each K/V row
 //    serves every query head of its GQA group, so it is loaded once;
 //  * K and V stay where they are: bf16/half values are widened to float in
 //    registers as they are loaded (core::simd::load_as_float); accumulation is fp32;

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <attn/core/softmax.hpp>
+#include <attn/core/softmax_natural.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstring>

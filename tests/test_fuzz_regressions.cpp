@@ -92,7 +92,7 @@ TEST(FuzzRegressions, KvCacheAttendChecksOut) {
 // softmax::row_softmax pivots on max = +inf and computes exp(inf - inf).
 // scaled_dot_product_attention gives such a key the whole weight instead
 // (tests/test_sdpa_robustness.cpp OverflowingScoresGiveNoNaN).
-// Fixed in core/softmax.hpp row_softmax: the max is clamped to max_finite as
+// Fixed in core/softmax_natural.hpp row_softmax: the max is clamped to max_finite as
 // in online_step, and exp(min(x - max, 0)) gives a +inf score weight 1.
 TEST(FuzzRegressions, AdditiveDotScoreOverflow) {
   attn::additive_weights w;

@@ -29,6 +29,7 @@
 //   masks       attn::causal, attn::alignment, attn::sliding_window,
 //               attn::unbounded
 //   SDPA        attn::scaled_dot_product_attention, attn::sdpa_options,
+//               attn::attention_weights_options,
 //               attn::attention_weights
 //   additive    attn::additive_attention, attn::additive_keys,
 //               attn::additive_weights, attn::additive_options,

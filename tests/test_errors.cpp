@@ -87,11 +87,29 @@ TEST(Errors, ScaledDotProductAttention) {
       sdpa_case("out.strides[3]", [](sdpa_call& c) { c.out.strides[3] = 2; }),
       sdpa_case("scale", [](sdpa_call& c) { c.opt.scale = nan_f; }),
       sdpa_case("scale", [](sdpa_call& c) { c.opt.scale = std::numeric_limits<float>::max(); }),
-      sdpa_case("window.left", [](sdpa_call& c) { c.opt.window = attn::sliding_window{-1, 0}; }),
-      sdpa_case("window.right", [](sdpa_call& c) { c.opt.window = attn::sliding_window{0, -2}; }),
+      sdpa_case("window.left",
+                [](sdpa_call& c) {
+                  c.opt.window = attn::sliding_window{-1, 0};
+                }),
+      sdpa_case("window.right",
+                [](sdpa_call& c) {
+                  c.opt.window = attn::sliding_window{0, -2};
+                }),
+      // Enum values that name nothing (issue 18: 7 used to act as bottom_right).
+      sdpa_case("causal", [](sdpa_call& c) { c.opt.causal = static_cast<attn::causal>(7); }),
+      sdpa_case("window.align",
+                [](sdpa_call& c) {
+                  c.opt.window = attn::sliding_window{1, 1, static_cast<attn::alignment>(-1)};
+                }),
       sdpa_case("key_lengths.size()", [](sdpa_call& c) { c.opt.key_lengths = {5}; }),
-      sdpa_case("key_lengths[1]", [](sdpa_call& c) { c.opt.key_lengths = {5, 6}; }),
-      sdpa_case("key_lengths[0]", [](sdpa_call& c) { c.opt.key_lengths = {-1, 0}; }),
+      sdpa_case("key_lengths[1]",
+                [](sdpa_call& c) {
+                  c.opt.key_lengths = {5, 6};
+                }),
+      sdpa_case("key_lengths[0]",
+                [](sdpa_call& c) {
+                  c.opt.key_lengths = {-1, 0};
+                }),
       sdpa_case("bool_mask",
                 [](sdpa_call& c) {  // dims [batch, heads_q, L, S]
                   c.opt.bool_mask = {reinterpret_cast<const bool*>(c.mask.data()),
@@ -110,9 +128,15 @@ TEST(Errors, ScaledDotProductAttention) {
                 [](sdpa_call& c) {
                   c.opt.additive_mask = {c.add.data() + 100, {2, 4, 3, 5}, {0, 0, -5, 1}};
                 }),
-      sdpa_case("lse", [](sdpa_call& c) { c.opt.lse = {c.lse.data(), {2, 4, 2}, {8, 2, 1}}; }),
+      sdpa_case("lse",
+                [](sdpa_call& c) {
+                  c.opt.lse = {c.lse.data(), {2, 4, 2}, {8, 2, 1}};
+                }),
       sdpa_case("out.strides", [](sdpa_call& c) { c.out.strides[1] = 0; }),
-      sdpa_case("lse.strides", [](sdpa_call& c) { c.opt.lse = {c.lse.data(), {2, 4, 3}, {0, 0, 1}}; }),
+      sdpa_case("lse.strides",
+                [](sdpa_call& c) {
+                  c.opt.lse = {c.lse.data(), {2, 4, 3}, {0, 0, 1}};
+                }),
       sdpa_case("num_threads", [](sdpa_call& c) { c.opt.num_threads = -1; }),
   });
   // The Eigen tensor and matrix overloads report through the same checks.
@@ -498,6 +522,14 @@ TEST(Errors, MultiHeadAttention) {
       {"key", [&] { (void)cross.forward(x, v16, v16); }, fwd + "key: expected"},
       {"value", [&] { (void)cross.forward(x, k8, x); }, fwd + "value: expected"},
       {"weights", [&] { (void)cross.forward(x, k8, v16, weights_opt); }, fwd + "weights: expected"},
+      {"opt.weights",
+       [&] {
+         attn::mha_options bad_mode;
+         bad_mode.weights = static_cast<attn::weights_mode>(9);
+         tensor4 w;
+         (void)cross.forward(x, k8, v16, bad_mode, &w);
+       },
+       fwd + "opt.weights: expected"},
   });
   attn::kv_cache<float> cache(1, 4, 2, 4), other(1, 4, 2, 8);
   const std::string fc = "attn::multi_head_attention::forward(cache): ";

@@ -256,6 +256,11 @@ class multi_head_attention {
   }
 
   void check_weights_request(const mha_options& opt, const tensor4* weights, const char* fn) const {
+    detail::require(opt.weights == weights_mode::none || opt.weights == weights_mode::averaged ||
+                        opt.weights == weights_mode::per_head,
+                    fn, "opt.weights",
+                    "weights_mode::none, weights_mode::averaged or weights_mode::per_head",
+                    static_cast<int>(opt.weights));
     if (opt.weights == weights_mode::none) return;
     detail::require(weights != nullptr, fn, "weights", "an output tensor when opt.weights is set",
                     "nullptr");

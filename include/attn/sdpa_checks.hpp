@@ -54,6 +54,17 @@ inline float check_sdpa_options(const char* fn, const char* base, const sdpa_opt
                                 index B, index Hq, index L, index S, index d_qk) {
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(d_qk));
   check_scale(fn, field_name{base, "scale"}, scale);
+  // Enums from a cast integer: an unnamed value would otherwise act as one
+  // of the named ones.
+  require(opt.causal == causal::none || opt.causal == causal::top_left ||
+              opt.causal == causal::bottom_right,
+          fn, field_name{base, "causal"}, "causal::none, causal::top_left or causal::bottom_right",
+          static_cast<int>(opt.causal));
+  if (opt.window)
+    require(
+        opt.window->align == alignment::top_left || opt.window->align == alignment::bottom_right,
+        fn, field_name{base, "window.align"}, "alignment::top_left or alignment::bottom_right",
+        static_cast<int>(opt.window->align));
   if (opt.window) {
     const char* open_side = ">= 0 (attn::unbounded for no limit)";
     require(opt.window->left >= 0, fn, field_name{base, "window.left"}, open_side,

@@ -236,6 +236,24 @@ TEST(KvCache, FailedAttendWritesNothing) {
   untouched("overlap");
 }
 
+// A null q or out with elements is reported by the checks, and the
+// per-sequence slices of a null view are never formed by offsetting null
+// (fuzz_mha_cache found that UB; UBSan: "applying non-zero offset to null").
+TEST(KvCache, AttendWithNullViewsThrows) {
+  attn::kv_cache<float> cache(2, 4, 1, 4);
+  const tensor4 k = randn(2, 3, 1, 4, 41), v = randn(2, 3, 1, 4, 42), q = randn(2, 2, 2, 4, 43);
+  cache.append(attn::view(k).as_const(), attn::view(v).as_const(), {3, 3});
+  tensor4 out(2, 2, 2, 4);
+  auto null_q = attn::view(q).as_const();
+  null_q.data = nullptr;
+  attn_test::expect_error("null q", [&] { cache.attend(null_q, attn::view(out)); },
+                          {"q", "non-null"});
+  auto null_out = attn::view(out);
+  null_out.data = nullptr;
+  attn_test::expect_error("null out", [&] { cache.attend(attn::view(q).as_const(), null_out); },
+                          {"out", "non-null"});
+}
+
 TEST(KvCache, ArgumentErrors) {
   attn::kv_cache<float> cache(2, 10, 2, 8);
   tensor4 k(2, 3, 2, 8), v(2, 3, 2, 8), bad(2, 3, 3, 8), q(2, 3, 4, 8), out(2, 3, 4, 8);

@@ -212,17 +212,18 @@ class kv_cache {
   }
 
   // Batch entry b, first n positions of a [batch, seq, ...] view, as a
-  // batch-1 view.
+  // batch-1 view. A null view stays null (offsetting it would be undefined;
+  // the slice's checks then report it), as in lse_prefix.
   template <class U>
   static strided<U, 4> prefix(strided<U, 4> v, index b, index n) {
-    v.data = v.data + b * v.strides[0];
+    if (v.data) v.data = v.data + b * v.strides[0];
     v.dims[0] = 1;
     v.dims[1] = n;
     return v;
   }
   // LSE [batch, heads, T] -> batch entry b, first n positions.
   static strided<float, 3> lse_prefix(strided<float, 3> v, index b, index n) {
-    v.data = v.data + b * v.strides[0];
+    if (v.data) v.data = v.data + b * v.strides[0];
     v.dims[0] = 1;
     v.dims[2] = n;
     return v;

@@ -292,36 +292,6 @@ TEST(AttentionWeights, BitIdenticalAcrossThreadsAndLayouts) {
     }
 }
 
-TEST(AttentionWeights, ColumnSumsShapeIsChecked) {
-  const tensor4 q = randn(1, 3, 2, 4), k = randn(1, 5, 1, 4);
-  tensor4 probs(1, 2, 3, 5);
-  tensor3 wrong(1, 2, 3);
-  try {
-    attn::attention_weights_options opt;
-    opt.column_sums = attn::view(wrong);
-    attn::attention_weights(attn::view(q).as_const(), attn::view(k).as_const(), attn::view(probs),
-                            opt);
-    FAIL() << "no error";
-  } catch (const attn::error& e) {
-    EXPECT_NE(std::string(e.what()).find("attn::attention_weights: column_sums: expected dims"),
-              std::string::npos)
-        << e.what();
-  }
-  tensor3 sums(1, 2, 5);
-  const attn::strided<float, 3> overlapping{sums.data(), {1, 2, 5}, {0, 0, 1}};
-  try {
-    attn::attention_weights_options opt;
-    opt.column_sums = overlapping;
-    attn::attention_weights(attn::view(q).as_const(), attn::view(k).as_const(), attn::view(probs),
-                            opt);
-    FAIL() << "no error";
-  } catch (const attn::error& e) {
-    EXPECT_NE(std::string(e.what()).find("attn::attention_weights: column_sums.strides: expected"),
-              std::string::npos)
-        << e.what();
-  }
-}
-
 // Last in the file (gtest runs tests in order): the measured margins.
 TEST(AttentionWeights, WorstErrorIsReported) {
   std::printf("worst error / tolerance: probs %.3f, column sums %.3f\n", worst_probs, worst_sums);

@@ -6,6 +6,7 @@
 
 #include "attn/core/abi.hpp"
 #include "attn/core/simd.hpp"
+#include "attn/core/units.hpp"
 
 namespace attn::core::simd {
 inline namespace ATTN_ABI {
@@ -30,7 +31,7 @@ constexpr float exp_accurate_max = 88.3f;  ///< upper end of that range
 inline packet exp_in_range(const packet& x) {
   const packet xc = min(x, broadcast(88.8f));
   // x = n ln2 + r, |r| <= ln2 / 2; ln2 split in two so n*ln2_hi is exact.
-  const packet n = round(mul(xc, broadcast(1.44269504088896341f)));
+  const packet n = round(mul(xc, broadcast(core::log2e)));
   packet r = fma(n, broadcast(-0.693359375f), xc);
   r = fma(n, broadcast(2.12194440e-4f), r);
   // e^r ~ 1 + r + r^2 (c2 + r (c3 + ...)), minimax coefficients (Cephes).

@@ -16,7 +16,9 @@
 //     the weight, shared with other +inf keys); a NaN mask entry makes its
 //     row NaN. A row with no visible key gives 0 and LSE -inf.
 //  3. The library never makes a NaN or an inf from finite inputs: scores
-//     that overflow fp32 saturate (an overflowing key takes the weight),
+//     that overflow fp32 saturate (an overflowing key takes the weight; one
+//     that overflows to -inf stays visible with weight 0 beside ordinary
+//     keys, and a row of such keys averages its values),
 //     additive mask values saturate at +-FLT_MAX (in log2 units), tanh
 //     saturates at +-1, and values up to FLT_MAX give outputs up to FLT_MAX
 //     (a row whose fp32 accumulation overflows is redone in double). Scope:
@@ -744,6 +746,163 @@ TEST(NanPolicy, OverflowingScoreHiddenByAdditiveMinusInf) {
     ASSERT_TRUE(all_finite(out.data(), out.size()));
     EXPECT_EQ(0, std::memcmp(out.data(), want.data(), sizeof(float) * out.size()));
   }
+}
+
+// --- scores that overflow to -inf (issue 18, class 5) --------------------------------
+// Every score term q_d·k_d·scale·log2(e) is about -1.4e38, inside the scope
+// of rule 3, but d = 8 of them sum to -inf in fp32. Such keys are visible:
+// every row sees keys with equal (saturated) scores, so its output is the
+// mean of the values it sees, and its LSE is finite. (They were taken for a
+// row with no visible key: output 0, LSE -inf.) Tolerance: the mean of n
+// values |v| <= 1 accumulated in fp32, 4·(n + 8)·eps, as elsewhere here.
+
+// q and k with every term q_d·k_d·scale·log2(e) = -1.44e38: q_d·k_d =
+// -2.82e38 times scale·log2(e) = log2(e)/sqrt(8) = 0.510 (default scale).
+void set_overflowing_scores(problem& pr) {
+  pr.q.setConstant(1.68e19f);
+  pr.k.setConstant(-1.68e19f);
+}
+
+// The mean of the values of KV head hk, batch entry b, over keys [0, n).
+double mean_value(const tensor4& v, index b, index hk, index d, index n) {
+  double s = 0;
+  for (index j = 0; j < n; ++j) s += v(b, j, hk, d);
+  return s / static_cast<double>(n);
+}
+
+// out [B, L, Hq, D]: row i of head h sees keys [0, visible(i)), none when
+// visible(i) <= 0.
+template <class Visible>
+void expect_mean_of_visible_values(const problem& pr, const tensor4& out, const tensor3& lse,
+                                   Visible visible) {
+  const double eps = 5.9604644775390625e-8;
+  for (index b = 0; b < pr.B; ++b)
+    for (index i = 0; i < out.dimension(1); ++i)
+      for (index h = 0; h < pr.Hq; ++h) {
+        const index n = visible(i);
+        if (n <= 0) {  // bottom-right causal with L > S: a row before every key
+          ASSERT_EQ(lse(b, h, i), -inf_f);
+          for (index d = 0; d < pr.D; ++d) ASSERT_EQ(out(b, i, h, d), 0.0f);
+          continue;
+        }
+        ASSERT_TRUE(std::isfinite(lse(b, h, i))) << b << " " << i << " " << h;
+        for (index d = 0; d < pr.D; ++d)
+          ASSERT_NEAR(out(b, i, h, d), mean_value(pr.v, b, h / 2, d, n), 4 * (n + 8) * eps)
+              << b << " " << i << " " << h << " " << d;
+      }
+}
+
+TEST(NanPolicy, AllScoresOverflowingToMinusInfAverageTheValues) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 50);
+    set_overflowing_scores(pr);
+    tensor3 lse;
+    const auto all = [&](index) { return pr.S; };
+    expect_mean_of_visible_values(pr, pr.run<float>({}, &lse), lse, all);
+    {  // bf16 K/V: the mean of the values as stored
+      problem pr16 = pr;
+      pr16.v = pr.v.cast<Eigen::bfloat16>().cast<float>();
+      expect_mean_of_visible_values(pr16, pr16.run<Eigen::bfloat16>({}, &lse), lse, all);
+    }
+    attn::sdpa_options causal;
+    causal.causal = attn::causal::bottom_right;
+    expect_mean_of_visible_values(pr, pr.run<float>(causal, &lse), lse,
+                                  [&](index i) { return pr.S - pr.L + i + 1; });
+    // An additive mask of -FLT_MAX (a common "masked" value) on top: the sum
+    // overflows again, and the keys stay visible with equal scores.
+    tensor2 add(p.L, pr.S);
+    add.setConstant(-big);
+    attn::sdpa_options masked;
+    masked.additive_mask = attn::broadcast_mask(add, pr.B, pr.Hq, p.L, pr.S);
+    expect_mean_of_visible_values(pr, pr.run<float>(masked, &lse), lse, all);
+  }
+}
+
+TEST(NanPolicy, AllScoresOverflowingToMinusInfThroughKvCache) {
+  for (index T : {index{1}, index{40}}) {
+    SCOPED_TRACE(T);
+    const index S = 90;
+    problem pr(T, S);
+    set_overflowing_scores(pr);
+    attn::kv_cache<float> cache(pr.B, S, pr.Hkv, pr.D);
+    cache.append(attn::view(pr.k).as_const(), attn::view(pr.v).as_const());
+    tensor4 out(pr.B, T, pr.Hq, pr.D);
+    tensor3 lse(pr.B, pr.Hq, T);
+    attn::sdpa_options opt;
+    opt.lse = attn::view(lse);
+    cache.attend(attn::view(pr.q).as_const(), attn::view(out), opt);
+    expect_mean_of_visible_values(pr, out, lse, [&](index i) { return S - T + i + 1; });
+  }
+}
+
+TEST(NanPolicy, AllScoresOverflowingToMinusInfGiveUniformWeights) {
+  for (const path& p : {decode_path, tiled_path}) {
+    SCOPED_TRACE(p.name);
+    problem pr(p.L, 50);
+    set_overflowing_scores(pr);
+    const weights_out w = weights_of(pr);
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h)
+        for (index i = 0; i < p.L; ++i)
+          for (index j = 0; j < pr.S; ++j)
+            ASSERT_EQ(w.probs(b, h, i, j), 1.0f / 50) << b << " " << h << " " << i << " " << j;
+  }
+}
+
+TEST(NanPolicy, AllScoresOverflowingToMinusInfInDecomposableAttention) {
+  // a_d = 1.2e19 and b_d = -1e19 (scale 1): F(a)·F(b) = 4 terms of -1.2e38
+  // (-1.7e38 in log2 units) overflows. beta_i is the mean of the b_j, alpha_j
+  // the mean of the a_i; relative tolerance 4·(n + 8)·eps for n <= 7 terms.
+  const index La = 5, Lb = 7, d = 4;
+  tensor3 a(1, La, d), b(1, Lb, d);
+  for (index i = 0; i < La; ++i)
+    for (index c = 0; c < d; ++c) a(0, i, c) = 1.2e19f * (1.0f + 0.01f * static_cast<float>(i + c));
+  for (index j = 0; j < Lb; ++j)
+    for (index c = 0; c < d; ++c) b(0, j, c) = -1e19f * (1.0f + 0.02f * static_cast<float>(j * c));
+  const attn::decomposable_result r = attn::decomposable_attention().forward(a, b);
+  const double eps = 5.9604644775390625e-8;
+  for (index c = 0; c < d; ++c) {
+    double mean_b = 0, mean_a = 0;
+    for (index j = 0; j < Lb; ++j) mean_b += b(0, j, c) / static_cast<double>(Lb);
+    for (index i = 0; i < La; ++i) mean_a += a(0, i, c) / static_cast<double>(La);
+    for (index i = 0; i < La; ++i)
+      ASSERT_NEAR(r.beta(0, i, c), mean_b, 4 * (Lb + 8) * eps * std::fabs(mean_b)) << i << " " << c;
+    for (index j = 0; j < Lb; ++j)
+      ASSERT_NEAR(r.alpha(0, j, c), mean_a, 4 * (La + 8) * eps * std::fabs(mean_a)) << j << " " << c;
+  }
+}
+
+TEST(NanPolicy, AllScoresOverflowingToMinusInfInLatentAttention) {
+  // MLA's absorbed kernel: latent queries 1e19, cached latent rows -1e19
+  // (scale 1: terms of -1.44e38 in log2 units, d_c = 20 of them), RoPE
+  // part 0. Row t of T sees keys [0, n - T + t]; its output is the mean of
+  // their latent parts.
+  using attn::index;
+  const index B = 1, T = 2, H = 3, d_c = 20, d_r = 4, d_qk = d_c + d_r, n = 300;
+  std::vector<float> rows(static_cast<std::size_t>(n * d_qk), 0.0f);
+  for (index j = 0; j < n; ++j)
+    for (index d = 0; d < d_c; ++d)
+      rows[static_cast<std::size_t>(j * d_qk + d)] = -1e19f * (1.0f + 0.001f * static_cast<float>(j + d));
+  std::vector<float> q(static_cast<std::size_t>(B * T * H * d_qk), 0.0f);
+  for (index r = 0; r < T * H; ++r)
+    for (index d = 0; d < d_c; ++d) q[static_cast<std::size_t>(r * d_qk + d)] = 1e19f;
+  std::vector<float> out(static_cast<std::size_t>(B * T * H * d_c), 0.0f);
+  const index lengths[1] = {n};
+  attn::detail::mla::latent_problem<float> pr{q.data(), rows.data(), lengths, out.data(), B, T,
+                                              H,        d_c,         d_r,     n,          1.0f};
+  attn::detail::mla::latent_attention(pr, 0);
+  const double eps = 5.9604644775390625e-8;
+  for (index t = 0; t < T; ++t)
+    for (index h = 0; h < H; ++h)
+      for (index d = 0; d < d_c; ++d) {
+        const index visible = n - T + t + 1;
+        double want = 0;
+        for (index j = 0; j < visible; ++j)
+          want += rows[static_cast<std::size_t>(j * d_qk + d)] / static_cast<double>(visible);
+        const double got = out[static_cast<std::size_t>((t * H + h) * d_c + d)];
+        ASSERT_NEAR(got, want, 4 * (visible + 8) * eps * std::fabs(want)) << t << " " << h << " " << d;
+      }
 }
 
 // --- additive attention ---------------------------------------------------------------

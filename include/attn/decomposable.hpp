@@ -28,9 +28,11 @@
 //    0 and LSE -inf. Never NaN.
 //  * fp32 accumulation; the same output bits for any thread count.
 //  * A score of +inf (an fp32 product that overflowed) takes the row's
-//    weight (shared among such scores); -inf weighs 0, and a row whose
-//    scores are all -inf is empty. A dot product with both +inf and -inf
-//    terms is NaN, as in any fp32 GEMM: inputs must keep F(a_i)·F(b_j)
+//    weight (shared among such scores); one that overflowed to -inf is
+//    floored at -FLT_MAX: it weighs 0 beside ordinary scores, and a row
+//    whose every score overflowed averages its partners (only masks and
+//    lengths empty a row). A dot product with both +inf and -inf terms is
+//    NaN, as in any fp32 GEMM: inputs must keep F(a_i)·F(b_j)
 //    representable.
 #pragma once
 

@@ -326,7 +326,8 @@ ATTN_FUZZ_NO_COVERAGE inline void fill_constant(float* p, index n, float x) {
 
 /// Fills n floats: PRNG values of a tame amplitude, then the input may
 /// override some positions with special values, set everything to one
-/// special value, or give every value itself.
+/// special value, give every value itself, or make every value huge and of
+/// one sign.
 inline void fill(input& in, float* p, index n) {
   if (n <= 0) return;
   const std::uint8_t mode = in.u8();
@@ -355,8 +356,17 @@ inline void fill(input& in, float* p, index n) {
         p[i] = b & 0x80 ? special(b) : static_cast<float>(static_cast<int>(b & 0x7f) - 64) / 16;
       }
       break;
-    default:  // zeros
-      detail::fill_constant(p, n, 0.0f);
+    default:
+      if (mode & 0x20) {  // zeros
+        detail::fill_constant(p, n, 0.0f);
+      } else {
+        // Huge, all of one sign: |x| in [1e19, 2e19). A query and a key
+        // filled so with opposite signs make every score term about -1e38
+        // and the dot product overflow to -inf from finite inputs (a
+        // visible key all the same: issue 18, class 5).
+        const float sign = mode & 0x40 ? -1.0f : 1.0f;
+        for (index i = 0; i < n; ++i) p[i] = sign * 1e19f * (1.5f + 0.5f * g.unit());
+      }
       break;
   }
 }

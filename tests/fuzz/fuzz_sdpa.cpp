@@ -490,6 +490,21 @@ void run(input& in) {
         break;
     }
   }
+  // Enum arguments outside their enumerators (static_cast from any int):
+  // every enum argument is checked, none taken for a neighbour's value.
+  if (br.valid && in.chance(12)) {
+    const int bad = in.coin() ? 3 + static_cast<int>(in.range(0, 250))
+                              : -1 - static_cast<int>(in.range(0, 3));
+    if (in.coin()) {
+      opt.causal = static_cast<attn::causal>(bad);
+      br.set("causal out of range", "causal");
+    } else {
+      attn::sliding_window w = opt.window ? *opt.window : attn::sliding_window{};
+      w.align = static_cast<attn::alignment>(bad);
+      opt.window = w;
+      br.set("window.align out of range", "window.align");
+    }
+  }
 
   if (verbose()) {
     std::fprintf(stderr, "kv %s | B %ld L %ld S %ld Hq %ld Hkv %ld dqk %ld dv %ld | scale %s causal %d",

@@ -57,10 +57,17 @@ struct rhs {
   index row_stride;   ///< step between depth rows, in floats; columns are contiguous
 };
 
+/// The default epilogue of gemm_tile: C is stored as computed.
+struct store_as_is {
+  /// x unchanged.
+  static simd::packet apply(const simd::packet& x) { return x; }
+};
+
 /// C[r][c] (=|+=) sum_{d < depth} A(r, d) B(d, c) for one Shape::rows x
 /// Shape::cols tile. c is row-major with row stride ldc. Accumulate selects
-/// += over =.
-template <class Shape, bool Accumulate>
+/// += over =. Epilogue::apply maps each packet of C on its way to memory
+/// (free there: the accumulators are in registers).
+template <class Shape, bool Accumulate, class Epilogue = store_as_is>
 ATTN_ALWAYS_INLINE void gemm_tile(const lhs& a, const rhs& b, index depth, float* c, index ldc) {
   using namespace simd;
   constexpr int R = Shape::rows, P = Shape::packets;
@@ -83,13 +90,14 @@ ATTN_ALWAYS_INLINE void gemm_tile(const lhs& a, const rhs& b, index depth, float
     }
   }
   ATTN_UNROLL for (int r = 0; r < R; ++r)
-    ATTN_UNROLL for (int p = 0; p < P; ++p) store(c + r * ldc + p * width, acc[r][p]);
+    ATTN_UNROLL for (int p = 0; p < P; ++p)
+      store(c + r * ldc + p * width, Epilogue::apply(acc[r][p]));
 }
 
 /// C (=|+=) A · B over rows x cols, rows a multiple of Shape::rows and cols a
 /// multiple of Shape::cols. Each row block of A is reused across all column
 /// blocks while it is hot in L1.
-template <class Shape, bool Accumulate>
+template <class Shape, bool Accumulate, class Epilogue = store_as_is>
 inline void gemm_block(const lhs& a, const rhs& b, index depth, float* c, index ldc, index rows,
                        index cols) {
   ATTN_ASSERT(rows >= 0 && cols >= 0 && rows % Shape::rows == 0 && cols % Shape::cols == 0);
@@ -97,8 +105,8 @@ inline void gemm_block(const lhs& a, const rhs& b, index depth, float* c, index 
   for (index r0 = 0; r0 < rows; r0 += Shape::rows) {
     const lhs ar{a.data + r0 * a.row_stride, a.row_stride, a.depth_stride};
     for (index c0 = 0; c0 < cols; c0 += Shape::cols)
-      gemm_tile<Shape, Accumulate>(ar, rhs{b.data + c0, b.row_stride}, depth, c + r0 * ldc + c0,
-                                   ldc);
+      gemm_tile<Shape, Accumulate, Epilogue>(ar, rhs{b.data + c0, b.row_stride}, depth,
+                                             c + r0 * ldc + c0, ldc);
   }
 }
 

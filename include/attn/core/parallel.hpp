@@ -3,6 +3,13 @@
 // OpenMP when the including translation unit is compiled with it, a plain
 // loop otherwise. Each task must write only its own outputs, so results do
 // not depend on the thread count or on which thread ran which task.
+//
+// Both loops call one out-of-line copy of the task body (run_task). Inlined
+// into each loop, the body would be compiled twice, and at -O3 with FMA
+// (-march=native) g++ contracts a multiply-add in one copy and not in the
+// other: the bits then depended on the thread count (decomposable attention
+// differed in 175 of 3200 elements between 1 and 2 threads). One copy, one
+// choice, whatever the flags (docs/design.md "Determinism").
 #pragma once
 
 #include <algorithm>
@@ -44,6 +51,27 @@ inline int threads_for_work(int requested, double flops) {
   return flops < min_parallel_flops ? 1 : requested;
 }
 
+/// ATTN_SINGLE_COPY: the function is compiled once and never inlined, cloned
+/// or specialised per call site (GCC's noipa also stops interprocedural
+/// constant propagation, which would otherwise make a second copy).
+#if defined(__clang__)
+#define ATTN_SINGLE_COPY __attribute__((noinline))
+#elif defined(__GNUC__)
+#define ATTN_SINGLE_COPY __attribute__((noipa))
+#elif defined(_MSC_VER)
+#define ATTN_SINGLE_COPY __declspec(noinline)
+#else
+#define ATTN_SINGLE_COPY
+#endif
+
+namespace parallel_detail {
+/// The one compiled copy of a task body that every thread count runs.
+template <class Scratch, class Body>
+ATTN_SINGLE_COPY void run_task(Scratch& scratch, const Body& body, index t) {
+  body(scratch, t);
+}
+}  // namespace parallel_detail
+
 /// Runs body(scratch, t) for t in [0, n). `make_scratch()` is called once per
 /// thread to build that thread's working memory, so the loop itself never
 /// allocates. Tasks are handed out dynamically (they may differ in cost, as
@@ -58,7 +86,7 @@ void parallel_for(index n, int requested_threads, MakeScratch make_scratch, Body
     {
       auto scratch = make_scratch();
 #pragma omp for schedule(dynamic, 1)
-      for (index t = 0; t < n; ++t) body(scratch, t);
+      for (index t = 0; t < n; ++t) parallel_detail::run_task(scratch, body, t);
     }
     return;
   }
@@ -66,7 +94,7 @@ void parallel_for(index n, int requested_threads, MakeScratch make_scratch, Body
   (void)requested_threads;
 #endif
   auto scratch = make_scratch();
-  for (index t = 0; t < n; ++t) body(scratch, t);
+  for (index t = 0; t < n; ++t) parallel_detail::run_task(scratch, body, t);
 }
 
 /// Runs body(t) for t in [0, n): parallel_for for tasks that need no

@@ -55,13 +55,33 @@ constexpr float max_finite = std::numeric_limits<float>::max();
 /// Branch-free: it runs once per packed query element.
 inline float clamp_finite(float x) { return std::min(std::max(x, -max_finite), max_finite); }
 
+/// A computed score (log2 units) floored at -max_finite. To the softmax -inf
+/// means "masked", but finite inputs can sum to -inf (d terms of -1e38): such
+/// a key is visible and must stay so. Floored, it weighs 2^(-FLT_MAX - max)
+/// = 0 next to any ordinary key, and a row whose every score overflowed
+/// averages its values, as equal scores do. NaN stays NaN (std::max returns
+/// its first argument when the comparison is false). Applied to every score
+/// as it is computed, before the masks write their -inf.
+inline float floor_score(float s) { return std::max(s, -max_finite); }
+
+/// floor_score for a packet of scores (Eigen's pmax keeps a NaN first
+/// argument, as std::max does); as a gemm_tile epilogue it costs one max per
+/// accumulator register.
+struct score_floor {
+  /// s with every lane floored at -max_finite (NaN lanes kept).
+  static simd::packet apply(const simd::packet& s) {
+    return simd::max(s, simd::broadcast(-max_finite));
+  }
+};
+
 /// A score (log2 units) with an additive mask value applied: -inf in the
 /// mask masks whatever the score is (even a NaN or an overflowed +inf, so
 /// the hidden key cannot turn the row NaN), and a score already masked (by a
-/// bool mask or the band) stays masked whatever the mask holds.
+/// bool mask or the band) stays masked whatever the mask holds. A sum that
+/// overflows to -inf (both near -FLT_MAX) is floored: the key stays visible.
 inline float apply_additive_log2(float score, float a) {
   if (a == neg_inf || score == neg_inf) return neg_inf;
-  return score + additive_to_log2(a);
+  return floor_score(score + additive_to_log2(a));
 }
 
 /// Result of one finished row in log2 units (running max m, sum l): the

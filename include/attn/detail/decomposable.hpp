@@ -147,7 +147,10 @@ inline void scores(const problem& p, index b, const tile_extent& x, float* e) {
       for (index c = 0; c < x.tjp; ++c) er[c] = ninf;
       continue;
     }
-    for (index c = 0; c < x.tj; ++c) er[c] = vb[c] ? er[c] * scale_log2 : ninf;
+    // Visible scores are floored at -FLT_MAX (core::softmax::floor_score):
+    // a finite product that overflows stays a visible key.
+    for (index c = 0; c < x.tj; ++c)
+      er[c] = vb[c] ? core::softmax::floor_score(er[c] * scale_log2) : ninf;
     for (index c = x.tj; c < x.tjp; ++c) er[c] = ninf;
     if (p.bias_log2) {
       const index D = p.max_distance;
@@ -156,7 +159,7 @@ inline void scores(const problem& p, index b, const tile_extent& x, float* e) {
         const index k = p.symmetric ? std::min(dist < 0 ? -dist : dist, D)
                                     : std::min(std::max(dist, -D), D) + D;
         const float bias = p.bias_log2[k];
-        er[c] = bias == ninf ? ninf : er[c] + bias;
+        er[c] = bias == ninf || er[c] == ninf ? ninf : core::softmax::floor_score(er[c] + bias);
       }
     }
   }

@@ -138,16 +138,17 @@ struct flash_scores {
     return false;
   }
 
-  /// Sᵀ = K · Qᵀ for keys [j0, j0 + n) into buf.st (row stride q_tile).
+  /// Sᵀ = K · Qᵀ for keys [j0, j0 + n) into buf.st (row stride q_tile),
+  /// floored at -FLT_MAX (core::softmax::floor_score).
   void scores(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
     const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, buf.k.data(), true);
     in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
     full = !has_bool && !has_add && in_band;
     if (in_band) {
-      core::gemm_block<core::score_tile, false>(core::lhs{kt.data, kt.row_stride, 1},
-                                                core::rhs{buf.qt.data(), q_tile}, d_qk,
-                                                buf.st.data(), q_tile, n_pad, cols);
+      core::gemm_block<core::score_tile, false, core::softmax::score_floor>(
+          core::lhs{kt.data, kt.row_stride, 1}, core::rhs{buf.qt.data(), q_tile}, d_qk,
+          buf.st.data(), q_tile, n_pad, cols);
       return;
     }
     // An edge tile: skip register tiles whose keys no query of theirs can
@@ -158,9 +159,9 @@ struct flash_scores {
         if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
                                 shape::rows))
           continue;
-        core::gemm_tile<shape, false>(core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
-                                      core::rhs{buf.qt.data() + c0, q_tile}, d_qk,
-                                      buf.st.data() + kb * q_tile + c0, q_tile);
+        core::gemm_tile<shape, false, core::softmax::score_floor>(
+            core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
+            core::rhs{buf.qt.data() + c0, q_tile}, d_qk, buf.st.data() + kb * q_tile + c0, q_tile);
       }
   }
 

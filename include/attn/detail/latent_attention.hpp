@@ -150,8 +150,8 @@ struct latent_walk {
     core::prefetch_stream next = ahead;
     for (index k0 = 0; k0 < n_pad; k0 += score::rows)
       for (index c0 = 0; c0 < c_end; c0 += score::cols) {
-        core::gemm_tile<score, false>(core::lhs{k + k0 * d, d, 1}, core::rhs{qt + c0, c_end}, d,
-                                      st + k0 * ld + c0, ld);
+        core::gemm_tile<score, false, core::softmax::score_floor>(
+            core::lhs{k + k0 * d, d, 1}, core::rhs{qt + c0, c_end}, d, st + k0 * ld + c0, ld);
         next.step();
       }
     ahead = next;

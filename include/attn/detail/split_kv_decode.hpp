@@ -73,6 +73,7 @@ struct split_kv_policy {
 
 // out[r] = sum_d q[r][d] * k[d] for 4 query rows (row stride ldq) that share
 // one key row: each key packet is loaded and widened once for all four.
+// Scores are floored at -FLT_MAX (core::softmax::floor_score).
 template <class KV>
 inline void dot_rows4(const float* q, index ldq, const KV* k, index d, float* out, index ldo) {
   using namespace core::simd;
@@ -85,7 +86,7 @@ inline void dot_rows4(const float* q, index ldq, const KV* k, index d, float* ou
   for (int r = 0; r < 4; ++r) {
     float s = reduce_add(acc[r]);
     for (index j = i; j < d; ++j) s += q[r * ldq + j] * static_cast<float>(k[j]);
-    out[r * ldo] = s;
+    out[r * ldo] = core::softmax::floor_score(s);
   }
 }
 
@@ -147,7 +148,8 @@ struct split_kv_walk {
         const index r_end = r + rows_per_kv;
         for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
           dot_rows4(q + r * d_qk, d_qk, kr, d_qk, s + r * key_tile + jj, key_tile);
-        for (; r < r_end; ++r) s[r * key_tile + jj] = core::dot(q + r * d_qk, kr, d_qk);
+        for (; r < r_end; ++r)
+          s[r * key_tile + jj] = core::softmax::floor_score(core::dot(q + r * d_qk, kr, d_qk));
       }
   }
 

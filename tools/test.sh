@@ -6,7 +6,8 @@
 #
 # On a fresh Debian/Ubuntu machine it apt-installs the toolchain, Eigen,
 # GoogleTest and Google Benchmark first (skipped when they are already there).
-# Environment: BUILD_DIR (default build/test), JOBS (default: all cores).
+# Environment: BUILD_DIR (default build/test), JOBS (default: all cores),
+# TEST_LABELS (a ctest -L regex, e.g. 'unit|model'; default: every test).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,4 +53,8 @@ cmake -S "$root" -B "$build" \
   "$@"
 cmake --build "$build" --parallel "$jobs"
 cd "$build"
-ctest --output-on-failure --parallel "$jobs"
+if [ -n "${TEST_LABELS:-}" ]; then
+  ctest --output-on-failure --parallel "$jobs" -L "$TEST_LABELS"
+else
+  ctest --output-on-failure --parallel "$jobs"
+fi

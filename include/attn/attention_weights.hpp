@@ -90,6 +90,9 @@ void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<floa
                     column_sums.dims);
     detail::check_non_overlapping(fn, "column_sums.strides", column_sums);
   }
+  detail::check_sdpa_disjoint(fn, "", q, k, strided<const KV, 4>{},
+                              detail::region("probs", probs),
+                              detail::region("column_sums", column_sums), opt);
   // L = 0 still writes column_sums (zeros: no query gives any weight).
   if (B == 0 || Hq == 0 || S == 0) return;
   detail::sdpa::attention_weights<KV>(q, strided<const KV, 4>(k), probs, column_sums, scale, opt);

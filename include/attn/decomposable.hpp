@@ -47,6 +47,7 @@
 
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
+#include "attn/overlap.hpp"
 #include "attn/view.hpp"
 
 #define ATTN_DETAIL_ALLOWED  // lets the kernel header in (attn/detail/decomposable.hpp)
@@ -175,6 +176,15 @@ class decomposable_attention {
     check_lse(fn, "row_lse", "row_lse.strides", opt.row_lse, B, La, "[batch, La]");
     check_lse(fn, "col_lse", "col_lse.strides", opt.col_lse, B, Lb, "[batch, Lb]");
     detail::check_num_threads(fn, "num_threads", opt.num_threads);
+    using detail::region;
+    detail::check_disjoint(fn,
+                           {region("beta", beta), region("alpha", alpha),
+                            region("row_weights", opt.row_weights),
+                            region("col_weights", opt.col_weights), region("row_lse", opt.row_lse),
+                            region("col_lse", opt.col_lse)},
+                           {region("a", a), region("b", b), region("a_mask", opt.a_mask),
+                            region("b_mask", opt.b_mask), region("a_lengths", opt.a_lengths),
+                            region("b_lengths", opt.b_lengths)});
     if (B == 0) return;
 
     detail::decomposable::align(f_, fn, opt.scale, opt.num_threads, a, {opt.a_lengths, opt.a_mask},
@@ -234,6 +244,11 @@ class decomposable_attention {
     check_weights(fn, "weights", "weights.strides", opt.weights, B, L, L);
     check_lse(fn, "lse", "lse.strides", opt.lse, B, L, "[batch, L]");
     detail::check_num_threads(fn, "num_threads", opt.num_threads);
+    using detail::region;
+    detail::check_disjoint(
+        fn, {region("out", out), region("weights", opt.weights), region("lse", opt.lse)},
+        {region("a", a), region("mask", opt.mask), region("lengths", opt.lengths),
+         region("distance_bias", opt.distance_bias)});
     if (B == 0) return;
 
     detail::decomposable::intra(f_, fn, opt.scale, opt.num_threads, a, {opt.lengths, opt.mask},

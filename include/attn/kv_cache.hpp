@@ -22,6 +22,7 @@
 
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
+#include "attn/overlap.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_checks.hpp"
 #include "attn/view.hpp"
@@ -168,6 +169,11 @@ class kv_cache {
       if (c.rows > 0)
         detail::check_sdpa_arguments("scaled_dot_product_attention", c.q, c.k, c.v, c.out, c.opt);
     }
+    // The slices are checked apart within each sequence; across sequences
+    // too, one sequence's out rows must not be another's q rows.
+    detail::check_disjoint(fn, {detail::region("out", out), detail::region("opt.lse", opt.lse)},
+                           {detail::region("q", q), detail::region("keys()", keys()),
+                            detail::region("values()", values())});
     for (index b = 0; b < batch_; ++b) {
       const sequence_call c = sequence(q, out, opt, counts, b);
       if (c.rows > 0) scaled_dot_product_attention(c.q, c.k, c.v, c.out, c.opt);
@@ -259,6 +265,9 @@ class kv_cache {
                      "at most capacity = " + std::to_string(capacity_) + " tokens after append",
                      std::to_string(lengths_[b]) + " + " + std::to_string(n[b]));
     }
+    // The cache's storage is what append writes: it may not be read from.
+    detail::check_disjoint(fn, {detail::region("keys()", keys()), detail::region("values()", values())},
+                           {detail::region("k_new", k), detail::region("v_new", v)});
     return n;
   }
   template <std::size_t N>

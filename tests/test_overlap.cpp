@@ -5,8 +5,10 @@
 
 #include <array>
 #include <attn/overlap.hpp>
+#include <attn/sdpa.hpp>
 #include <attn/view.hpp>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <set>
 #include <vector>
@@ -122,6 +124,66 @@ TEST(Overlap, EmptyAndBroadcastViews) {
                                             {1}, {1}};
   EXPECT_TRUE(may_overlap(strided<float, 1>{buf.data(), {1}, {1}}, half_word));
   EXPECT_FALSE(may_overlap(strided<float, 1>{buf.data() + 1, {1}, {1}}, half_word));
+}
+
+// The in-buffer layouts the rule must keep accepting, with the bits of the
+// same call on separate tensors: q, k, v from one packed QKV projection, and
+// out and lse in the same allocation after it (a region of their own), or
+// out interleaved with q, k, v as a fourth slot of every row.
+TEST(Overlap, DisjointSlicesOfOneBufferAreAccepted) {
+  const index B = 2, L = 5, H = 2, D = 8;
+  const index qkv_size = B * L * 3 * H * D, out_size = B * L * H * D, lse_size = B * H * L;
+  std::vector<float> arena(static_cast<std::size_t>(qkv_size + out_size + lse_size));
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (index i = 0; i < qkv_size; ++i) arena[static_cast<std::size_t>(i)] = u(rng);
+  Eigen::TensorMap<Eigen::Tensor<float, 5, Eigen::RowMajor>> packed(arena.data(), B, L, 3, H, D);
+  const auto q = attn::packed_qkv(packed, 0), k = attn::packed_qkv(packed, 1),
+             v = attn::packed_qkv(packed, 2);
+  attn::sdpa_options opt;
+  opt.causal = attn::causal::top_left;
+  const strided<float, 4> out{arena.data() + qkv_size, {B, L, H, D}, {L * H * D, H * D, D, 1}};
+  opt.lse = {arena.data() + qkv_size + out_size, {B, H, L}, {H * L, L, 1}};
+  attn::scaled_dot_product_attention(q.as_const(), k.as_const(), v.as_const(), out, opt);
+
+  // The same on separate tensors.
+  using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
+  tensor4 tq(B, L, H, D), tk(B, L, H, D), tv(B, L, H, D), tout(B, L, H, D);
+  for (index b = 0; b < B; ++b)
+    for (index i = 0; i < L; ++i)
+      for (index h = 0; h < H; ++h)
+        for (index d = 0; d < D; ++d) {
+          tq(b, i, h, d) = *q.at(b, i, h, d);
+          tk(b, i, h, d) = *k.at(b, i, h, d);
+          tv(b, i, h, d) = *v.at(b, i, h, d);
+        }
+  Eigen::Tensor<float, 3, Eigen::RowMajor> tlse(B, H, L);
+  attn::sdpa_options sep = opt;
+  sep.lse = attn::view(tlse);
+  attn::scaled_dot_product_attention(attn::view(tq).as_const(), attn::view(tk).as_const(),
+                                     attn::view(tv).as_const(), attn::view(tout), sep);
+  EXPECT_EQ(0, std::memcmp(out.data, tout.data(), sizeof(float) * out_size));
+  EXPECT_EQ(0, std::memcmp(opt.lse.data, tlse.data(), sizeof(float) * lse_size));
+
+  // out as slot 3 of [B, L, 4, H, D], between the rows of q, k and v.
+  std::vector<float> rows(static_cast<std::size_t>(B * L * 4 * H * D));
+  const std::array<index, 4> st{L * 4 * H * D, 4 * H * D, D, 1};
+  auto slot = [&](index s) { return strided<float, 4>{rows.data() + s * H * D, {B, L, H, D}, st}; };
+  for (index s = 0; s < 3; ++s) {
+    const tensor4& src = s == 0 ? tq : s == 1 ? tk : tv;
+    for (index b = 0; b < B; ++b)
+      for (index i = 0; i < L; ++i)
+        for (index h = 0; h < H; ++h)
+          for (index d = 0; d < D; ++d) *slot(s).at(b, i, h, d) = src(b, i, h, d);
+  }
+  attn::sdpa_options no_lse = opt;
+  no_lse.lse = {};
+  attn::scaled_dot_product_attention(slot(0).as_const(), slot(1).as_const(), slot(2).as_const(),
+                                     slot(3), no_lse);
+  for (index b = 0; b < B; ++b)
+    for (index i = 0; i < L; ++i)
+      for (index h = 0; h < H; ++h)
+        for (index d = 0; d < D; ++d) ASSERT_EQ(*slot(3).at(b, i, h, d), tout(b, i, h, d));
 }
 
 }  // namespace

@@ -239,8 +239,9 @@ class additive_attention {
   }
 
   /// Attention of queries [B, L, d_q] over projected keys (project_keys) and
-  /// values [B, S, d_v], into out [B, L, d_v] (written; must not alias the
-  /// inputs). One decoder step is L = 1. See additive_options for masks,
+  /// values [B, S, d_v], into out [B, L, d_v] (written; out and opt.weights
+  /// share no memory with the inputs, the masks or each other,
+  /// attn/overlap.hpp). One decoder step is L = 1. See additive_options for masks,
   /// attention weights and threads.
   /// @throws attn::error on any shape, stride or option mismatch.
   void forward(strided<const float, 3> query, const additive_keys& keys,

@@ -48,8 +48,8 @@ inline namespace ATTN_ABI {
 /// @param k            [B, S, Hkv, d_qk]: float, Eigen::bfloat16 or
 ///                     Eigen::half. Hkv must divide Hq (GQA; Hkv = 1 is MQA):
 ///                     query head h reads KV head h / (Hq / Hkv).
-/// @param probs        [B, Hq, L, S] float, written (may not alias the
-///                     inputs): row (b, h, i) holds the weights query i of
+/// @param probs        [B, Hq, L, S] float, written (shares no memory with
+///                     the inputs or column_sums, attn/overlap.hpp): row (b, h, i) holds the weights query i of
 ///                     head h gives each key, the probabilities SDPA applies
 ///                     to V, equal to them up to fp32 rounding:
 ///                     - a row that sees no key is all 0;

@@ -151,7 +151,8 @@ class decomposable_attention {
   bool has_feed_forward() const { return static_cast<bool>(f_); }
 
   /// Both alignments of a [B, La, d] and b [B, Lb, d]: beta [B, La, d] and
-  /// alpha [B, Lb, d] (written; must not alias the inputs). Either output
+  /// alpha [B, Lb, d] (written; no output of the call, options' included,
+  /// shares memory with an input or another output, attn/overlap.hpp). Either output
   /// may be an absent view ({}) when not wanted. See decomposable_options
   /// for lengths, masks, scale, weights / LSE outputs and threads.
   /// @throws attn::error on any shape, stride or option mismatch, or when F
@@ -204,7 +205,8 @@ class decomposable_attention {
   }
 
   /// Intra-sentence attention of a [B, L, d] to itself, into out [B, L, d]
-  /// (written; must not alias a): out_i = Σ_j softmax_j(scale · F(a_i)·F(a_j)
+  /// (written; out, weights and lse share no memory with
+  /// a, the mask, the lengths or each other): out_i = Σ_j softmax_j(scale · F(a_i)·F(a_j)
   /// + d(i − j)) a_j, with the distance bias of intra_attention_options
   /// (Parikh et al. concatenate [a_i, out_i] as the next layer's input).
   /// F here is Parikh's F_intra: make a separate object for it.

@@ -113,8 +113,9 @@ class kv_cache {
   /// Appends new tokens' keys and values: k_new [batch, T, kv_heads,
   /// head_dim], v_new [batch, T, kv_heads, v_head_dim]. counts[b] (<= T) of
   /// them are taken for sequence b; empty counts = T for every sequence.
-  /// @throws attn::error on any shape mismatch or if a sequence would pass
-  ///         the capacity; the cache is then left exactly as it was.
+  /// @throws attn::error on any shape mismatch, if a sequence would pass
+  ///         the capacity, or if k_new or v_new points into the cache's own
+  ///         storage; the cache is then left exactly as it was.
   void append(strided<const float, 4> k_new, strided<const float, 4> v_new,
               const std::vector<index>& counts = {}) {
     const std::vector<index> n = checked_counts(k_new, v_new, counts);
@@ -136,8 +137,10 @@ class kv_cache {
   /// and threads. Dense masks, key_lengths and opt.causal are set by the
   /// cache and must be left empty / none.
   /// @throws attn::error on shape mismatches or a mask option given, and
-  ///         with the attention's own messages for each sequence's slice;
-  ///         all before any row of out or lse is written.
+  ///         with the attention's own messages for each sequence's slice,
+  ///         or when out or lse shares memory with q (in any sequence), the
+  ///         cache or each other; all before any row of out or lse is
+  ///         written.
   void attend(strided<const float, 4> q, strided<float, 4> out, const sdpa_options& opt = {},
               const std::vector<index>& counts = {}) const {
     constexpr const char* fn = "kv_cache::attend";

@@ -188,7 +188,9 @@ inline namespace ATTN_ABI {
 /// @param log_partition out [B]: log Z (natural log). May be absent ({}).
 /// @param opt           key lengths, θ(0), pairwise potentials, threads;
 ///                      opt.scale must be unset.
-/// @throws attn::error on any shape, stride or option mismatch.
+/// @throws attn::error on any shape, stride or option mismatch, or when an
+///         output shares memory with an input or another output
+///         (attn/overlap.hpp).
 inline void segmentation_attention(strided<const float, 2> scores, strided<const float, 3> values,
                                    strided<float, 2> marginals, strided<float, 2> context,
                                    strided<float, 1> log_partition,

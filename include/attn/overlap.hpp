@@ -145,7 +145,10 @@ inline bool may_overlap(const memory_region& a, const memory_region& b) {
   };
   for (int i = 0; i < a.n; ++i) add(a.step[i], a.extent[i], true);
   for (int i = 0; i < b.n; ++i) add(b.step[i], b.extent[i], false);
-  std::sort(t.begin(), t.begin() + n, [](const term& x, const term& y) { return x.step > y.step; });
+  // Largest step first; an insertion sort of at most 2 · max_rank entries
+  // (std::sort here trips GCC 12's -Warray-bounds at -O3).
+  for (int i = 1; i < n; ++i)
+    for (int j = i; j > 0 && t[j].step > t[j - 1].step; --j) std::swap(t[j], t[j - 1]);
   // What the steps from k on can still add: [low[k], high[k]].
   std::array<index, 2 * memory_region::max_rank + 1> low{}, high{};
   for (int k = n; k-- > 0;) {

@@ -562,6 +562,166 @@ TEST(Errors, MultiHeadAttention) {
 }
 
 // ---------------------------------------------------------------------------
+// aliasing (issue 18 item 4): no output may share memory with an input or
+// another output (attn/overlap.hpp). Each of these calls used to be accepted.
+
+// "attn::FN: OUTPUT: expected memory that does not overlap OTHER"
+error_case aliased(const std::string& fn, const std::string& out, const std::string& other,
+                   std::function<void()> call) {
+  return {fn + " " + out + " on " + other, std::move(call),
+          "attn::" + fn + ": " + out + ": expected memory that does not overlap " + other +
+              ", got"};
+}
+
+TEST(Errors, Aliasing) {
+  const std::string sdpa = "scaled_dot_product_attention";
+  auto on_sdpa = [](const std::function<void(sdpa_call&)>& brk) {
+    auto c = std::make_shared<sdpa_call>();
+    brk(*c);
+    return [c] { (*c)(); };
+  };
+  run({
+      aliased(sdpa, "out", "q", on_sdpa([](sdpa_call& c) { c.out.data = c.qb.data(); })),
+      aliased(sdpa, "out", "k", on_sdpa([](sdpa_call& c) { c.out.data = c.kb.data() + 40; })),
+      aliased(sdpa, "out", "v", on_sdpa([](sdpa_call& c) { c.out.data = c.vb.data(); })),
+      aliased(sdpa, "out", "bool_mask", on_sdpa([](sdpa_call& c) {
+                c.opt.bool_mask = {reinterpret_cast<const bool*>(c.ob.data()) + 3,
+                                   {2, 4, 3, 5}, {0, 0, 5, 1}};
+              })),
+      aliased(sdpa, "out", "additive_mask", on_sdpa([](sdpa_call& c) {
+                c.opt.additive_mask = {c.ob.data() + 150, {2, 4, 3, 5}, {0, 0, 0, 1}};
+              })),
+      aliased(sdpa, "lse", "out", on_sdpa([](sdpa_call& c) {
+                c.opt.lse = {c.ob.data() + 100, {2, 4, 3}, {12, 3, 1}};
+              })),
+      aliased(sdpa, "lse", "q", on_sdpa([](sdpa_call& c) {
+                c.opt.lse = {c.qb.data(), {2, 4, 3}, {12, 3, 1}};
+              })),
+      // One element is enough: lse's last entry is out's first.
+      aliased(sdpa, "lse", "out", on_sdpa([](sdpa_call& c) {
+                c.out.data = c.ob.data() + 24;
+                c.opt.lse = {c.ob.data() + 1, {2, 4, 3}, {12, 3, 1}};
+              })),
+  });
+
+  auto on_weights = [](const std::function<void(weights_call&)>& brk) {
+    auto c = std::make_shared<weights_call>();
+    brk(*c);
+    return [c] { (*c)(); };
+  };
+  run({
+      aliased("attention_weights", "probs", "q",
+              on_weights([](weights_call& c) { c.probs.data = c.qb.data(); })),
+      aliased("attention_weights", "column_sums", "probs",
+              on_weights([](weights_call& c) { c.column_sums.data = c.pb.data() + 7; })),
+  });
+
+  const std::string fwd = "additive_attention::forward";
+  auto on_additive = [](const std::function<void(additive_call&)>& brk) {
+    auto c = std::make_shared<additive_call>();
+    brk(*c);
+    return [c] { (*c)(); };
+  };
+  run({
+      aliased(fwd, "out", "query", on_additive([](additive_call& c) { c.out.data = c.qb.data(); })),
+      aliased(fwd, "out", "values", on_additive([](additive_call& c) { c.out.data = c.vb.data(); })),
+      aliased(fwd, "out", "keys", on_additive([](additive_call& c) {
+                c.project_first = false;
+                c.out.data = c.kb.data();
+              })),
+      aliased(fwd, "weights", "out", on_additive([](additive_call& c) {
+                c.opt.weights = {c.ob.data(), {2, 3, 5}, {15, 5, 1}};
+              })),
+      aliased(fwd, "out", "key_mask", on_additive([](additive_call& c) {
+                c.opt.key_mask = {reinterpret_cast<const bool*>(c.ob.data()), {2, 5}, {5, 1}};
+              })),
+  });
+
+  // decomposable: beta == alpha (La = Lb), and an output on an input.
+  const attn::decomposable_attention dec;
+  std::vector<float> ab(256, 0.25f), bb = ab, ob(256), ob2(256);
+  const attn::strided<const float, 3> a{ab.data(), {2, 3, 4}, {12, 4, 1}},
+      b{bb.data(), {2, 3, 4}, {12, 4, 1}};
+  const attn::strided<float, 3> beta{ob.data(), {2, 3, 4}, {12, 4, 1}};
+  attn::decomposable_options row_lse;
+  row_lse.row_lse = {ob2.data(), {2, 3}, {3, 1}};
+  attn::decomposable_options lse_on_beta;
+  lse_on_beta.col_lse = {ob.data() + 20, {2, 3}, {3, 1}};
+  const std::string df = "decomposable_attention::forward";
+  run({
+      aliased(df, "alpha", "beta", [&] { dec.forward(a, b, beta, beta); }),
+      aliased(df, "beta", "a", [&] {
+        dec.forward(a, b, {ab.data(), {2, 3, 4}, {12, 4, 1}}, {}, row_lse);
+      }),
+      aliased(df, "col_lse", "beta", [&] { dec.forward(a, b, beta, {}, lse_on_beta); }),
+      aliased("decomposable_attention::intra", "out", "a",
+              [&] { dec.intra(a, {ab.data() + 8, {2, 3, 4}, {12, 4, 1}}); }),
+  });
+
+  // structured: marginals written over its own scores.
+  std::vector<float> sb(64, 0.5f), cb(64);
+  const attn::strided<const float, 2> scores{sb.data(), {2, 5}, {5, 1}};
+  run({aliased("segmentation_attention", "marginals", "scores", [&] {
+        attn::segmentation_attention(scores, {}, {sb.data(), {2, 5}, {5, 1}}, {}, {});
+      }),
+       aliased("segmentation_attention", "log_partition", "marginals", [&] {
+         attn::segmentation_attention(scores, {}, {cb.data(), {2, 5}, {5, 1}}, {},
+                                      {cb.data() + 9, {2}, {1}});
+       })});
+
+  // kv_cache: across sequences (out's sequence 0 is q's sequence 1, which
+  // the per-sequence checks cannot see), and an append from the cache itself.
+  attn::kv_cache<float> cache(2, 4, 1, 8);
+  tensor4 kv(2, 1, 1, 8);
+  kv.setConstant(0.5f);
+  cache.append(attn::view(kv).as_const(), attn::view(kv).as_const());
+  std::vector<float> qo(64, 0.5f);
+  const attn::strided<const float, 4> q{qo.data(), {2, 1, 1, 8}, {16, 8, 8, 1}};
+  const attn::strided<float, 4> out{qo.data() + 16, {2, 1, 1, 8}, {16, 8, 8, 1}};
+  const std::vector<index> before = cache.lengths();
+  attn::strided<const float, 4> from_cache = cache.keys();
+  from_cache.dims[1] = 1;
+  run({
+      aliased("kv_cache::attend", "out", "q", [&] { cache.attend(q, out); }),
+      aliased("kv_cache::append", "keys()", "k_new",
+              [&] { cache.append(from_cache, attn::view(kv).as_const()); }),
+  });
+  EXPECT_EQ(cache.lengths(), before);
+
+  // dense_layer: y over x.
+  attn::linear lin;
+  lin.weight = matrix::Ones(4, 4);
+  const attn::dense_layer dense(lin);
+  std::vector<float> xy(64, 1.0f);
+  run({aliased("dense_layer::apply", "y", "x", [&] {
+    dense.apply({xy.data(), {3, 4}, {4, 1}}, {xy.data() + 8, {3, 4}, {4, 1}});
+  })});
+}
+
+// In-place q == out on the fp64 repair path (issue 18): a row whose fp32
+// accumulation overflows is recomputed from q after the fast path has
+// written out, so in place it read the overwritten q and gave 3.40e38 where
+// the out-of-place call gives the exact mean. In-place calls now throw.
+TEST(Errors, InPlaceOnTheRepairPathThrows) {
+  // One query, two keys of equal score whose values sum past FLT_MAX.
+  tensor4 q(1, 1, 1, 4), k(1, 2, 1, 4), v(1, 2, 1, 4), out(1, 1, 1, 4);
+  q.setConstant(0.5f);
+  k.setConstant(0.25f);
+  v.chip(0, 1).setConstant(3.0e38f);
+  v.chip(1, 1).setConstant(1.5e38f);
+  attn::scaled_dot_product_attention(attn::view(q).as_const(), attn::view(k).as_const(),
+                                     attn::view(v).as_const(), attn::view(out));
+  for (index d = 0; d < 4; ++d) EXPECT_FLOAT_EQ(out(0, 0, 0, d), 2.25e38f);
+  tensor4 in_place = q;
+  const tensor4 q_before = in_place;
+  run({aliased("scaled_dot_product_attention", "out", "q", [&] {
+    attn::scaled_dot_product_attention(attn::view(in_place).as_const(), attn::view(k).as_const(),
+                                       attn::view(v).as_const(), attn::view(in_place));
+  })});
+  for (index d = 0; d < 4; ++d) EXPECT_EQ(in_place(0, 0, 0, d), q_before(0, 0, 0, d));  // unwritten
+}
+
+// ---------------------------------------------------------------------------
 // rope
 
 TEST(Errors, Rope) {

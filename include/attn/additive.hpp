@@ -47,6 +47,7 @@
 #include "attn/core/simd.hpp"
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
+#include "attn/overlap.hpp"
 #include "attn/view.hpp"
 
 #define ATTN_DETAIL_ALLOWED  // lets the kernel header in (attn/detail/additive.hpp)
@@ -238,8 +239,9 @@ class additive_attention {
   }
 
   /// Attention of queries [B, L, d_q] over projected keys (project_keys) and
-  /// values [B, S, d_v], into out [B, L, d_v] (written; must not alias the
-  /// inputs). One decoder step is L = 1. See additive_options for masks,
+  /// values [B, S, d_v], into out [B, L, d_v] (written; out and opt.weights
+  /// share no memory with the inputs, the masks or each other,
+  /// attn/overlap.hpp). One decoder step is L = 1. See additive_options for masks,
   /// attention weights and threads.
   /// @throws attn::error on any shape, stride or option mismatch.
   void forward(strided<const float, 3> query, const additive_keys& keys,
@@ -270,6 +272,7 @@ class additive_attention {
     detail::check_unit_last_stride(fn, "out.strides[2]", out, detail::short_rows::any_stride);
     detail::check_non_overlapping(fn, "out.strides", out);
     check_options(fn, opt, B, L, S);
+    check_disjoint(fn, out, opt, detail::region("query", query), detail::region("values", values));
     if (B == 0 || L == 0) return;
     const detail::additive::call c{opt.key_lengths, opt.key_mask, opt.query_mask, opt.weights,
                                    opt.num_threads};
@@ -288,6 +291,9 @@ class additive_attention {
     // A default-constructed values view ({}) means "the keys".
     const bool absent = values.empty() && values.dims == std::array<index, 3>{0, 0, 0};
     check_options(fn, opt, keys.dims[0], query.dims[1], keys.dims[1]);
+    // The overload below sees only the projection; the keys themselves are
+    // an input too.
+    check_disjoint(fn, out, opt, detail::region("keys", keys));
     const additive_keys c = project_keys_on(keys, opt.num_threads);
     forward(query, c, absent ? keys : values, out, opt);
   }
@@ -371,6 +377,17 @@ class additive_attention {
       detail::check_non_overlapping(fn, "weights.strides", opt.weights);
     }
     detail::check_num_threads(fn, "num_threads", opt.num_threads);
+  }
+
+  // The aliasing rule (attn/overlap.hpp): out and opt.weights apart from
+  // each other, from the given inputs and from the masks and lengths in opt.
+  static void check_disjoint(const char* fn, const strided<float, 3>& out,
+                             const additive_options& opt, const detail::memory_region& input,
+                             const detail::memory_region& other_input = {}) {
+    detail::check_disjoint(fn, {detail::region("out", out), detail::region("weights", opt.weights)},
+                           {input, other_input, detail::region("key_mask", opt.key_mask),
+                            detail::region("query_mask", opt.query_mask),
+                            detail::region("key_lengths", opt.key_lengths)});
   }
 
   // The layer as the kernel reads it (detail::additive::layer).

@@ -48,8 +48,8 @@ inline namespace ATTN_ABI {
 /// @param k            [B, S, Hkv, d_qk]: float, Eigen::bfloat16 or
 ///                     Eigen::half. Hkv must divide Hq (GQA; Hkv = 1 is MQA):
 ///                     query head h reads KV head h / (Hq / Hkv).
-/// @param probs        [B, Hq, L, S] float, written (may not alias the
-///                     inputs): row (b, h, i) holds the weights query i of
+/// @param probs        [B, Hq, L, S] float, written (shares no memory with
+///                     the inputs or column_sums, attn/overlap.hpp): row (b, h, i) holds the weights query i of
 ///                     head h gives each key, the probabilities SDPA applies
 ///                     to V, equal to them up to fp32 rounding:
 ///                     - a row that sees no key is all 0;
@@ -90,6 +90,9 @@ void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<floa
                     column_sums.dims);
     detail::check_non_overlapping(fn, "column_sums.strides", column_sums);
   }
+  detail::check_sdpa_disjoint(fn, "", q, k, strided<const KV, 4>{},
+                              detail::region("probs", probs),
+                              detail::region("column_sums", column_sums), opt);
   // L = 0 still writes column_sums (zeros: no query gives any weight).
   if (B == 0 || Hq == 0 || S == 0) return;
   detail::sdpa::attention_weights<KV>(q, strided<const KV, 4>(k), probs, column_sums, scale, opt);

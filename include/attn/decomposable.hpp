@@ -49,6 +49,7 @@
 
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
+#include "attn/overlap.hpp"
 #include "attn/view.hpp"
 
 #define ATTN_DETAIL_ALLOWED  // lets the kernel header in (attn/detail/decomposable.hpp)
@@ -152,7 +153,8 @@ class decomposable_attention {
   bool has_feed_forward() const { return static_cast<bool>(f_); }
 
   /// Both alignments of a [B, La, d] and b [B, Lb, d]: beta [B, La, d] and
-  /// alpha [B, Lb, d] (written; must not alias the inputs). Either output
+  /// alpha [B, Lb, d] (written; no output of the call, options' included,
+  /// shares memory with an input or another output, attn/overlap.hpp). Either output
   /// may be an absent view ({}) when not wanted. See decomposable_options
   /// for lengths, masks, scale, weights / LSE outputs and threads.
   /// @throws attn::error on any shape, stride or option mismatch, or when F
@@ -177,6 +179,15 @@ class decomposable_attention {
     check_lse(fn, "row_lse", "row_lse.strides", opt.row_lse, B, La, "[batch, La]");
     check_lse(fn, "col_lse", "col_lse.strides", opt.col_lse, B, Lb, "[batch, Lb]");
     detail::check_num_threads(fn, "num_threads", opt.num_threads);
+    using detail::region;
+    detail::check_disjoint(fn,
+                           {region("beta", beta), region("alpha", alpha),
+                            region("row_weights", opt.row_weights),
+                            region("col_weights", opt.col_weights), region("row_lse", opt.row_lse),
+                            region("col_lse", opt.col_lse)},
+                           {region("a", a), region("b", b), region("a_mask", opt.a_mask),
+                            region("b_mask", opt.b_mask), region("a_lengths", opt.a_lengths),
+                            region("b_lengths", opt.b_lengths)});
     if (B == 0) return;
 
     detail::decomposable::align(f_, fn, opt.scale, opt.num_threads, a, {opt.a_lengths, opt.a_mask},
@@ -196,7 +207,8 @@ class decomposable_attention {
   }
 
   /// Intra-sentence attention of a [B, L, d] to itself, into out [B, L, d]
-  /// (written; must not alias a): out_i = Σ_j softmax_j(scale · F(a_i)·F(a_j)
+  /// (written; out, weights and lse share no memory with
+  /// a, the mask, the lengths or each other): out_i = Σ_j softmax_j(scale · F(a_i)·F(a_j)
   /// + d(i − j)) a_j, with the distance bias of intra_attention_options
   /// (Parikh et al. concatenate [a_i, out_i] as the next layer's input).
   /// F here is Parikh's F_intra: make a separate object for it.
@@ -236,6 +248,11 @@ class decomposable_attention {
     check_weights(fn, "weights", "weights.strides", opt.weights, B, L, L);
     check_lse(fn, "lse", "lse.strides", opt.lse, B, L, "[batch, L]");
     detail::check_num_threads(fn, "num_threads", opt.num_threads);
+    using detail::region;
+    detail::check_disjoint(
+        fn, {region("out", out), region("weights", opt.weights), region("lse", opt.lse)},
+        {region("a", a), region("mask", opt.mask), region("lengths", opt.lengths),
+         region("distance_bias", opt.distance_bias)});
     if (B == 0) return;
 
     detail::decomposable::intra(f_, fn, opt.scale, opt.num_threads, a, {opt.lengths, opt.mask},

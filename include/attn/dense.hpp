@@ -10,12 +10,12 @@
 
 #include <Eigen/Core>
 #include <array>
-#include <functional>
 #include <string>
 
 #include "attn/core/abi.hpp"
 #include "attn/core/linear.hpp"
 #include "attn/error.hpp"
+#include "attn/overlap.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -82,19 +82,11 @@ class dense_layer {
     if (rows == 0 || out_features() == 0) return;
     detail::require(x.data != nullptr, fn, "x", "a non-null view", "null data");
     detail::require(y.data != nullptr, fn, "y", "a non-null view", "null data");
-    detail::require(!overlap(x, y), fn, "y", "memory that does not overlap x",
-                    "an overlapping view");
+    detail::check_disjoint(fn, {detail::region("y", y)}, {detail::region("x", x)});
     packed_.apply(x.data, x.strides[0], rows, y.data, y.strides[0], num_threads);
   }
 
  private:
-  // Whether the address ranges that x and y span intersect.
-  static bool overlap(const strided<const float, 2>& x, const strided<float, 2>& y) {
-    const float* x_end = x.data + (x.dims[0] - 1) * x.strides[0] + x.dims[1];
-    const float* y_end = y.data + (y.dims[0] - 1) * y.strides[0] + y.dims[1];
-    return std::less<const float*>()(x.data, y_end) && std::less<const float*>()(y.data, x_end);
-  }
-
   core::packed_linear packed_;
 };
 

@@ -22,6 +22,7 @@
 
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
+#include "attn/overlap.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_checks.hpp"
 #include "attn/view.hpp"
@@ -112,8 +113,9 @@ class kv_cache {
   /// Appends new tokens' keys and values: k_new [batch, T, kv_heads,
   /// head_dim], v_new [batch, T, kv_heads, v_head_dim]. counts[b] (<= T) of
   /// them are taken for sequence b; empty counts = T for every sequence.
-  /// @throws attn::error on any shape mismatch or if a sequence would pass
-  ///         the capacity; the cache is then left exactly as it was.
+  /// @throws attn::error on any shape mismatch, if a sequence would pass
+  ///         the capacity, or if k_new or v_new points into the cache's own
+  ///         storage; the cache is then left exactly as it was.
   void append(strided<const float, 4> k_new, strided<const float, 4> v_new,
               const std::vector<index>& counts = {}) {
     const std::vector<index> n = checked_counts(k_new, v_new, counts);
@@ -135,8 +137,10 @@ class kv_cache {
   /// and threads. Dense masks, key_lengths and opt.causal are set by the
   /// cache and must be left empty / none.
   /// @throws attn::error on shape mismatches or a mask option given, and
-  ///         with the attention's own messages for each sequence's slice;
-  ///         all before any row of out or lse is written.
+  ///         with the attention's own messages for each sequence's slice,
+  ///         or when out or lse shares memory with q (in any sequence), the
+  ///         cache or each other; all before any row of out or lse is
+  ///         written.
   void attend(strided<const float, 4> q, strided<float, 4> out, const sdpa_options& opt = {},
               const std::vector<index>& counts = {}) const {
     constexpr const char* fn = "kv_cache::attend";
@@ -168,6 +172,11 @@ class kv_cache {
       if (c.rows > 0)
         detail::check_sdpa_arguments("scaled_dot_product_attention", c.q, c.k, c.v, c.out, c.opt);
     }
+    // The slices are checked apart within each sequence; across sequences
+    // too, one sequence's out rows must not be another's q rows.
+    detail::check_disjoint(fn, {detail::region("out", out), detail::region("opt.lse", opt.lse)},
+                           {detail::region("q", q), detail::region("keys()", keys()),
+                            detail::region("values()", values())});
     for (index b = 0; b < batch_; ++b) {
       const sequence_call c = sequence(q, out, opt, counts, b);
       if (c.rows > 0) scaled_dot_product_attention(c.q, c.k, c.v, c.out, c.opt);
@@ -259,6 +268,9 @@ class kv_cache {
                      "at most capacity = " + std::to_string(capacity_) + " tokens after append",
                      std::to_string(lengths_[b]) + " + " + std::to_string(n[b]));
     }
+    // The cache's storage is what append writes: it may not be read from.
+    detail::check_disjoint(fn, {detail::region("keys()", keys()), detail::region("values()", values())},
+                           {detail::region("k_new", k), detail::region("v_new", v)});
     return n;
   }
   template <std::size_t N>

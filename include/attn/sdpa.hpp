@@ -45,15 +45,19 @@ inline namespace ATTN_ABI {
 /// @param q    [B, L, Hq, d_qk] float.
 /// @param k    [B, S, Hkv, d_qk] float, Eigen::bfloat16 or Eigen::half.
 /// @param v    [B, S, Hkv, d_v], same element type as k.
-/// @param out  [B, L, Hq, d_v] float, written (may not alias the inputs).
+/// @param out  [B, L, Hq, d_v] float, written. It may share no memory with
+///             q, k, v, the masks, key_lengths or opt.lse: there is no
+///             in-place call, out == q included (attn/overlap.hpp). Outputs
+///             in their own slices of a buffer the inputs live in are fine.
 /// @param opt  scale, masks, LSE output, threads (attn/sdpa_options.hpp).
 ///
 /// Hkv must divide Hq (GQA; Hkv = 1 is MQA): query head h reads KV head
 /// h / (Hq / Hkv). The head dim of every tensor must have stride 1. A query
 /// row with no visible key gets output 0 and LSE -inf.
 ///
-/// @throws attn::error on any shape, stride or option mismatch; the message
-///         names the argument, the expected and the actual value.
+/// @throws attn::error on any shape, stride or option mismatch, or when an
+///         output overlaps an input or the other output; the message names
+///         the argument, the expected and the actual value.
 template <class KT, class VT>
 void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, strided<VT, 4> v,
                                   strided<float, 4> out, const sdpa_options& opt = {}) {

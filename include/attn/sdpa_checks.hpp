@@ -13,6 +13,7 @@
 
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
+#include "attn/overlap.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
 
@@ -79,6 +80,22 @@ inline float check_sdpa_options(const char* fn, const char* base, const sdpa_opt
   return scale;
 }
 
+// The aliasing rule (attn/overlap.hpp) for one attention call: its two
+// outputs (out and lse, or probs and column_sums) apart from each other and
+// from everything the kernels read. `base` spells the options as in
+// check_sdpa_options.
+template <class KT, class VT>
+void check_sdpa_disjoint(const char* fn, const char* base, const strided<const float, 4>& q,
+                         const strided<KT, 4>& k, const strided<VT, 4>& v,
+                         const memory_region& out, const memory_region& extra,
+                         const sdpa_options& opt) {
+  check_disjoint(fn, {out, extra},
+                 {region("q", q), region("k", k), region("v", v),
+                  region(field_name{base, "bool_mask"}, opt.bool_mask),
+                  region(field_name{base, "additive_mask"}, opt.additive_mask),
+                  region(field_name{base, "key_lengths"}, opt.key_lengths)});
+}
+
 // All of scaled_dot_product_attention's checks, in its documented order;
 // returns the scale in use. Entries that run the attention on slices of
 // their arguments (kv_cache::attend) call it on every slice before the
@@ -112,6 +129,7 @@ float check_sdpa_arguments(const char* fn, const strided<const float, 4>& q,
   }
   check_non_overlapping(fn, "out.strides", out);
   if (!opt.lse.empty()) check_non_overlapping(fn, "lse.strides", opt.lse);
+  check_sdpa_disjoint(fn, "", q, k, v, region("out", out), region("lse", opt.lse), opt);
   return scale;
 }
 

@@ -45,7 +45,8 @@ struct sdpa_options {
   strided<const float, 4> additive_mask;
 
   /// Optional output [B, Hq, L]: the natural-log log-sum-exp of each row's
-  /// scaled, masked scores; -inf for a row that attends to nothing.
+  /// scaled, masked scores; -inf for a row that attends to nothing. Shares
+  /// no memory with the inputs or the main output.
   strided<float, 3> lse;
 
   /// Threads to use; 0 = OpenMP's default. Results are bit-identical for any

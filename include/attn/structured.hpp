@@ -46,6 +46,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
 #include "attn/mask.hpp"  // detail::check_key_lengths
+#include "attn/overlap.hpp"
 #include "attn/view.hpp"
 
 #define ATTN_DETAIL_ALLOWED  // lets the kernel header in (attn/detail/structured.hpp)
@@ -156,6 +157,23 @@ inline void check_segmentation_args(const char* fn, index B, index S,
   detail::check_num_threads(fn, "num_threads", opt.num_threads);
 }
 
+// The aliasing rule (attn/overlap.hpp) of both entries: the three outputs
+// apart from each other and from every input; `source` and `keys` are the
+// score source (scores, or query and keys).
+inline void check_segmentation_disjoint(const char* fn, const memory_region& source,
+                                        const memory_region& keys,
+                                        const strided<const float, 3>& values,
+                                        const strided<float, 2>& marginals,
+                                        const strided<float, 2>& context,
+                                        const strided<float, 1>& log_partition,
+                                        const segmentation_options& opt) {
+  check_disjoint(fn,
+                 {region("marginals", marginals), region("context", context),
+                  region("log_partition", log_partition)},
+                 {source, keys, region("values", values), region("unary0", opt.unary0),
+                  region("pairwise", opt.pairwise), region("key_lengths", opt.key_lengths)});
+}
+
 }  // namespace detail
 
 inline namespace ATTN_ABI {
@@ -170,7 +188,9 @@ inline namespace ATTN_ABI {
 /// @param log_partition out [B]: log Z (natural log). May be absent ({}).
 /// @param opt           key lengths, θ(0), pairwise potentials, threads;
 ///                      opt.scale must be unset.
-/// @throws attn::error on any shape, stride or option mismatch.
+/// @throws attn::error on any shape, stride or option mismatch, or when an
+///         output shares memory with an input or another output
+///         (attn/overlap.hpp).
 inline void segmentation_attention(strided<const float, 2> scores, strided<const float, 3> values,
                                    strided<float, 2> marginals, strided<float, 2> context,
                                    strided<float, 1> log_partition,
@@ -184,6 +204,8 @@ inline void segmentation_attention(strided<const float, 2> scores, strided<const
   require(!opt.scale.has_value(), fn, "scale", "unset (it applies to the query-key entry only)",
           opt.scale.value_or(0.0f));
   detail::check_segmentation_args(fn, B, S, values, marginals, context, log_partition, opt);
+  detail::check_segmentation_disjoint(fn, detail::region("scores", scores), {}, values, marginals,
+                                      context, log_partition, opt);
   if (B == 0) return;
   detail::structured::inputs in;
   in.scores = scores;
@@ -228,6 +250,9 @@ inline void segmentation_attention(strided<const float, 2> query, strided<const 
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(dk));
   require(std::isfinite(scale), fn, "scale", "a finite number", scale);
   detail::check_segmentation_args(fn, B, S, values, marginals, context, log_partition, opt);
+  detail::check_segmentation_disjoint(fn, detail::region("query", query),
+                                      detail::region("keys", keys), values, marginals, context,
+                                      log_partition, opt);
   if (B == 0) return;
   detail::structured::inputs in;
   in.query = query;

@@ -7,7 +7,8 @@
 // zero-length B, L, S, layouts with gaps, broadcast or reversed strides,
 // values (tame, NaN, +-inf, 1e30, FLT_MAX, denormals, ...), key lengths, key
 // and query masks, an attention-weights output; and for a quarter of inputs
-// one broken weight or argument.
+// one broken weight or argument (among them an output aliasing an input or
+// the other output).
 //
 // Invariants checked on every call:
 //  * a broken weight or argument throws attn::error (nothing else, message in
@@ -39,6 +40,7 @@
 #include <vector>
 
 #include "../reference/additive_reference.hpp"
+#include "fuzz_alias.hpp"
 #include "fuzz_input.hpp"
 
 namespace {
@@ -340,6 +342,36 @@ void run(input& in) {
     }
   }
   if (other && !cached) br = breakage{};  // only the cached path takes a projection
+
+  // --- aliased output (issue 18 item 4): out or weights shares one element
+  // with an input or with the other output. Must throw, naming both.
+  alias_arena arena;
+  if (br.valid && in.chance(32)) {
+    const std::string apart = ": expected memory that does not overlap ";
+    auto alias = [&](auto& output, const std::string& name, auto& other, const std::string& what) {
+      if (alias_last_onto_first(arena, output, other))
+        br.set(name + " aliases " + what, ": " + name + apart + what);
+    };
+    auto alias_input = [&](auto& output, const std::string& name) {
+      switch (in.u8() % 5) {
+        case 0: alias(output, name, qv, "query"); break;
+        case 1:
+          if (!values_absent) alias(output, name, vv, "values");
+          break;
+        case 2:  // the keys are this call's input when it projects them, else as the values
+          if (!cached) alias(output, name, kv, "keys");
+          else if (values_absent) alias(output, name, kv, "values");
+          break;
+        case 3: alias(output, name, opt.key_mask, "key_mask"); break;
+        default: alias(output, name, opt.query_mask, "query_mask"); break;
+      }
+    };
+    switch (in.u8() % 3) {
+      case 0: alias_input(ov, "out"); break;
+      case 1: alias_input(opt.weights, "weights"); break;
+      default: alias(opt.weights, "weights", ov, "out"); break;
+    }
+  }
 
   const outcome got = call("additive_attention::forward", [&] {
     if (cached) {

@@ -7,7 +7,8 @@
 // tensor (permuted, padded, broadcast or reversed strides); values (tame,
 // NaN, +-inf, 1e30, FLT_MAX, denormals, ...); scale, causal alignment,
 // sliding window, key lengths, bool and additive masks (broadcast in place),
-// an LSE output; and, for a quarter of inputs, one broken argument.
+// an LSE output; and, for a quarter of inputs, one broken argument (among
+// them an output aliasing an input or the other output).
 //
 // Invariants checked on every call:
 //  * a broken argument throws attn::error (nothing else, message in format),
@@ -43,6 +44,7 @@
 #include <vector>
 
 #include "../reference/sdpa_reference.hpp"
+#include "fuzz_alias.hpp"
 #include "fuzz_input.hpp"
 
 namespace {
@@ -505,6 +507,31 @@ void run(input& in) {
       w.align = static_cast<attn::alignment>(bad);
       opt.window = w;
       br.set("window.align out of range", "window.align");
+    }
+  }
+
+  // --- aliased output (issue 18 item 4): out or lse shares one element
+  // with an input or with the other output. Must throw, naming both.
+  alias_arena arena;
+  if (br.valid && in.chance(32)) {
+    const std::string apart = ": expected memory that does not overlap ";
+    auto alias = [&](auto& output, const std::string& name, auto& other, const std::string& what) {
+      if (alias_last_onto_first(arena, output, other))
+        br.set(name + " aliases " + what, ": " + name + apart + what);
+    };
+    auto alias_input = [&](auto& output, const std::string& name) {
+      switch (in.u8() % 5) {
+        case 0: alias(output, name, qv, "q"); break;
+        case 1: alias(output, name, kv, "k"); break;
+        case 2: alias(output, name, vv, "v"); break;
+        case 3: alias(output, name, opt.bool_mask, "bool_mask"); break;
+        default: alias(output, name, opt.additive_mask, "additive_mask"); break;
+      }
+    };
+    switch (in.u8() % 3) {
+      case 0: alias_input(ov, "out"); break;
+      case 1: alias_input(opt.lse, "lse"); break;
+      default: alias(opt.lse, "lse", ov, "out"); break;  // lse is checked against out
     }
   }
 

@@ -794,4 +794,154 @@ TEST(Errors, Rope) {
   });
 }
 
+// ---------------------------------------------------------------------------
+// Impossible sizes (issue 18 item 2): every product of extents and strides a
+// check forms is checked for overflow, so a size no machine can hold is an
+// attn::error, never undefined behaviour, a crash or bad_alloc. A stride of
+// 2^62 floats steps exactly 2^64 bytes: without the span check such a view
+// wraps onto its own first element (no crash, so the missing error shows).
+
+constexpr index big = index{1} << 62;
+constexpr index imax = std::numeric_limits<index>::max();
+
+TEST(Errors, ImpossibleViewSpans) {
+  const std::string sd = "attn::scaled_dot_product_attention: ";
+  run({
+      sdpa_case("out", [](sdpa_call& c) { c.out.strides[1] = big; }),
+      sdpa_case("q", [](sdpa_call& c) { c.q.strides[0] = big; }),  // 2^62 fits index, not bytes
+      sdpa_case("k", [](sdpa_call& c) { c.k.strides[1] = -big; }),
+      sdpa_case("v", [](sdpa_call& c) { c.v.strides[2] = big; }),
+      // 1 + 2·2^62 (L = 3) overflows index itself.
+      sdpa_case("q", [](sdpa_call& c) { c.q.strides[1] = big; }),
+      sdpa_case("k", [](sdpa_call& c) { c.k.strides[0] = std::numeric_limits<index>::min(); }),
+      sdpa_case("lse", [](sdpa_call& c) {
+        c.opt.lse = {c.lse.data(), {2, 4, 3}, {12, 3, big}};
+      }),
+      sdpa_case("bool_mask", [](sdpa_call& c) {
+        c.opt.bool_mask = {reinterpret_cast<const bool*>(c.mask.data()), {2, 4, 3, 5},
+                           {0, 0, big, 1}};
+      }),
+  });
+  run({
+      weights_case("probs", [](weights_call& c) { c.probs.strides[3] = big; }),
+      additive_fwd("additive_attention::forward", "out",
+                   [](additive_call& c) { c.out.strides[0] = big; }),
+      additive_fwd("additive_attention::forward", "values",
+                   [](additive_call& c) { c.v.strides[1] = big; }),
+  });
+  tensor4 x(2, 3, 2, 8);
+  x.setZero();
+  auto xv = attn::view(x);
+  xv.strides[1] = big;
+  const attn::rope_table table(8, 4);
+  attn::kv_cache<float> cache(2, 6, 2, 8);
+  tensor4 k(2, 4, 2, 8);
+  k.setZero();
+  auto kv = attn::view(k).as_const();
+  kv.strides[0] = big;
+  attn::linear l;
+  l.weight = matrix::Constant(4, 8, 0.5f);
+  const attn::dense_layer dense(l);
+  std::vector<float> xb(64, 0.5f), yb(64);
+  const attn::strided<const float, 2> dx{xb.data(), {2, 8}, {8, 1}};
+  const attn::strided<float, 2> dy{yb.data(), {2, 4}, {big, 1}};
+  run({
+      {"apply_rope", [&] { attn::apply_rope(table, xv, 0, attn::rope_layout::half_split); },
+       "attn::apply_rope: x: expected"},
+      {"kv_cache::append", [&] { cache.append(kv, attn::view(k).as_const()); },
+       "attn::kv_cache::append: k_new: expected"},
+      {"dense_layer::apply", [&] { dense.apply(dx, dy); }, "attn::dense_layer::apply: y: expected"},
+  });
+  EXPECT_EQ(cache.lengths()[0], 0);
+}
+
+TEST(Errors, ImpossibleAllocations) {
+  const std::string kc = "attn::kv_cache: ", mc = "attn::mla_cache: ", tb = "attn::rope_table: ";
+  run({
+      // A token's row (kv_heads · head_dim = 2^80) overflows even at capacity 0.
+      {"kv_cache row", [] { attn::kv_cache<float>(1, 0, index{1} << 40, index{1} << 40); },
+       kc + "kv_heads: expected"},
+      // 2^62 lengths: refused by arithmetic, not std::length_error.
+      {"kv_cache batch", [] { attn::kv_cache<float>(big, 0, 1, 8); }, kc + "batch: expected"},
+      // kv_lora_rank + rope_dim overflows index.
+      {"mla_cache row", [] { attn::mla_cache<float>(1, 1, imax, 2); }, mc + "rope_dim: expected"},
+      {"mla_cache batch", [] { attn::mla_cache<float>(big, 0, 1, 0); }, mc + "batch: expected"},
+      // 2^62 positions of 4 pairs wrap to a table of 0 floats (it segfaulted).
+      {"rope_table(2^62, 8)", [] { attn::rope_table(big, 8); }, tb + "max_positions: expected"},
+      {"rope_table product", [] { attn::rope_table(index{1} << 50, index{1} << 14); },
+       tb + "max_positions: expected"},
+      {"rope_table frequencies", [] { attn::rope_table(0, big); }, tb + "rotary_dim: expected"},
+      {"default_inv_freq", [] { (void)attn::rope_table::default_inv_freq(big); },
+       "attn::rope_table::default_inv_freq: rotary_dim: expected"},
+      {"yarn_inv_freq", [] { (void)attn::yarn_inv_freq(big); },
+       "attn::yarn_inv_freq: rotary_dim: expected"},
+  });
+
+  // num_heads · head_dim = 2^64 wraps to 0: weights of 0 rows used to pass.
+  attn::mha_config cfg;
+  cfg.embed_dim = 4;
+  cfg.num_heads = index{1} << 32;
+  cfg.head_dim = index{1} << 32;
+  attn::mha_weights w;
+  w.q.weight = w.k.weight = w.v.weight = matrix(0, 4);
+  w.o.weight = matrix(4, 0);
+  attn::mla_config mla;
+  mla.dim = 8;
+  mla.n_heads = 1;
+  mla.qk_nope_head_dim = imax;  // qk_head_dim() = nope + rope overflows
+  mla.qk_rope_head_dim = 2;
+  mla.max_seq_len = mla.original_seq_len;
+  attn::mla_config heads = mla;
+  heads.qk_nope_head_dim = heads.v_head_dim = 8;
+  heads.kv_lora_rank = 8;
+  heads.n_heads = big;  // n_heads · widths overflow
+  run({
+      {"multi_head_attention", [&] { attn::multi_head_attention(cfg, w); },
+       "attn::multi_head_attention: config.head_dim: expected"},
+      {"mla heads", [&] { attn::multi_head_latent_attention(heads, {}); },
+       "attn::multi_head_latent_attention: config.n_heads: expected"},
+  });
+  // (Without the check the wrapped sum ended in the softmax scale's "config"
+  // message: the needle names this check's own words.)
+  attn_test::expect_error(
+      "mla widths", [&] { attn::multi_head_latent_attention(mla, {}); },
+      {"attn::multi_head_latent_attention: config: expected head widths"});
+}
+
+TEST(Errors, ImpossibleWorkingSizes) {
+  // Inputs that broadcast (stride 0) may claim any extents; what the library
+  // allocates from them must still fit. Keys of 2^31 · 2^31 rows: the
+  // projection of 2^62 · 16 floats wrapped to 0 and was written past.
+  additive_call c;
+  c.k = {c.kb.data(), {index{1} << 31, index{1} << 31, 5}, {0, 0, 1}};
+  attn_test::expect_error(
+      "additive keys", [&] { (void)c.layer.project_keys(c.k); },
+      {"attn::additive_attention::project_keys: keys: expected"});
+
+  // A result tensor whose extents come from inputs of no elements.
+  Eigen::Tensor<float, 4, Eigen::RowMajor> q(index{1} << 31, index{1} << 31, 1, 0),
+      k(index{1} << 31, 0, 1, 0), v(index{1} << 31, 0, 1, index{1} << 31);
+  attn_test::expect_error(
+      "sdpa tensor", [&] { (void)attn::scaled_dot_product_attention(q, k, v); },
+      {"attn::scaled_dot_product_attention: out: expected"});
+
+  // The layer's attention weights [B, Hq, L, S] from inputs that fit:
+  // 2^22 queries and keys over 2^17 heads make 2^61 floats.
+  attn::mha_config cfg;
+  cfg.embed_dim = 1;
+  cfg.num_heads = index{1} << 17;
+  cfg.head_dim = 1;
+  attn::mha_weights w;
+  w.q.weight = w.k.weight = w.v.weight = matrix::Zero(index{1} << 17, 1);
+  w.o.weight = matrix::Zero(1, index{1} << 17);
+  const attn::multi_head_attention layer(cfg, w);
+  tensor3 xq(1, index{1} << 22, 1), xk(1, index{1} << 22, 1);
+  attn::mha_options opt;
+  opt.weights = attn::weights_mode::per_head;
+  tensor4 weights;
+  attn_test::expect_error(
+      "mha weights", [&] { (void)layer.forward(xq, xk, xk, opt, &weights); },
+      {"attn::multi_head_attention::forward: opt.weights: expected"});
+}
+
 }  // namespace

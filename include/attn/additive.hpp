@@ -48,6 +48,7 @@
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
 #include "attn/overlap.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 #define ATTN_DETAIL_ALLOWED  // lets the kernel header in (attn/detail/additive.hpp)
@@ -262,6 +263,7 @@ class additive_attention {
           return detail::dims_note(std::array<index, 3>{B, S, Dv}, "[batch, S, d_v >= 1]");
         },
         values.dims);
+    detail::check_span(fn, "values", values);
     detail::check_unit_last_stride(fn, "values.strides[2]", values, detail::short_rows::any_stride);
     const index L = query.dims[1];
     const std::array<index, 3> out_dims{B, L, Dv};
@@ -269,9 +271,14 @@ class additive_attention {
     require(
         out.dims == out_dims, fn, "out",
         [&] { return detail::dims_note(out_dims, "[batch, L, d_v]"); }, out.dims);
+    detail::check_span(fn, "out", out);
     detail::check_unit_last_stride(fn, "out.strides[2]", out, detail::short_rows::any_stride);
     detail::check_non_overlapping(fn, "out.strides", out);
     check_options(fn, opt, B, L, S);
+    // The projected queries, [B, L] rows as wide as the projected keys'
+    // (queries that broadcast may claim more rows than fit).
+    detail::check_size<float>(fn, "query", {B, L, keys.p_.stride},
+                              "batch · L · d (the projected queries)", query.dims);
     check_disjoint(fn, out, opt, detail::region("query", query), detail::region("values", values));
     if (B == 0 || L == 0) return;
     const detail::additive::call c{opt.key_lengths, opt.key_mask, opt.query_mask, opt.weights,
@@ -302,6 +309,9 @@ class additive_attention {
   /// [B, S, d_v]; returns a new [B, L, d_v] tensor.
   tensor3 forward(const tensor3& query, const tensor3& keys, const tensor3& values,
                   const additive_options& opt = {}) const {
+    detail::check_result_size(
+        "additive_attention::forward", "out",
+        std::array<index, 3>{query.dimension(0), query.dimension(1), values.dimension(2)});
     tensor3 out(query.dimension(0), query.dimension(1), values.dimension(2));
     forward(view(query), view(keys), view(values), view(out), opt);
     return out;
@@ -316,6 +326,9 @@ class additive_attention {
   /// Tensor convenience over a cached projection: returns [B, L, d_v].
   tensor3 forward(const tensor3& query, const additive_keys& keys, const tensor3& values,
                   const additive_options& opt = {}) const {
+    detail::check_result_size(
+        "additive_attention::forward", "out",
+        std::array<index, 3>{query.dimension(0), query.dimension(1), values.dimension(2)});
     tensor3 out(query.dimension(0), query.dimension(1), values.dimension(2));
     forward(view(query), keys, view(values), view(out), opt);
     return out;
@@ -336,6 +349,12 @@ class additive_attention {
           [&] { return "dims [batch, S, d_k = " + std::to_string(Dk_) + "]"; }, keys.dims);
     else
       require(keys.dims[2] >= 1, fn, "keys", "dims [batch, S, d >= 1]", keys.dims);
+    detail::check_span(fn, "keys", keys);
+    // The projection is [batch, S, d] padded to the packet width (64 floats
+    // bounds every width); keys that broadcast may claim more rows than fit.
+    const index padded = detail::round_up(D_ > 0 ? D_ : keys.dims[2], 64);
+    detail::check_size<float>(fn, "keys", {keys.dims[0], keys.dims[1], padded},
+                              "batch · S · d (the projected keys)", keys.dims);
     detail::check_unit_last_stride(fn, "keys.strides[2]", keys, detail::short_rows::any_stride);
   }
 
@@ -348,6 +367,7 @@ class additive_attention {
           return "dims [batch = " + std::to_string(B) + ", L, d_q = " + std::to_string(Dq) + "]";
         },
         q.dims);
+    detail::check_span(fn, "query", q);
     detail::check_unit_last_stride(fn, "query.strides[2]", q, detail::short_rows::any_stride);
   }
 
@@ -361,6 +381,7 @@ class additive_attention {
           opt.key_mask.dims == want, fn, "key_mask",
           [&] { return detail::dims_note(want, "[batch, S]"); }, opt.key_mask.dims);
       detail::check_non_negative_strides(fn, "key_mask.strides", opt.key_mask);
+      detail::check_span(fn, "key_mask", opt.key_mask);
     }
     if (!opt.query_mask.empty()) {
       const std::array<index, 2> want{B, L};
@@ -368,12 +389,14 @@ class additive_attention {
           opt.query_mask.dims == want, fn, "query_mask",
           [&] { return detail::dims_note(want, "[batch, L]"); }, opt.query_mask.dims);
       detail::check_non_negative_strides(fn, "query_mask.strides", opt.query_mask);
+      detail::check_span(fn, "query_mask", opt.query_mask);
     }
     if (!opt.weights.empty()) {
       const std::array<index, 3> want{B, L, S};
       require(
           opt.weights.dims == want, fn, "weights",
           [&] { return detail::dims_note(want, "[batch, L, S]"); }, opt.weights.dims);
+      detail::check_span(fn, "weights", opt.weights);
       detail::check_non_overlapping(fn, "weights.strides", opt.weights);
     }
     detail::check_num_threads(fn, "num_threads", opt.num_threads);

@@ -80,6 +80,7 @@ void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<floa
   detail::require(
       probs.dims == want, fn, "probs",
       [&] { return detail::dims_note(want, "[batch, heads_q, L, S]"); }, probs.dims);
+  detail::check_span(fn, "probs", probs);
   // This entry reads the masks and lengths of scaled_dot_product_attention,
   // under the same rules.
   const float scale = detail::check_sdpa_options(fn, "", opt, B, Hq, L, S, D);
@@ -88,6 +89,7 @@ void attention_weights(strided<const float, 4> q, strided<KT, 4> k, strided<floa
     const std::array<index, 3> sums_dims{B, Hq, S};
     detail::require(column_sums.dims == sums_dims, fn, "column_sums", "dims [batch, heads_q, S]",
                     column_sums.dims);
+    detail::check_span(fn, "column_sums", column_sums);
     detail::check_non_overlapping(fn, "column_sums.strides", column_sums);
   }
   detail::check_sdpa_disjoint(fn, "", q, k, strided<const KV, 4>{},

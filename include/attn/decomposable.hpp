@@ -50,6 +50,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
 #include "attn/overlap.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 #define ATTN_DETAIL_ALLOWED  // lets the kernel header in (attn/detail/decomposable.hpp)
@@ -201,6 +202,8 @@ class decomposable_attention {
                               const decomposable_options& opt = {}) const {
     decomposable_result r;
     r.beta = tensor3(a.dimension(0), a.dimension(1), a.dimension(2));
+    detail::check_result_size("decomposable_attention::forward", "alpha",
+                              std::array<index, 3>{b.dimension(0), b.dimension(1), a.dimension(2)});
     r.alpha = tensor3(b.dimension(0), b.dimension(1), a.dimension(2));
     forward(view(a), view(b), view(r.beta), view(r.alpha), opt);
     return r;
@@ -282,6 +285,11 @@ class decomposable_attention {
                  (D < 0 ? " >= 1" : " = " + std::to_string(D)) + "]";
         },
         x.dims);
+    detail::check_span(fn, name, x);
+    // The kernel copies inputs to rows padded to the packet width (64
+    // floats bounds every width); inputs that broadcast may claim more.
+    detail::check_size<float>(fn, name, {x.dims[0], x.dims[1], detail::round_up(x.dims[2], 64)},
+                              "batch · L · d (the working copy)", x.dims);
     detail::check_unit_last_stride(fn, stride_name, x, detail::short_rows::any_stride);
   }
 
@@ -293,6 +301,7 @@ class decomposable_attention {
     detail::check_non_null(fn, name, x);
     require(
         x.dims == want, fn, name, [&] { return detail::dims_note(want, names); }, x.dims);
+    detail::check_span(fn, name, x);
     detail::check_unit_last_stride(fn, stride_name, x, detail::short_rows::any_stride);
     detail::check_non_overlapping(fn, detail::field_name{name, "strides"}, x);
   }
@@ -317,6 +326,7 @@ class decomposable_attention {
     require(
         m.dims == want, fn, name, [&] { return detail::dims_note(want, names); }, m.dims);
     detail::check_non_negative_strides(fn, stride_name, m);
+    detail::check_span(fn, name, m);
   }
 
   static void check_weights(const char* fn, const char* name, const char* stride_name,
@@ -327,6 +337,7 @@ class decomposable_attention {
     require(
         w.dims == want, fn, name, [&] { return detail::dims_note(want, "[batch, La, Lb]"); },
         w.dims);
+    detail::check_span(fn, name, w);
     detail::check_non_overlapping(fn, stride_name, w);
   }
 
@@ -337,6 +348,7 @@ class decomposable_attention {
     const std::array<index, 2> want{B, L};
     require(
         v.dims == want, fn, name, [&] { return detail::dims_note(want, names); }, v.dims);
+    detail::check_span(fn, name, v);
     detail::check_non_overlapping(fn, stride_name, v);
   }
 

@@ -16,6 +16,7 @@
 #include "attn/core/linear.hpp"
 #include "attn/error.hpp"
 #include "attn/overlap.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -72,6 +73,8 @@ class dense_layer {
         [&] { return "dims [rows, " + std::to_string(in_features()) + "]"; }, x.dims);
     const std::array<index, 2> want{rows, out_features()};
     detail::require(y.dims == want, fn, "y", "dims [rows, out_features]", y.dims);
+    detail::check_span(fn, "x", x);
+    detail::check_span(fn, "y", y);
     detail::require(x.strides[1] == 1, fn, "x.strides[1]", "1 (contiguous features)", x.strides[1]);
     detail::require(y.strides[1] == 1, fn, "y.strides[1]", "1 (contiguous features)", y.strides[1]);
     detail::require(rows <= 1 || x.strides[0] >= in_features(), fn, "x.strides[0]",

@@ -25,6 +25,7 @@
 #include "attn/overlap.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_checks.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -52,7 +53,8 @@ class kv_cache {
   /// @param kv_heads  K/V heads.
   /// @param head_dim  key head dim d_qk.
   /// @param v_head_dim value head dim d_v; -1 = head_dim.
-  /// @throws attn::error for negative sizes or head_dim < 1.
+  /// @throws attn::error for negative sizes, head_dim < 1, or sizes whose
+  ///         storage does not fit the address space.
   kv_cache(index batch, index capacity, index kv_heads, index head_dim, index v_head_dim = -1)
       : batch_(batch),
         capacity_(capacity),
@@ -64,14 +66,15 @@ class kv_cache {
     detail::require(capacity >= 0, fn, "capacity", ">= 0", capacity);
     detail::require(kv_heads >= 1, fn, "kv_heads", ">= 1", kv_heads);
     detail::require(head_dim >= 1, fn, "head_dim", ">= 1", head_dim);
-    // batch · capacity · kv_heads · dim must be a size this machine can hold
-    // (checked by division: the product itself could overflow).
+    // Sizes this machine can hold, checked before any product is formed: a
+    // token's row (the views' strides, even at capacity 0), the lengths,
+    // and the whole storage.
     const index per_token = std::max(head_dim, v_head_dim_);
-    const index limit = std::numeric_limits<index>::max() / static_cast<index>(sizeof(Storage));
-    detail::require(
-        batch == 0 || capacity <= limit / batch / kv_heads / per_token, fn, "capacity",
-        [&] { return "batch · capacity · kv_heads · head_dim within the address space"; },
-        capacity);
+    detail::check_size<Storage>(fn, "kv_heads", {kv_heads, per_token},
+                                "kv_heads · head_dim (one token's row)", kv_heads);
+    detail::check_size<index>(fn, "batch", {batch}, "batch (the lengths)", batch);
+    detail::check_size<Storage>(fn, "capacity", {batch, capacity, kv_heads, per_token},
+                                "batch · capacity · kv_heads · head_dim", capacity);
     keys_.resize(static_cast<std::size_t>(batch * capacity * kv_heads * head_dim));
     values_.resize(static_cast<std::size_t>(batch * capacity * kv_heads * v_head_dim_));
     lengths_.assign(static_cast<std::size_t>(batch), 0);
@@ -147,6 +150,10 @@ class kv_cache {
     detail::require(q.dims[0] == batch_, fn, "q.dims[0] (batch)", batch_, q.dims[0]);
     detail::require(q.dims[3] == head_dim_, fn, "q.dims[3] (head_dim)", head_dim_, q.dims[3]);
     detail::check_cache_options(fn, "opt", opt);
+    // The sequences' slices below offset q, out and lse by batch entry.
+    detail::check_span(fn, "q", q);
+    detail::check_span(fn, "out", out);
+    detail::check_span(fn, "opt.lse", opt.lse);
     const index T = q.dims[1];
     // out and lse are cut into per-sequence prefixes below, which the
     // attention checks only within themselves: their batch and length here.
@@ -250,6 +257,8 @@ class kv_cache {
         k.dims == kd, fn, "k_new", [&] { return "dims " + dims_text(kd); }, k.dims);
     detail::require(
         v.dims == vd, fn, "v_new", [&] { return "dims " + dims_text(vd); }, v.dims);
+    detail::check_span(fn, "k_new", k);
+    detail::check_span(fn, "v_new", v);
     detail::check_unit_last_stride(fn, "k_new/v_new strides[3]", k);
     detail::check_unit_last_stride(fn, "k_new/v_new strides[3]", v);
     detail::require((k.data || detail::has_zero_extent(k)) && (v.data || detail::has_zero_extent(v)),

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "attn/error.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -153,6 +154,7 @@ void check_mask(const char* fn, const Arg& what, const strided<const T, 4>& m, i
   require(
       m.dims == want, fn, what, [&] { return dims_note(want, "[batch, heads_q, L, S]"); }, m.dims);
   check_non_negative_strides(fn, what, m);
+  check_span(fn, what, m);
 }
 
 }  // namespace detail

@@ -49,6 +49,7 @@
 #include "attn/detail/latent_attention.hpp"
 #include "attn/error.hpp"
 #include "attn/mla_cache.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/rope.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/yarn.hpp"
@@ -193,9 +194,12 @@ class multi_head_latent_attention {
             cfg_.qk_nope_head_dim);
     require(cfg_.qk_rope_head_dim >= 0 && cfg_.qk_rope_head_dim % 2 == 0, fn,
             "config.qk_rope_head_dim", "an even value >= 0", cfg_.qk_rope_head_dim);
+    check_widths(fn);
     require(cfg_.qk_head_dim() >= 1, fn, "config.qk_nope_head_dim + qk_rope_head_dim", ">= 1",
             cfg_.qk_head_dim());
     require(cfg_.v_head_dim >= 1, fn, "config.v_head_dim", ">= 1", cfg_.v_head_dim);
+    detail::check_size<float>(fn, "config.n_heads", {cfg_.n_heads, widest()},
+                              "n_heads · head widths", cfg_.n_heads);
     require(std::isfinite(cfg_.norm_eps) && cfg_.norm_eps >= 0, fn, "config.norm_eps",
             "a finite value >= 0", cfg_.norm_eps);
     require(std::isfinite(cfg_.mscale), fn, "config.mscale", "a finite value", cfg_.mscale);
@@ -286,6 +290,14 @@ class multi_head_latent_attention {
                     opt.absorbed_max_tokens);
     detail::check_num_threads(fn, "opt.num_threads", opt.num_threads);
     cache.require_room(T, fn);
+    // The working rows: B · T of them, each at most H · widest() (or
+    // q_lora_rank) wide; the naive path expands up to capacity cached rows
+    // per head.
+    detail::check_size<float>(fn, "x", {B, T, cfg_.n_heads, widest()},
+                              "batch · T · n_heads · head widths", T);
+    detail::check_size<float>(fn, "x", {B, T, cfg_.q_lora_rank}, "batch · T · q_lora_rank", T);
+    detail::check_size<float>(fn, "cache", {cache.capacity(), widest()},
+                              "capacity · head widths", cache.capacity());
     tensor3 y(B, T, cfg_.dim);
     if (B == 0 || T == 0) return y;
 
@@ -343,6 +355,24 @@ class multi_head_latent_attention {
   }
 
  private:
+  // The per-head widths must be small enough that their sums (qk_head_dim,
+  // the latent row, a head of wkv_b) cannot overflow, checked before any is
+  // formed; n_heads times the widest is checked once all are known >= 0.
+  void check_widths(const char* fn) const {
+    // Each width at most half the limit: then every sum of two fits too.
+    const index half = core::max_elements<float>() / 2;
+    detail::require(std::max({cfg_.qk_nope_head_dim, cfg_.qk_rope_head_dim, cfg_.kv_lora_rank,
+                              cfg_.v_head_dim}) <= half,
+                    fn, "config", "head widths whose sums fit the address space",
+                    "qk_nope_head_dim, qk_rope_head_dim, kv_lora_rank or v_head_dim too large");
+  }
+  // The widest per-head row: qk_head_dim, kv_lora_rank + qk_rope_head_dim,
+  // qk_nope_head_dim + v_head_dim (after check_widths: none overflows).
+  index widest() const {
+    return std::max({cfg_.qk_head_dim(), cfg_.kv_lora_rank + cfg_.qk_rope_head_dim,
+                     cfg_.qk_nope_head_dim + cfg_.v_head_dim});
+  }
+
   static void check_shape(const matrix& m, const char* what, index rows, index cols) {
     detail::require(
         m.rows() == rows && m.cols() == cols, "multi_head_latent_attention", what,

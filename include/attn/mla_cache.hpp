@@ -22,6 +22,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/core/index.hpp"
 #include "attn/error.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -58,12 +59,15 @@ class mla_cache {
     detail::require(capacity >= 0, fn, "capacity", ">= 0", capacity);
     detail::require(kv_lora_rank >= 1, fn, "kv_lora_rank", ">= 1", kv_lora_rank);
     detail::require(rope_dim >= 0, fn, "rope_dim", ">= 0", rope_dim);
-    // batch · capacity · row_width must be a size this machine can hold
-    // (checked by division: the product itself could overflow).
-    const index limit = std::numeric_limits<index>::max() / static_cast<index>(sizeof(Storage));
-    detail::require(batch == 0 || capacity <= limit / batch / (kv_lora_rank + rope_dim), fn,
-                    "capacity", "batch · capacity · (kv_lora_rank + rope_dim) within the address space",
-                    capacity);
+    // Sizes this machine can hold, checked before any of them is formed: the
+    // row width (a sum that could overflow itself), the lengths, the rows.
+    index width = 0;
+    detail::require(core::checked_add(kv_lora_rank, rope_dim, width) &&
+                        width <= core::max_elements<Storage>(),
+                    fn, "rope_dim", "kv_lora_rank + rope_dim within the address space", rope_dim);
+    detail::check_size<index>(fn, "batch", {batch}, "batch (the lengths)", batch);
+    detail::check_size<Storage>(fn, "capacity", {batch, capacity, width},
+                                "batch · capacity · (kv_lora_rank + rope_dim)", capacity);
     rows_.resize(static_cast<std::size_t>(batch * capacity * row_width()));
     lengths_.assign(static_cast<std::size_t>(batch), 0);
   }

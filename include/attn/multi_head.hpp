@@ -28,6 +28,7 @@
 #include "attn/rope.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_checks.hpp"
+#include "attn/size_checks.hpp"
 
 namespace attn {
 
@@ -116,6 +117,8 @@ class multi_head_attention {
               "0 with a remainder");
     hd_ = config.head_dim == 0 ? E_ / Hq_ : config.head_dim;
     require(hd_ >= 1, fn, "config.head_dim", ">= 1", hd_);
+    // The projections' widths (Hkv <= Hq), formed below and in every forward.
+    detail::check_size<float>(fn, "config.head_dim", {Hq_, hd_}, "num_heads · head_dim", hd_);
     kdim_ = config.kdim == 0 ? E_ : config.kdim;
     vdim_ = config.vdim == 0 ? E_ : config.vdim;
     check_linear(weights.q, "weights.q", Hq_ * hd_, E_);
@@ -163,6 +166,7 @@ class multi_head_attention {
         },
         value.dimensions());
     check_weights_request(opt, weights, fn);
+    check_work(fn, "query", "key", B, L, S, opt.weights != weights_mode::none);
 
     const int threads = opt.attention.num_threads;
     tensor4 q = project(query, q_, Hq_, threads), k = project(key, k_, Hkv_, threads),
@@ -223,6 +227,7 @@ class multi_head_attention {
     detail::check_cache_options(fn, "opt.attention", opt.attention);
     // (Masks and key lengths are refused above, so L = S = T only sizes messages.)
     detail::check_sdpa_options(fn, "opt.attention", opt.attention, B, Hq_, T, T, hd_);
+    check_work(fn, "x", "x", B, T, T, false);
     const int threads = opt.attention.num_threads;
     tensor4 q = project(x, q_, Hq_, threads), k = project(x, k_, Hkv_, threads),
             v = project(x, v_, Hkv_, threads);
@@ -264,6 +269,19 @@ class multi_head_attention {
     if (opt.weights == weights_mode::none) return;
     detail::require(weights != nullptr, fn, "weights", "an output tensor when opt.weights is set",
                     "nullptr");
+  }
+
+  // The working tensors a forward allocates: Q [B, L, Hq, head_dim], K and
+  // V [B, S, Hkv, head_dim], and with weights [B, Hq, L, S]. The inputs fit,
+  // but these products of their extents and the layer's need not.
+  void check_work(const char* fn, const char* q_arg, const char* k_arg, index B, index L, index S,
+                  bool weights) const {
+    detail::check_size<float>(fn, q_arg, {B, L, Hq_, hd_}, "batch · L · num_heads · head_dim", L);
+    detail::check_size<float>(fn, k_arg, {B, S, Hkv_, hd_},
+                              "batch · S · num_kv_heads · head_dim", S);
+    if (weights)
+      detail::check_size<float>(fn, "opt.weights", {B, Hq_, L, S}, "batch · num_heads · L · S",
+                                "a weights request");
   }
 
   // x [B, N, in] -> x Wᵀ + b viewed as [B, N, heads, head_dim].

@@ -40,6 +40,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/error.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -94,7 +95,8 @@ class rope_table {
   /// @throws attn::error naming the argument if max_positions < 0,
   ///         rotary_dim is negative or odd, opt.theta is not finite and > 0,
   ///         opt.inv_freq is non-empty with size != rotary_dim/2 or holds a
-  ///         non-finite value, or opt.mscale is not finite and > 0.
+  ///         non-finite value, or opt.mscale is not finite and > 0, or
+  ///         max_positions · rotary_dim/2 floats do not fit the address space.
   explicit rope_table(index max_positions, index rotary_dim, const rope_options& opt = {})
       : max_positions_(max_positions), rotary_dim_(rotary_dim), mscale_(opt.mscale) {
     constexpr const char* fn = "rope_table";
@@ -115,6 +117,10 @@ class rope_table {
     require(std::isfinite(opt.mscale) && opt.mscale > 0, fn, "opt.mscale", "a finite value > 0",
             opt.mscale);
 
+    // The tables' size, checked before it is formed (2^62 positions of 4
+    // pairs would wrap to 0 and the loop below write past the end).
+    detail::check_size<float>(fn, "max_positions", {max_positions, pairs()},
+                              "max_positions · rotary_dim/2", max_positions);
     const index n = pairs();
     cos_.resize(static_cast<std::size_t>(max_positions * n));
     sin_.resize(cos_.size());
@@ -156,6 +162,8 @@ class rope_table {
   static void check_rotary_dim(const char* fn, index rotary_dim) {
     detail::require(rotary_dim >= 0 && rotary_dim % 2 == 0, fn, "rotary_dim", "an even value >= 0",
                     rotary_dim);
+    detail::check_size<double>(fn, "rotary_dim", {rotary_dim / 2}, "rotary_dim/2 frequencies",
+                               rotary_dim);
   }
   index max_positions_;
   index rotary_dim_;
@@ -174,6 +182,7 @@ inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x,
   constexpr const char* fn = "apply_rope";
   check_non_negative_dims(fn, "x", x);
   check_non_null(fn, "x", x);
+  check_span(fn, "x", x);
   check_unit_last_stride(fn, "x.strides[3]", x);
   require(
       x.dims[3] >= table.rotary_dim(), fn, "x.dims[3] (head_dim)",
@@ -182,14 +191,8 @@ inline bool rope_check_view(const rope_table& table, const strided<float, 4>& x,
           "rope_layout::interleaved or rope_layout::half_split", static_cast<int>(layout));
   check_num_threads(fn, "num_threads", num_threads);
   require(non_overlapping(x), fn, "x",
-          "a view whose elements do not overlap (it is written in place)", [&] {
-            std::ostringstream s;
-            s << "strides ";
-            write(s, x.strides);
-            s << " for dims ";
-            write(s, x.dims);
-            return s.str();
-          });
+          "a view whose elements do not overlap (it is written in place)",
+          [&] { return layout_text(x); });
   return !has_zero_extent(x) && table.rotary_dim() > 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <type_traits>
 #include <unsupported/Eigen/CXX11/Tensor>
@@ -25,6 +26,7 @@
 #include "attn/mask.hpp"
 #include "attn/sdpa_checks.hpp"
 #include "attn/sdpa_options.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn {
@@ -97,6 +99,9 @@ Eigen::Tensor<float, 4, Eigen::RowMajor> scaled_dot_product_attention(
     const Eigen::Tensor<float, 4, Eigen::RowMajor>& q,
     const Eigen::Tensor<KV, 4, Eigen::RowMajor>& k, const Eigen::Tensor<KV, 4, Eigen::RowMajor>& v,
     const sdpa_options& opt = {}) {
+  detail::check_result_size(
+      "scaled_dot_product_attention", "out",
+      std::array<index, 4>{q.dimension(0), q.dimension(1), q.dimension(2), v.dimension(3)});
   Eigen::Tensor<float, 4, Eigen::RowMajor> out(q.dimension(0), q.dimension(1), q.dimension(2),
                                                v.dimension(3));
   scaled_dot_product_attention(bshd(q), bshd(k), bshd(v), bshd(out), opt);

@@ -15,6 +15,7 @@
 #include "attn/mask.hpp"
 #include "attn/overlap.hpp"
 #include "attn/sdpa_options.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn::detail {
@@ -28,6 +29,8 @@ void check_query_key(const char* fn, const strided<const float, 4>& q, const str
   check_non_null(fn, "k", k);
   check_non_negative_dims(fn, "q", q);
   check_non_negative_dims(fn, "k", k);
+  check_span(fn, "q", q);
+  check_span(fn, "k", k);
   const index B = q.dims[0], Hq = q.dims[2], Dqk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2];
   require(Dqk >= 1, fn, "q.dims[3] (d_qk)", ">= 1", Dqk);
@@ -108,6 +111,7 @@ float check_sdpa_arguments(const char* fn, const strided<const float, 4>& q,
   check_non_null(fn, "v", v);
   check_non_null(fn, "out", out);
   check_non_negative_dims(fn, "v", v);
+  check_span(fn, "v", v);
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], Dqk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], Dv = v.dims[3];
   require(
@@ -118,6 +122,7 @@ float check_sdpa_arguments(const char* fn, const strided<const float, 4>& q,
   require(
       out.dims == out_dims, fn, "out",
       [&] { return dims_note(out_dims, "[batch, L, heads_q, d_v]"); }, out.dims);
+  check_span(fn, "out", out);
   check_unit_last_stride(fn, "v.strides[3]", v, short_rows::any_stride);
   check_unit_last_stride(fn, "out.strides[3]", out, short_rows::any_stride);
   const float scale = check_sdpa_options(fn, "", opt, B, Hq, L, S, Dqk);
@@ -126,6 +131,7 @@ float check_sdpa_arguments(const char* fn, const strided<const float, 4>& q,
     require(
         opt.lse.dims == want, fn, "lse", [&] { return dims_note(want, "[batch, heads_q, L]"); },
         opt.lse.dims);
+    check_span(fn, "lse", opt.lse);
   }
   check_non_overlapping(fn, "out.strides", out);
   if (!opt.lse.empty()) check_non_overlapping(fn, "lse.strides", opt.lse);

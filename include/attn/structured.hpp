@@ -47,6 +47,7 @@
 #include "attn/error.hpp"
 #include "attn/mask.hpp"  // detail::check_key_lengths
 #include "attn/overlap.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 #define ATTN_DETAIL_ALLOWED  // lets the kernel header in (attn/detail/structured.hpp)
@@ -85,6 +86,13 @@ struct segmentation_result {
 
 namespace detail {
 
+// Each thread keeps a few rows of S doubles for the chain's recursions; a
+// score source that broadcasts may claim more keys than those fit.
+template <class Dims>
+void check_chain_length(const char* fn, const char* arg, index S, const Dims& dims) {
+  check_size<double>(fn, arg, {S, 2}, "S (the per-thread chain buffers)", dims);
+}
+
 // The checks of segmentation_attention but those of the score source
 // (scores, or query and keys); S = keys.
 inline void check_segmentation_args(const char* fn, index B, index S,
@@ -106,6 +114,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
                  ", d_v >= 1]";
         },
         values.dims);
+    detail::check_span(fn, "values", values);
     detail::check_unit_last_stride(fn, "values.strides[2]", values, detail::short_rows::any_stride);
   }
   const bool has_context = !(context.empty() && context.dims == std::array<index, 2>{});
@@ -117,6 +126,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
     require(
         context.dims == want, fn, "context",
         [&] { return detail::dims_note(want, "[batch, d_v]"); }, context.dims);
+    detail::check_span(fn, "context", context);
     detail::check_unit_last_stride(fn, "context.strides[1]", context,
                                    detail::short_rows::any_stride);
     detail::check_non_overlapping(fn, "context.strides", context);
@@ -127,6 +137,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
     require(
         marginals.dims == want, fn, "marginals",
         [&] { return detail::dims_note(want, "[batch, S]"); }, marginals.dims);
+    detail::check_span(fn, "marginals", marginals);
     detail::check_non_overlapping(fn, "marginals.strides", marginals);
   }
   if (!(log_partition.empty() && log_partition.dims == std::array<index, 1>{})) {
@@ -134,6 +145,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
     require(
         log_partition.dims[0] == B, fn, "log_partition",
         [&] { return "dims [batch = " + std::to_string(B) + "]"; }, log_partition.dims);
+    detail::check_span(fn, "log_partition", log_partition);
     detail::check_non_overlapping(fn, "log_partition.strides", log_partition);
   }
   detail::check_key_lengths(fn, opt.key_lengths, B, S);
@@ -142,6 +154,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
     require(
         opt.unary0.dims == want, fn, "unary0",
         [&] { return detail::dims_note(want, "[batch, S]"); }, opt.unary0.dims);
+    detail::check_span(fn, "unary0", opt.unary0);
   }
   if (!opt.pairwise.empty() || !detail::has_zero_extent(opt.pairwise)) {
     detail::check_non_null(fn, "pairwise", opt.pairwise);
@@ -153,6 +166,7 @@ inline void check_segmentation_args(const char* fn, index B, index S,
                  ", 2, 2]";
         },
         d);
+    detail::check_span(fn, "pairwise", opt.pairwise);
   }
   detail::check_num_threads(fn, "num_threads", opt.num_threads);
 }
@@ -200,7 +214,9 @@ inline void segmentation_attention(strided<const float, 2> scores, strided<const
   detail::check_non_null(fn, "scores", scores);
   require(scores.dims[0] >= 0 && scores.dims[1] >= 0, fn, "scores",
           "dims [batch, S] (non-negative)", scores.dims);
+  detail::check_span(fn, "scores", scores);
   const index B = scores.dims[0], S = scores.dims[1];
+  detail::check_chain_length(fn, "scores", S, scores.dims);
   require(!opt.scale.has_value(), fn, "scale", "unset (it applies to the query-key entry only)",
           opt.scale.value_or(0.0f));
   detail::check_segmentation_args(fn, B, S, values, marginals, context, log_partition, opt);
@@ -236,6 +252,7 @@ inline void segmentation_attention(strided<const float, 2> query, strided<const 
   detail::check_non_null(fn, "query", query);
   require(query.dims[0] >= 0 && query.dims[1] >= 1, fn, "query", "dims [batch, d_k >= 1]",
           query.dims);
+  detail::check_span(fn, "query", query);
   detail::check_unit_last_stride(fn, "query.strides[1]", query, detail::short_rows::any_stride);
   const index B = query.dims[0], dk = query.dims[1];
   detail::check_non_null(fn, "keys", keys);
@@ -245,8 +262,10 @@ inline void segmentation_attention(strided<const float, 2> query, strided<const 
         return "dims [batch = " + std::to_string(B) + ", S, d_k = " + std::to_string(dk) + "]";
       },
       keys.dims);
+  detail::check_span(fn, "keys", keys);
   detail::check_unit_last_stride(fn, "keys.strides[2]", keys, detail::short_rows::any_stride);
   const index S = keys.dims[1];
+  detail::check_chain_length(fn, "keys", S, keys.dims);
   const float scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(dk));
   require(std::isfinite(scale), fn, "scale", "a finite number", scale);
   detail::check_segmentation_args(fn, B, S, values, marginals, context, log_partition, opt);
@@ -276,6 +295,8 @@ inline segmentation_result segmentation_attention(
     const Eigen::Tensor<float, 3, Eigen::RowMajor>& values, const segmentation_options& opt = {}) {
   segmentation_result r;
   r.marginals.resize(scores.dimension(0), scores.dimension(1));
+  detail::check_result_size("segmentation_attention", "context",
+                            std::array<index, 2>{scores.dimension(0), values.dimension(2)});
   r.context.resize(scores.dimension(0), values.dimension(2));
   r.log_partition.resize(scores.dimension(0));
   segmentation_attention(view(scores), view(values), view(r.marginals), view(r.context),
@@ -290,7 +311,11 @@ inline segmentation_result segmentation_attention(
     const Eigen::Tensor<float, 3, Eigen::RowMajor>& keys,
     const Eigen::Tensor<float, 3, Eigen::RowMajor>& values, const segmentation_options& opt = {}) {
   segmentation_result r;
+  detail::check_result_size("segmentation_attention", "marginals",
+                            std::array<index, 2>{query.dimension(0), keys.dimension(1)});
   r.marginals.resize(query.dimension(0), keys.dimension(1));
+  detail::check_result_size("segmentation_attention", "context",
+                            std::array<index, 2>{query.dimension(0), values.dimension(2)});
   r.context.resize(query.dimension(0), values.dimension(2));
   r.log_partition.resize(query.dimension(0));
   segmentation_attention(view(query), view(keys), view(values), view(r.marginals), view(r.context),

@@ -20,6 +20,7 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 #include <utility>
 
+#include "attn/core/checked_arith.hpp"
 #include "attn/error.hpp"
 
 namespace attn {
@@ -78,6 +79,29 @@ bool has_zero_extent(const strided<T, R>& v) {
   return false;
 }
 
+// The elements a view's addresses run over, from its lowest to its highest
+// element: 1 + Σ (dims[r] − 1)·|strides[r]| (0 for no elements). False when
+// that does not fit in one object of T (core::max_elements): its addresses
+// would then wrap around the address space, and element offsets overflow.
+// Dims must be non-negative.
+template <class T, int R>
+bool span_fits(const strided<T, R>& v, index* span = nullptr) {
+  index n = 0;
+  if (!has_zero_extent(v)) {
+    n = 1;
+    for (int r = 0; r < R; ++r) {
+      index step = 0;
+      if (v.dims[r] > 1 && (!core::checked_abs(v.strides[r], step) ||
+                            !core::checked_mul(step, v.dims[r] - 1, step) ||
+                            !core::checked_add(n, step, n)))
+        return false;
+    }
+    if (n > core::max_elements<T>()) return false;
+  }
+  if (span) *span = n;
+  return true;
+}
+
 /// True when no two elements of a view share an address: with the
 // dimensions of extent > 1 ordered by stride, each stride must step past
 // everything the inner dimensions cover. (Sufficient, and what every dense,
@@ -86,6 +110,7 @@ bool has_zero_extent(const strided<T, R>& v) {
 template <class T, int R>
 bool non_overlapping(const strided<T, R>& v) {
   if (has_zero_extent(v)) return true;  // no elements, nothing to overlap
+  if (!span_fits(v)) return false;      // addresses wrap onto each other
   std::array<std::pair<index, index>, R> dim{};
   int n = 0;
   for (int r = 0; r < R; ++r)

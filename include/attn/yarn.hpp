@@ -29,6 +29,7 @@
 
 #include "attn/core/index.hpp"
 #include "attn/error.hpp"
+#include "attn/size_checks.hpp"
 
 namespace attn {
 
@@ -51,6 +52,8 @@ inline std::vector<double> yarn_inv_freq(index rotary_dim, const yarn_options& o
   using detail::require;
   require(rotary_dim >= 2 && rotary_dim % 2 == 0, fn, "rotary_dim", "an even value >= 2",
           rotary_dim);
+  detail::check_size<double>(fn, "rotary_dim", {rotary_dim / 2}, "rotary_dim/2 frequencies",
+                             rotary_dim);
   require(std::isfinite(opt.theta) && opt.theta > 1.0, fn, "opt.theta", "a finite value > 1",
           opt.theta);
   require(std::isfinite(opt.factor) && opt.factor >= 1.0, fn, "opt.factor",

@@ -535,6 +535,52 @@ void run(input& in) {
     }
   }
 
+  // --- impossible sizes (issue 18 item 2) ------------------------------------------
+  // Strides and extents near the overflow limits: a view whose span passes
+  // the address space (its addresses wrap, elements alias) and outputs of
+  // broadcast inputs with huge extents must be refused by arithmetic.
+  if (br.valid && in.chance(24)) {
+    constexpr index lim = std::numeric_limits<index>::max();
+    // Every magnitude >= 2^62: one step past any extent-2 dim of 2-byte
+    // elements already leaves the address space.
+    static constexpr index huge[] = {index{1} << 62, -(index{1} << 62), lim, lim / 2,
+                                     std::numeric_limits<index>::min(), lim - 1};
+    const index s = in.pick(huge);
+    const int r = static_cast<int>(in.range(0, 2));  // not the head dim (its stride is 1)
+    switch (in.u8() % 6) {
+      case 0:
+        if (qv.dims[r] > 1 && no_zero(qv.dims)) qv.strides[r] = s, br.set("q huge stride", ": q:");
+        break;
+      case 1:
+        if (kv.dims[r] > 1 && no_zero(kv.dims)) kv.strides[r] = s, br.set("k huge stride", ": k:");
+        break;
+      case 2:
+        if (vv.dims[r] > 1 && no_zero(vv.dims)) vv.strides[r] = s, br.set("v huge stride", ": v:");
+        break;
+      case 3:
+        if (ov.dims[r] > 1 && no_zero(ov.dims) && no_zero(qv.dims))
+          ov.strides[r] = s, br.set("out huge stride", ": out:");
+        break;
+      case 4:
+        if (!opt.additive_mask.empty() && opt.additive_mask.dims[r] > 1 &&
+            no_zero(opt.additive_mask.dims))
+          opt.additive_mask.strides[r] = s < 0 ? lim / 2 : s,  // (mask strides are >= 0)
+              br.set("additive_mask huge stride", "additive_mask");
+        break;
+      default:
+        // A batch of more than 2^61 broadcast inputs: the output's span
+        // cannot hold it, whatever its (non-zero) batch stride.
+        if (no_zero(qv.dims) && no_zero(ov.dims) && ov.strides[0] != 0) {
+          static constexpr index batches[] = {index{1} << 62, lim, lim / 2, lim / 3};
+          const index nb = in.pick(batches);
+          qv.dims[0] = kv.dims[0] = vv.dims[0] = ov.dims[0] = nb;
+          qv.strides[0] = kv.strides[0] = vv.strides[0] = 0;
+          br.set("huge batch", ": out:");
+        }
+        break;
+    }
+  }
+
   if (verbose()) {
     std::fprintf(stderr, "kv %s | B %ld L %ld S %ld Hq %ld Hkv %ld dqk %ld dv %ld | scale %s causal %d",
                  sizeof(KV) == 4 ? "float" : "16-bit", long(B), long(L), long(S), long(Hq), long(Hkv),

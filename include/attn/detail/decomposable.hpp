@@ -42,6 +42,7 @@
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
 #include "attn/error.hpp"
+#include "attn/size_checks.hpp"
 #include "attn/view.hpp"
 
 namespace attn::detail::decomposable {
@@ -463,7 +464,13 @@ inline void pack(const feed_forward& f, const char* fn, packed& pk,
     for (index bb = 0; bb < B; ++bb) {
       matrix fa =
           apply_f(f, fn, "feed_forward(a)", p.aval + bb * p.las * p.dpad, La, d, p.dpad, df);
-      if (bb == 0) pk.fa.assign(static_cast<std::size_t>(B * La * df), 0.0f);
+      if (bb == 0) {
+        // F's width is known only now; B copies of its output (and of F(b)
+        // below, in tiles) must fit before they are allocated.
+        check_size<float>(fn, "feed_forward(a)", {B, std::max(La, Lb) + tile, df},
+                          "batch · L · d_f (F's outputs)", df);
+        pk.fa.assign(static_cast<std::size_t>(B * La * df), 0.0f);
+      }
       std::copy(fa.data(), fa.data() + La * df, pk.fa.data() + bb * La * df);
       if (!intra)
         fb[static_cast<std::size_t>(bb)] =

@@ -468,10 +468,12 @@ struct wide_rows {
   }
 };
 
-// Σ_c w[c]·x[c] in double, plus b.
+// Σ_c w[c]·x[c] in double, then plus b (as the fp32 projection adds it:
+// b first would be lost next to huge terms that then cancel).
 inline double dot_fp64(const float* w, const float* x, index n, double b) {
-  for (index c = 0; c < n; ++c) b += double(w[c]) * double(x[c]);
-  return b;
+  double s = 0.0;
+  for (index c = 0; c < n; ++c) s += double(w[c]) * double(x[c]);
+  return s + b;
 }
 
 // The storage of attn::additive_keys: the projected keys [B, S] as rows of

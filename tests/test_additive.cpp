@@ -149,7 +149,7 @@ attn_ref::additive_masks to_ref(const masks& m) {
 // Checks out / weights against the reference with the tolerances above.
 void check(const std::string& label, const attn::additive_weights& w, const problem& p,
            const tensor3& q, const tensor3& k, const tensor3& v, const masks& m, const tensor3& out,
-           const tensor3& weights) {
+           const tensor3& weights, double score_err = -1) {
   SCOPED_TRACE(label);
   const attn_ref::additive_result r = attn_ref::additive_attention(
       to_ref(w, p), to_double(q.data(), q.size()), to_double(k.data(), k.size()),
@@ -162,7 +162,9 @@ void check(const std::string& label, const attn::additive_weights& w, const prob
       for (index d = 0; d < dv; ++d) vmax = std::max(vmax, std::abs(double(v(b, j, d))));
     for (index i = 0; i < p.L; ++i) {
       const std::size_t row = static_cast<std::size_t>(b * p.L + i);
-      const double E = r.score_err[row];
+      // (score_err >= 0: the caller's bound, for inputs whose reference
+      // bound, made of eps·Σ|terms| near FLT_MAX, would say nothing)
+      const double E = score_err >= 0 ? score_err : r.score_err[row];
       double sum = 0;
       for (index j = 0; j < p.S; ++j) {
         const double ref = r.weights[row * p.S + j], got = weights(b, i, j);
@@ -588,6 +590,190 @@ TEST(AdditiveExtreme, SaturatedTanhGivesExactScoresNoNaN) {
         }
         EXPECT_NEAR(s, 1.0, 1e-5) << big;
       }
+  }
+}
+
+// Issue 18 item 7: projection sums at the edge of fp32. Feature by feature,
+// with h just inside (h + h = FLT_MAX exactly: no fp32 sum overflows) or
+// just outside (h = the next float: h + h overflows) and w_i, u_j ordinary:
+//   a0: (q0 + q1) + 0.3 - (k0 + k1)   = 0.3        (both sides overflow, opposite signs:
+//                                                   tanh(inf - inf) = NaN before the fix)
+//   a1: q0 + k0                       = 2h         (the sum overflows: tanh 1 either way)
+//   a2: q4 + k2                       = w_i + u_j
+//   a3: (q0 + q1 + q2 + q3) - 0.7 + k2 = u_j - 0.7 (the fp32 partial sum passes FLT_MAX,
+//                                                   inf of the wrong sign, truly 0 - 0.7)
+// Inside, every fp32 sum here is exact (doublings, h - h) but a0's bias,
+// lost next to FLT_MAX (pre-activation 0 instead of 0.3): bias 0.3 is used
+// outside only. Each side against the fp64 reference, on the row path
+// (S = 6) and the key-chunk path (L = 1, S = 1100), with the score error
+// E = Σ|v_a|·(tanh_max_abs_error + 8·eps32): the saturated features are
+// exactly ±1 (or tanh(0) = 0) on both sides, the ordinary ones err by tanh's
+// bound plus a few roundings of their pre-activation and of the score sum
+// (|x| < 10, 4 terms: 8·eps of margin); outside the kernel takes the
+// overflowing scores in double and rounds once, well inside E.
+attn::additive_weights edge_weights(bool outside) {
+  attn::additive_weights w;
+  w.w_q = matrix::Zero(4, 5);
+  w.w_q.row(0) << 1, 1, 0, 0, 0;
+  w.w_q.row(1) << 1, 0, 0, 0, 0;
+  w.w_q.row(2) << 0, 0, 0, 0, 1;
+  w.w_q.row(3) << 1, 1, 1, 1, 0;
+  w.w_k = matrix::Zero(4, 3);
+  w.w_k.row(0) << -1, -1, 0;
+  w.w_k.row(1) << 1, 0, 0;
+  w.w_k.row(2) << 0, 0, 1;
+  w.w_k.row(3) << 0, 0, 1;
+  w.bias = Eigen::Vector4f(outside ? 0.3f : 0.0f, 0.0f, 0.0f, -0.7f);
+  w.v = Eigen::Vector4f(0.9f, -0.4f, 1.3f, 0.8f);
+  return w;
+}
+
+TEST(AdditiveOverflow, ProjectionSumsAtTheFp32Edge) {
+  const float half = std::numeric_limits<float>::max() / 2;  // exact: FLT_MAX = (2 - 2^-23)·2^127
+  for (bool outside : {false, true})
+    for (index S : {6, 1100}) {
+      SCOPED_TRACE(std::string(outside ? "outside" : "inside") + " S=" + std::to_string(S));
+      const float h = outside ? std::nextafter(half, std::numeric_limits<float>::infinity()) : half;
+      problem p;
+      p.B = 2;
+      p.L = S > 100 ? 1 : 3;
+      p.S = S;
+      p.dq = 5;
+      p.dk = 3;
+      p.da = 4;
+      p.dv = 3;
+      const attn::additive_weights w = edge_weights(outside);
+      const attn::additive_attention layer(w);
+      std::mt19937 g(1900 + static_cast<unsigned>(S));
+      tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+              v = randt(p.B, p.S, p.dv, g);
+      for (index b = 0; b < p.B; ++b) {
+        for (index i = 0; i < p.L; ++i) {
+          q(b, i, 0) = q(b, i, 1) = h;
+          q(b, i, 2) = q(b, i, 3) = -h;
+        }
+        for (index j = 0; j < p.S; ++j) k(b, j, 0) = k(b, j, 1) = h;
+      }
+      masks m;
+      if (S > 100) m.lengths = {S, S - 7};
+      const double E = (0.9 + 0.4 + 1.3 + 0.8) *
+                       (double(attn::core::simd::tanh_max_abs_error) + 8 * attn_ref::eps32);
+      tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+      layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out), options(m, &wts));
+      check("edge", w, p, q, k, v, m, out, wts, E);
+      // The cached projection and the call without weights: the same bits.
+      const attn::additive_keys cache = layer.project_keys(attn::view(k));
+      tensor3 out2 = nan_tensor(p.B, p.L, p.dv);
+      layer.forward(attn::view(q), cache, attn::view(v), attn::view(out2), options(m, nullptr));
+      EXPECT_TRUE(same_bits(out, out2));
+    }
+}
+
+// Luong's scores at the fp32 edge, each side against the fp64 reference.
+//  * general: W = [[1, 1, 0], [0, 0, 1]] and k_j = [h, h, u_j], q_i = [0, w_i]:
+//    W k_j = [2h, u_j] and the score 0·2h + w_i u_j. Outside, 2h overflows
+//    to inf and 0·inf was NaN; the score is then taken in double, exactly.
+//  * dot, products past FLT_MAX: q_i = [2^66, 2^66, w_i], k_j = [2^62, -2^62, u_j]:
+//    2^128 - 2^128 + w_i u_j, whose fp32 terms are +inf and -inf (NaN in any
+//    order of summation); in double exact. Just inside, [2^63, 2^63, w_i]
+//    against [2^63, -2^63, u_j]: terms ±2^126 that cancel exactly in any order
+//    of summation (the ordinary term may be added before or after: the
+//    result is w_i u_j rounded or, between 2^126 and -2^126, lost; not tested
+//    inside, where the ordinary fp32 error bound applies).
+// Score error: E = 4·eps32·(|w u| + 1) (one rounding of the double score, or
+// the fp32 product w·u and its sum with exact zeros, 4x margin).
+TEST(AdditiveOverflow, LuongScoresAtTheFp32Edge) {
+  const float half = std::numeric_limits<float>::max() / 2;
+  for (bool outside : {false, true}) {
+    SCOPED_TRACE(outside ? "outside" : "inside");
+    {  // general
+      problem p;
+      p.dq = 2;
+      p.dk = 3;
+      p.dv = 4;
+      attn::additive_weights w;
+      w.score = attn::score_function::general;
+      w.w_k = matrix::Zero(2, 3);
+      w.w_k.row(0) << 1, 1, 0;
+      w.w_k.row(1) << 0, 0, 1;
+      const attn::additive_attention layer(w);
+      std::mt19937 g(1950);
+      tensor3 q = randt(p.B, p.L, p.dq, g), k = randt(p.B, p.S, p.dk, g),
+              v = randt(p.B, p.S, p.dv, g);
+      const float h = outside ? std::nextafter(half, std::numeric_limits<float>::infinity()) : half;
+      for (index b = 0; b < p.B; ++b) {
+        for (index i = 0; i < p.L; ++i) q(b, i, 0) = 0.0f;
+        for (index j = 0; j < p.S; ++j) k(b, j, 0) = k(b, j, 1) = h;
+      }
+      tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+      layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out),
+                    options(masks{}, &wts));
+      check("general", w, p, q, k, v, masks{}, out, wts, 4 * attn_ref::eps32 * 20);
+    }
+    if (outside) {  // dot, terms past FLT_MAX
+      problem p;
+      p.dq = p.dk = 3;
+      p.dv = 4;
+      attn::additive_weights w;
+      w.score = attn::score_function::dot;
+      const attn::additive_attention layer(w);
+      std::mt19937 g(1960);
+      tensor3 q = randt(p.B, p.L, 3, g), k = randt(p.B, p.S, 3, g), v = randt(p.B, p.S, p.dv, g);
+      for (index b = 0; b < p.B; ++b) {
+        for (index i = 0; i < p.L; ++i) q(b, i, 0) = q(b, i, 1) = 0x1p66f;
+        for (index j = 0; j < p.S; ++j) {
+          k(b, j, 0) = 0x1p62f;
+          k(b, j, 1) = -0x1p62f;
+        }
+      }
+      tensor3 out = nan_tensor(p.B, p.L, p.dv), wts = nan_tensor(p.B, p.L, p.S);
+      layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out),
+                    options(masks{}, &wts));
+      check("dot", w, p, q, k, v, masks{}, out, wts, 4 * attn_ref::eps32 * 20);
+    }
+  }
+}
+
+// Dot scores beyond -FLT_MAX saturate there, as SDPA's do (README, NaN and
+// infinity, 3): they never empty a row. q = [-h, -h], k_j = c_j·[1, 1]:
+// score -2h·c_j. Inside (h = FLT_MAX / 2, c_j <= 1) the scores are finite and
+// the largest takes the weight, as in the fp64 reference (the others lie
+// 2^100 below). Outside (c_j > 1 for every key: all below -FLT_MAX, -inf in
+// fp32, which emptied the row: output 0) every key saturates at -FLT_MAX and
+// they share the row evenly; one finite key among them takes it all.
+TEST(AdditiveOverflow, DotScoresBelowMinusFltMaxSaturate) {
+  const float h = std::numeric_limits<float>::max() / 2;
+  attn::additive_weights w;
+  w.score = attn::score_function::dot;
+  const attn::additive_attention layer(w);
+  const index S = 5, dv = 3;
+  std::mt19937 g(1970);
+  const tensor3 v = randt(1, S, dv, g);
+  for (int side : {0, 1, 2}) {  // inside, outside, outside with one finite key
+    SCOPED_TRACE(side);
+    tensor3 q(1, 1, 2), k(1, S, 2);
+    q.setConstant(-h);
+    for (index j = 0; j < S; ++j) {
+      const float c = side == 0 ? 1.0f - 0.125f * float(j) : 1.0f + 0.125f * float(j + 1);
+      k(0, j, 0) = k(0, j, 1) = c;
+    }
+    if (side == 2) k(0, 3, 0) = k(0, 3, 1) = 0.5f;
+    tensor3 out = nan_tensor(1, 1, dv), wts = nan_tensor(1, 1, S);
+    attn::additive_options o;
+    o.weights = attn::view(wts);
+    layer.forward(attn::view(q), attn::view(k), attn::view(v), attn::view(out), o);
+    const index top = side == 0 ? S - 1 : 3;  // the largest score (side 0 and 2)
+    for (index j = 0; j < S; ++j) {
+      const float want = side == 1 ? 1.0f / float(S) : (j == top ? 1.0f : 0.0f);
+      ASSERT_NEAR(wts(0, 0, j), want, 1e-6) << j;
+    }
+    for (index d = 0; d < dv; ++d) {
+      double want = 0;
+      for (index j = 0; j < S; ++j)
+        want += (side == 1 ? 1.0 / double(S) : (j == top ? 1.0 : 0.0)) * double(v(0, j, d));
+      // (the mean of S values: a few roundings)
+      ASSERT_NEAR(out(0, 0, d), want, 1e-6) << d;
+    }
   }
 }
 

@@ -407,6 +407,156 @@ TEST(StructuredBruteForce, ForbiddenStatesAndTransitions) {
   EXPECT_EQ(o.context(0, 0), 0.0f);
 }
 
+// Issue 18 item 8: scores and sums at the edge of fp32.
+//
+// Query-key scores past FLT_MAX in fp32 with a representable value:
+// q_b = [2^66, 2^66, w_b], k_j = [2^62, -2^62, u_j], scale 1: the terms
+// ±2^128 are ±inf in fp32 (their sum NaN in any order), which made the chain
+// infeasible (marginals 0, log Z -inf). The kernel takes such a score in
+// double, in feature order: 2^128 - 2^128 cancels exactly, then + w_b u_j,
+// one rounding of double. So against brute force Δ = Σ_j 4·eps64·(1 + |s_j|).
+// Just inside, q_b = [2^63, 2^63, w_b] and k_j = [2^63, -2^63, u_j]: the fp32
+// terms ±2^126 are finite and the fp32 path is kept; its sum may drop w_b u_j
+// next to 2^126 (the ordinary rounding bound, eps32·2^127, tells nothing), so
+// that side is checked for finiteness and a feasible chain, not values.
+TEST(StructuredOverflow, QueryKeyScoresPastFp32) {
+  for (bool outside : {false, true}) {
+    SCOPED_TRACE(outside ? "outside" : "inside");
+    std::mt19937 g(4100);
+    problem p = make_problem(3, 9, 4, g, 1.0f, 1.0f, true, 2, true);
+    p.query = randt2(p.B, 3, g);
+    p.keys = randt3(p.B, p.S, 3, g);
+    p.scale = 1.0f;
+    const float qa = outside ? 0x1p66f : 0x1p63f, ka = outside ? 0x1p62f : 0x1p63f;
+    for (index b = 0; b < p.B; ++b) {
+      p.query(b, 0) = p.query(b, 1) = qa;
+      for (index j = 0; j < p.S; ++j) {
+        p.keys(b, j, 0) = ka;
+        p.keys(b, j, 1) = -ka;
+      }
+    }
+    const outputs o = run(p);
+    for (index b = 0; b < p.B; ++b) {
+      ASSERT_TRUE(std::isfinite(o.log_z(b))) << b;
+      for (index k = 0; k < p.dv; ++k) ASSERT_TRUE(std::isfinite(o.context(b, k)));
+    }
+    if (!outside) continue;
+    for (index b = 0; b < p.B; ++b) {
+      ref_chain rc = chain_of(p, b);
+      rc.delta = 0;
+      for (double s : rc.c.t1) rc.delta += 4 * eps64 * (1 + std::abs(s));
+      const index n = static_cast<index>(rc.c.t1.size());
+      const double ref_term = (16.0 * double(n) + std::ldexp(1.0, static_cast<int>(n))) * eps64 * rc.M;
+      check_batch("past fp32", p, o, b, rc, attn_ref::brute_force(rc.c), ref_term,
+                  ref_term * double(n));
+    }
+  }
+}
+
+// log Z at the edge of float range, scores entry. (+) Two keys of score s
+// among ordinary ones, no pairwise potentials (a pairwise term next to s
+// would be lost in double, s + O(1), by the kernel as by any reference:
+// the file's bound 16·n·eps64·M, with M ~ s, allows that): p = 1 at both,
+// and the rest is the chain with z_1 = z_4 = 1 forced: its
+// marginals and log Z' come from brute force on the same chain with those
+// keys' scores 0 and θ(0) = -inf (ordinary magnitudes; brute force on the
+// raw chain would lose every O(1) part next to 2s in double), and log Z =
+// 2s + log Z'. (-) A chain of two whose four potentials are all -s: every
+// assignment scores -2s, so marginals 1/2 and log Z = -2s + log 4. Inside, s
+// = FLT_MAX / 4: |log Z| ~ FLT_MAX / 2, within 2·eps32·|log Z| (the output's
+// rounding, 2x; log Z' and log 4 are below one ulp of it). Outside, s =
+// 0.75·FLT_MAX: |log Z| ~ 1.5·FLT_MAX is past float range and saturates at
+// ±FLT_MAX (it was ±inf, and -inf reads as "no allowed assignment"); the
+// marginals are the same on both sides.
+TEST(StructuredOverflow, LogPartitionSaturatesAtFltMax) {
+  const float fmax = std::numeric_limits<float>::max();
+  for (bool outside : {false, true})
+    for (int sign : {1, -1}) {
+      SCOPED_TRACE(std::string(outside ? "outside" : "inside") + (sign > 0 ? " +" : " -"));
+      std::mt19937 g(4200);
+      const float s = outside ? 0.75f * fmax : fmax / 4;
+      problem p = sign > 0 ? make_problem(1, 6, 3, g, 1.0f, 1.0f, true, 0, false)
+                           : make_problem(1, 2, 3, g, 1.0f, 1.0f, true, 0, false);
+      std::vector<double> want_p(static_cast<std::size_t>(p.S), 0.5);
+      double want_z = -2.0 * double(s) + std::log(4.0);
+      if (sign > 0) {
+        problem forced = p;
+        for (index j : {1, 4}) {
+          p.scores(0, j) = s;
+          forced.scores(0, j) = 0.0f;
+          forced.unary0(0, j) = -kInf;
+        }
+        const attn_ref::chain_result r = attn_ref::brute_force(chain_of(forced, 0).c);
+        want_p = r.marginal;
+        want_z = 2.0 * double(s) + r.log_z;
+      } else {
+        p.scores.setConstant(-s);
+        p.unary0.setConstant(-s);
+      }
+      const outputs o = run(p);
+      if (outside) {
+        ASSERT_GT(std::abs(want_z), double(fmax));
+        EXPECT_EQ(o.log_z(0), float(sign) * fmax);
+      } else {
+        EXPECT_LE(std::abs(o.log_z(0) - want_z), 2 * eps32 * std::abs(want_z));
+      }
+      // (exact 0 / 1 / 1/2 or ordinary potentials: the bound of the file's
+      // tolerances is ~1e-7 here; 1e-6 covers it)
+      for (index j = 0; j < p.S; ++j)
+        ASSERT_NEAR(o.marginals(0, j), want_p[static_cast<std::size_t>(j)], 1e-6) << j;
+      for (index k = 0; k < p.dv; ++k) ASSERT_TRUE(std::isfinite(o.context(0, k)));
+    }
+  // The query-key entry when only the product with the scale overflows:
+  // q·k = ±FLT_MAX / 2.5, finite, times scale 4 (±inf in fp32, the chain
+  // was infeasible): θ(1) = ±1.6·FLT_MAX in double, p = [1, 0], log Z
+  // saturated. Just inside, scale 2 (±0.8·FLT_MAX): log Z = 0.8·FLT_MAX.
+  for (float scale : {2.0f, 4.0f}) {
+    SCOPED_TRACE(scale);
+    tensor2 q(1, 1);
+    tensor3 k(1, 2, 1), v(1, 2, 1);
+    q(0, 0) = fmax / 2.5f;
+    k(0, 0, 0) = 1.0f;
+    k(0, 1, 0) = -1.0f;
+    v.setConstant(1.0f);
+    attn::segmentation_options opt;
+    opt.scale = scale;
+    const attn::segmentation_result r = attn::segmentation_attention(q, k, v, opt);
+    EXPECT_EQ(r.marginals(0, 0), 1.0f);
+    EXPECT_EQ(r.marginals(0, 1), 0.0f);
+    const double want = std::min(double(scale) * double(q(0, 0)), double(fmax));
+    EXPECT_LE(std::abs(r.log_partition(0) - want), eps32 * want);
+    EXPECT_EQ(r.context(0, 0), 1.0f);
+  }
+}
+
+// Context at the edge of float range: the marginals need not sum to 1, so
+// finite values can sum past FLT_MAX. Three keys selected (score 100, p = 1
+// to fp32 precision) with values [h, h, -h] in one feature: fp32 sums h + h
+// first, which overflows for h just over FLT_MAX / 2 (inf, then inf - h =
+// inf) although the sum is h; the kernel sums such a feature again in
+// double: h within 2 ulp (the marginals' rounding). Just inside (h =
+// FLT_MAX / 2) the fp32 path is exact. A feature of [h, h, h], 1.5·FLT_MAX
+// outside, saturates at FLT_MAX (it was +inf).
+TEST(StructuredOverflow, ContextSaturatesAtFltMax) {
+  const float half = std::numeric_limits<float>::max() / 2;
+  for (bool outside : {false, true}) {
+    SCOPED_TRACE(outside ? "outside" : "inside");
+    const float h = outside ? std::nextafter(half, std::numeric_limits<float>::infinity()) : half;
+    tensor2 scores(1, 3);
+    scores.setConstant(100.0f);
+    tensor3 values(1, 3, 2);
+    values(0, 0, 0) = values(0, 1, 0) = h;
+    values(0, 2, 0) = -h;
+    for (index j = 0; j < 3; ++j) values(0, j, 1) = outside ? h : h / 2;
+    const attn::segmentation_result r = attn::segmentation_attention(scores, values);
+    EXPECT_NEAR(r.context(0, 0), h, 4 * eps32 * h);
+    if (outside)
+      EXPECT_EQ(r.context(0, 1), std::numeric_limits<float>::max());
+    else
+      EXPECT_NEAR(r.context(0, 1), 1.5 * h, 4 * eps32 * h);
+  }
+}
+
 TEST(StructuredGradient, LogPartitionGradientIsTheMarginals) {
   // d log Z / d θ_j(1) = p(z_j = 1), d log Z / d θ_j(0) = p(z_j = 0) and
   // d log Z / d ψ_j(z, z') = p(z_j = z, z_{j+1} = z'), by central differences

@@ -421,6 +421,10 @@ class additive_attention {
     l.wq = w_.w_q.size() != 0 ? &wq_ : nullptr;
     l.wk = w_.w_k.size() != 0 ? &wk_ : nullptr;
     l.bias = &w_.bias;
+    l.wq_raw = w_.w_q.data();
+    l.wq_in = w_.w_q.cols();
+    l.wk_raw = w_.w_k.data();
+    l.wk_in = w_.w_k.cols();
     l.v = v_.data();
     l.sum_v = sum_v_;
     l.exp_form = l.additive && sum_abs_v_ <= detail::additive::sum_abs_v_limit;

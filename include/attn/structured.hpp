@@ -21,7 +21,9 @@
 // log Z is the sum of the normalisers. The recurrence runs in double (it
 // is O(n) per sequence against the O(n · d) of the scores and the context,
 // and double keeps marginals to ~1e-12 even for n = 10,000 and potentials
-// of ±1e4); scores, context and outputs are fp32. Potentials may be -inf
+// of ±1e4); scores, context and outputs are fp32 (a q·k score or a context
+// feature whose fp32 sum overflows is taken again in double; log Z and the
+// context saturate at ±FLT_MAX, README NaN policy 4). Potentials may be -inf
 // (a forbidden state or transition); a chain with no allowed assignment
 // gets marginals 0, context 0 and log Z = -inf. +inf and NaN potentials are
 // not allowed (not checked: they are data). An empty chain (length 0) has

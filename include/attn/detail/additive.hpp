@@ -428,6 +428,54 @@ using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 using const_row_block = Eigen::Map<const matrix, 0, Eigen::OuterStride<>>;
 using row_block = Eigen::Map<matrix, 0, Eigen::OuterStride<>>;
 
+// Projected rows (queries or keys) whose fp32 projection came out non-finite
+// from finite inputs: a sum of finite terms W_a·x (+ b_a) that overflowed,
+// possibly to the wrong sign (inf stays inf however large the negative terms
+// that follow), or to +inf on one side and -inf on the other, where
+// tanh(inf - inf) would be NaN. Such a row's projection is computed again in
+// double (no overflow below 2^1024) and kept here; its non-finite fp32
+// features are replaced by the double values, rounded, or by ±inf with the
+// right sign when out of float range. A pair whose fp32 score still comes
+// out non-finite is then scored in double from these (context::score_fp64).
+// Empty, and never allocated, while no row is wide (the usual case).
+struct wide_rows {
+  index dim = 0;
+  std::vector<index> slot;     // per row: -1, or its row of `values`; empty: none wide
+  std::vector<double> values;  // [wide rows][dim]
+
+  const double* row(index r) const {
+    if (slot.empty()) return nullptr;
+    const index k = slot[static_cast<std::size_t>(r)];
+    return k < 0 ? nullptr : values.data() + k * dim;
+  }
+  // Row r of n (dim features at p) when it is non-finite from finite inputs
+  // (`finite_input`): `wide(out)` fills the double projection into out.
+  template <class Wide>
+  void repair(index r, index n, float* p, bool finite_input, const Wide& wide) {
+    if (core::softmax::all_finite(p, dim) || !finite_input) return;
+    if (slot.empty()) slot.assign(static_cast<std::size_t>(n), -1);
+    slot[static_cast<std::size_t>(r)] = static_cast<index>(values.size()) / std::max<index>(dim, 1);
+    values.resize(values.size() + static_cast<std::size_t>(dim));
+    double* d = values.data() + values.size() - static_cast<std::size_t>(dim);
+    wide(d);
+    constexpr double fmax = std::numeric_limits<float>::max();
+    constexpr double inf = std::numeric_limits<double>::infinity();
+    for (index a = 0; a < dim; ++a)
+      if (!std::isfinite(p[a]))  // (finite features did not overflow: kept)
+        p[a] = static_cast<float>(std::fabs(d[a]) <= fmax || std::isnan(d[a])
+                                      ? d[a]
+                                      : std::copysign(inf, d[a]));
+  }
+};
+
+// Σ_c w[c]·x[c] in double, then plus b (as the fp32 projection adds it:
+// b first would be lost next to huge terms that then cancel).
+inline double dot_fp64(const float* w, const float* x, index n, double b) {
+  double s = 0.0;
+  for (index c = 0; c < n; ++c) s += double(w[c]) * double(x[c]);
+  return s + b;
+}
+
 // The storage of attn::additive_keys: the projected keys [B, S] as rows of
 // `stride` floats (dim of them used, the rest zero), each starting on a
 // cache line. For the additive score also e^(2·kp) per feature (the key's
@@ -438,6 +486,7 @@ struct key_projection {
   core::aligned_vector<float> data;
   core::aligned_vector<float> exp_factor;  // e^(2·kp) per feature: the key factor
   std::vector<unsigned char> exp_form;
+  wide_rows wide;  // rows [B·S] whose projection overflowed (see wide_rows)
 
   const float* row(index b, index j) const { return data.data() + (b * S + j) * stride; }
 };
@@ -450,6 +499,11 @@ struct layer {
   const core::packed_linear* wq = nullptr;  // W_q with the bias; null: the identity
   const core::packed_linear* wk = nullptr;  // W_k (additive) or W (general); null: identity
   const Eigen::VectorXf* bias = nullptr;    // b [d_a] or empty; added here when wq is null
+  // The same W_q and W_k as given, row-major [out, in] (in: the columns),
+  // for the double projection of a wide row (null with wq / wk).
+  const float* wq_raw = nullptr;
+  const float* wk_raw = nullptr;
+  index wq_in = 0, wk_in = 0;
   const float* v = nullptr;                 // the effective v, zero-padded to the stride
   float sum_v = 0.0f;                       // Σ_a v_a
   bool exp_form = false;  // additive, and Σ|v| <= sum_abs_v_limit: the form may be used
@@ -501,6 +555,18 @@ inline key_projection project_keys(const layer& l, const strided<const float, 3>
       row_block(P, c.S, c.dim, Eigen::OuterStride<>(c.stride)) = K;
     }
   }
+  // (a copy of finite keys is finite: only W k can overflow)
+  c.wide.dim = c.dim;
+  if (l.wk)
+    for (index k = 0; k < c.B * c.S; ++k) {
+      const float* in = keys.at(k / std::max<index>(c.S, 1), k % std::max<index>(c.S, 1), 0);
+      const index din = keys.dims[2];
+      c.wide.repair(k, c.B * c.S, c.data.data() + k * c.stride,
+                    core::softmax::all_finite(in, din), [&](double* d) {
+                      for (index a = 0; a < c.dim; ++a)
+                        d[a] = dot_fp64(l.wk_raw + a * l.wk_in, in, din, 0.0);
+                    });
+    }
   if (l.exp_form) {
     c.exp_factor.resize(c.data.size());
     c.exp_form.resize(static_cast<std::size_t>(c.B * c.S));
@@ -520,7 +586,7 @@ inline key_projection project_keys(const layer& l, const strided<const float, 3>
 // Query side [B·L, stride]: W_q q + b (additive), q itself (dot, general),
 // zero-padded. The packed layer's bits do not depend on `threads`.
 inline void project_queries(const layer& l, const strided<const float, 3>& q, index stride,
-                            float* qp, int threads) {
+                            float* qp, wide_rows& wide, int threads) {
   const index B = q.dims[0], L = q.dims[1], Dq = q.dims[2];
   const index D = l.additive ? l.dim : Dq;
   for (index b = 0; b < B; ++b) {
@@ -535,6 +601,20 @@ inline void project_queries(const layer& l, const strided<const float, 3>& q, in
     }
     for (index i = 0; i < L; ++i)
       std::fill(qp + (b * L + i) * stride + D, qp + (b * L + i + 1) * stride, 0.0f);
+  }
+  // W_q q + b (additive) can overflow; the queries of dot and general are
+  // copied as they are.
+  const bool has_bias = l.bias->size() != 0;
+  wide.dim = D;
+  if (!l.additive || (!l.wq && !has_bias)) return;
+  for (index r = 0; r < B * L; ++r) {
+    const float* in = q.at(r / L, r % L, 0);
+    wide.repair(r, B * L, qp + r * stride, core::softmax::all_finite(in, Dq), [&](double* d) {
+      for (index a = 0; a < D; ++a) {
+        const double b = has_bias ? double((*l.bias)[a]) : 0.0;
+        d[a] = l.wq ? dot_fp64(l.wq_raw + a * l.wq_in, in, Dq, b) : double(in[a]) + b;
+      }
+    });
   }
 }
 
@@ -592,6 +672,7 @@ struct context {
   const unsigned char* q_exp_form;  // per query: in the form's range (exp_form)
   float* partials;                  // chunked: [row task · chunks][R][Dv + 2]
   float* call_scores;               // call_scores_kept: [B·L, S]
+  const wide_rows& qwide;           // query rows [B·L] whose projection overflowed
 
   const float* query(index b, index i) const { return qp + (b * p.L + i) * p.stride; }
 
@@ -607,14 +688,42 @@ struct context {
   // The score of query row i of batch b against key j: additive in the
   // exponential form when the pair allows it, else with tanh; dot or
   // general as a dot product.
+  // A score that comes out non-finite is taken again in double
+  // (score_fp64).
   float score(index b, index i, index j) const {
     const float* q = query(b, i);
-    if (!l.additive) return dot_score1(q, keys.row(b, j), p.stride);
-    if (pair_in_exp_form(b, i, j))
-      return additive_score_exp1(qe + (b * p.L + i) * p.stride, l.v,
-                                 keys.exp_factor.data() + (b * p.S + j) * p.stride, p.stride,
-                                 l.sum_v);
-    return additive_score1(q, l.v, keys.row(b, j), p.stride);
+    float s;
+    if (!l.additive)
+      s = dot_score1(q, keys.row(b, j), p.stride);
+    else if (pair_in_exp_form(b, i, j))
+      s = additive_score_exp1(qe + (b * p.L + i) * p.stride, l.v,
+                              keys.exp_factor.data() + (b * p.S + j) * p.stride, p.stride, l.sum_v);
+    else
+      s = additive_score1(q, l.v, keys.row(b, j), p.stride);
+    return std::isfinite(s) ? s : score_fp64(b, i, j);
+  }
+
+  // The score of (b, i, j) in double, for one whose fp32 sum overflowed
+  // (finite terms whose sum passes FLT_MAX: ±inf, or NaN where a +inf and a
+  // -inf partial meet, or inf of the wrong sign): from the double
+  // projections of wide rows, else the fp32 ones. Finite results saturate
+  // at ±FLT_MAX, so an overflowing score weighs as a saturated one (a
+  // +FLT_MAX key takes the weight, shared with the others there; keys all
+  // below -FLT_MAX share the row, which stays non-empty). NaN or ±inf
+  // inputs keep their NaN or ±inf. O(dim) in double; only for non-finite
+  // fp32 scores.
+  float score_fp64(index b, index i, index j) const {
+    const double* qd = qwide.row(b * p.L + i);
+    const double* kd = keys.wide.row(b * p.S + j);
+    const float *qf = query(b, i), *kf = keys.row(b, j);
+    double s = 0.0;
+    for (index a = 0; a < keys.dim; ++a) {
+      const double x = qd ? qd[a] : double(qf[a]), y = kd ? kd[a] : double(kf[a]);
+      s += l.additive ? double(l.v[a]) * std::tanh(x + y) : x * y;
+    }
+    constexpr double fmax = std::numeric_limits<float>::max();
+    return std::isfinite(s) ? static_cast<float>(std::min(std::max(s, -fmax), fmax))
+                            : static_cast<float>(s);
   }
 
   // Partial m of row task·chunk `task`: Dv sums, then the max and the sum
@@ -727,12 +836,21 @@ class row_task {
       const float* sc = scores_of(live_[m]);
       float* e = s_.weights.data() + m * key_block;
       for (index n = 0; n < nk; ++n) e[n] = sc[vis_[n0 + n]];
-      // (an overflowed +inf score weighs 1, as in row_softmax)
+      if (!core::softmax::all_finite(e, nk)) repair_scores(live_[m], n0, nk, e);
+      // (a +inf score, from an inf input, weighs 1, as in row_softmax)
       const float bmax = core::softmax::max_of(e, nk);
       factor[m] = st_[m].raise_max(std::min(bmax, core::softmax::max_finite));
       if (n0 == 0) factor[m] = 0.0f;
       st_[m].sum += core::softmax::exp_in_place(e, nk, st_[m].pivot());
     }
+  }
+
+  // Row i's non-finite scores of visible keys [n0, n0 + nk) taken again in
+  // double (context::score_fp64), in its scores and in e (their copy).
+  void repair_scores(index i, index n0, index nk, float* e) const {
+    float* sc = scores_of(i);
+    for (index n = 0; n < nk; ++n)
+      if (!std::isfinite(e[n])) e[n] = sc[vis_[n0 + n]] = x_.score_fp64(b_, i, vis_[n0 + n]);
   }
 
   // Scores of visible keys [n0, n1) for every scored row: rows in the
@@ -870,8 +988,15 @@ class row_task {
     for (index m = 0; m < nl_ && !nonfinite; ++m)
       nonfinite = !core::softmax::all_finite(o_[m], Dv);  // (Dv > 1: os == 1)
     if (!x_.p.want_weights && !nonfinite) return;
-    for (index r = 0; r < nr_; ++r)
-      finish_row(x_.c, x_.values, x_.out, b_, rows_[r], scores_of(rows_[r]));
+    for (index r = 0; r < nr_; ++r) {
+      // (a live row's scores were repaired in block_weights; the others
+      // only give weights)
+      float* sc = scores_of(rows_[r]);
+      if (!live_query(x_.c, b_, rows_[r]))
+        for (index n = 0; n < nv_; ++n)
+          if (!std::isfinite(sc[vis_[n]])) sc[vis_[n]] = x_.score_fp64(b_, rows_[r], vis_[n]);
+      finish_row(x_.c, x_.values, x_.out, b_, rows_[r], sc);
+    }
   }
 
   const context& x_;
@@ -927,7 +1052,13 @@ inline void merge_row(const context& x, index row) {
   const index b = row / L, i = row % L;
   float* sc = x.p.call_scores_kept ? x.call_scores + row * S : nullptr;
   if (!live_query(x.c, b, i)) {
-    if (x.p.want_weights) finish_row(x.c, x.values, x.out, b, i, sc);
+    if (!x.p.want_weights) return;
+    // (only live rows pass block_weights, which repairs their scores)
+    std::vector<index> vis(static_cast<std::size_t>(S));
+    const index nv = visible_keys(x.c, b, S, 0, S, vis.data());
+    for (index n = 0; n < nv; ++n)
+      if (!std::isfinite(sc[vis[n]])) sc[vis[n]] = x.score_fp64(b, i, vis[n]);
+    finish_row(x.c, x.values, x.out, b, i, sc);
     return;
   }
   // The row's slot m in its task: its rank among the task's live rows.
@@ -957,7 +1088,8 @@ inline void run(const layer& l, const strided<const float, 3>& query, const key_
   const index B = p.B, L = p.L, S = p.S, Dv = p.Dv, R = p.R, stride = p.stride;
   // (per-thread buffers reused across calls: no page faults per call)
   core::scratch_array<float, projected_queries_tag> qp(static_cast<std::size_t>(B * L * stride));
-  project_queries(l, query, stride, qp.data(), c.num_threads);
+  wide_rows qwide;
+  project_queries(l, query, stride, qp.data(), qwide, c.num_threads);
   // The exponential form's query factors, only when the keys carry theirs.
   // (keys projected by another layer carry factors too: this layer's v
   // must allow the form as well)
@@ -981,7 +1113,8 @@ inline void run(const layer& l, const strided<const float, 3>& query, const key_
                   qe.data(),
                   q_exp_form.data(),
                   partials.data(),
-                  call_scores.data()};
+                  call_scores.data(),
+                  qwide};
 
   const double flops = static_cast<double>(B) * L * S *
                        (static_cast<double>(stride) * (l.additive ? 24 : 2) + 2 * Dv);

@@ -17,6 +17,7 @@
 #error "attn/detail/structured.hpp is internal: include <attn/structured.hpp>"
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -72,16 +73,30 @@ struct scratch {
   std::vector<float> p, acc;        // marginals [S]; context accumulator [d_v]
 };
 
+/// θ_j(1) = scale · q · k_j of batch b: the fp32 dot product, or, when
+/// that overflows (finite terms whose fp32 sum or product with scale passes
+/// FLT_MAX: ±inf, inf of the wrong sign, NaN where +inf meets -inf), the
+/// same in double, where finite inputs stay finite (|q_d k_d| <= FLT_MAX²)
+/// and the recurrence, in double already, takes it as it is. NaN or inf
+/// inputs stay non-finite. The fp32 path keeps its bits.
+inline double query_key_score(const inputs& in, index b, index j) {
+  const float* q = in.query.at(b, 0);
+  const float* k = in.keys.at(b, j, 0);
+  const index dk = in.query.dims[1];
+  const float s = in.scale * core::dot(q, k, dk);
+  if (std::isfinite(s)) return double(s);
+  double d = 0.0;
+  for (index c = 0; c < dk; ++c) d += double(q[c]) * double(k[c]);
+  return double(in.scale) * d;
+}
+
 /// Forward-backward for batch b: marginals into s.p[0, n), returns log Z.
 inline double chain(const inputs& in, index b, index n, scratch& s) {
   double* t1 = s.t1.data();
   double* t0 = s.t0.data();
   double* f = s.fwd.data();
   for (index j = 0; j < n; ++j) {
-    t1[j] =
-        in.scores.empty()
-            ? double(in.scale * core::dot(in.query.at(b, 0), in.keys.at(b, j, 0), in.query.dims[1]))
-            : double(*in.scores.at(b, j));
+    t1[j] = in.scores.empty() ? query_key_score(in, b, j) : double(*in.scores.at(b, j));
     t0[j] = in.unary0.empty() ? 0.0 : double(*in.unary0.at(b, j));
   }
   const bool per_edge = !in.pairwise.empty() && in.pairwise.dims[1] != 1;
@@ -139,7 +154,12 @@ inline void run_batch(const inputs& in, index b, scratch& s) {
   const float* p = s.p.data();
   if (!in.marginals.empty())
     for (index j = 0; j < S; ++j) *in.marginals.at(b, j) = j < n ? p[j] : 0.0f;
-  if (!in.log_partition.empty()) *in.log_partition.at(b) = static_cast<float>(log_z);
+  // log Z saturates at ±FLT_MAX (finite potentials past float range): -inf
+  // is kept for a chain with no allowed assignment.
+  constexpr double fmax = std::numeric_limits<float>::max();
+  if (!in.log_partition.empty())
+    *in.log_partition.at(b) =
+        static_cast<float>(std::isfinite(log_z) ? std::min(std::max(log_z, -fmax), fmax) : log_z);
   if (in.context.empty()) return;
   const index dv = in.context.dims[1];
   float* acc = s.acc.data();
@@ -153,6 +173,17 @@ inline void run_batch(const inputs& in, index b, scratch& s) {
     for (; d + width <= dv; d += width)
       store(acc + d, core::simd::fma(pw, load(v + d), load(acc + d)));
     for (; d < dv; ++d) acc[d] = w * v[d] + acc[d];
+  }
+  // Σ_j p_j v_j is no convex combination (the marginals need not sum to 1):
+  // finite values can sum past FLT_MAX. A feature that came out non-finite
+  // is summed again in double and saturates at ±FLT_MAX; one that reads a
+  // NaN or inf value stays non-finite.
+  for (index d = 0; d < dv; ++d) {
+    if (std::isfinite(acc[d])) continue;
+    double x = 0.0;
+    for (index j = 0; j < n; ++j)
+      if (p[j] != 0.0f) x += double(p[j]) * double(*in.values.at(b, j, d));
+    if (std::isfinite(x)) acc[d] = static_cast<float>(std::min(std::max(x, -fmax), fmax));
   }
   float* c = in.context.at(b, 0);
   for (index d = 0; d < dv; ++d) c[d * in.context.strides[1]] = acc[d];

@@ -216,7 +216,15 @@ inline void rope_check_positions(const rope_table& table, index offset, index se
 // `omp simd` on the rotation loops: with OpenMP the compiler vectorizes them
 // at -O2 as well (GCC's -O2 cost model otherwise skips loops that need an
 // aliasing check). The table and x never overlap, which is what it asserts.
-#if defined(_OPENMP)
+// Not under Clang's UndefinedBehaviorSanitizer: its checks inside the loop
+// stop the vectorizer, and Clang then warns that the pragma failed
+// (-Wpass-failed, an error under -Werror).
+#if defined(__has_feature)
+#if __has_feature(undefined_behavior_sanitizer)
+#define ATTN_DETAIL_ROPE_NO_SIMD
+#endif
+#endif
+#if defined(_OPENMP) && !defined(ATTN_DETAIL_ROPE_NO_SIMD)
 #define ATTN_DETAIL_ROPE_SIMD _Pragma("omp simd")
 #else
 #define ATTN_DETAIL_ROPE_SIMD

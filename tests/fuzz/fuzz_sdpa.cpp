@@ -11,6 +11,9 @@
 // them an output aliasing an input or the other output).
 //
 // Invariants checked on every call:
+//  * a valid call gives the same output and LSE bits on one thread as on
+//    the threads it asked for (built at -O3 with OpenMP, every call
+//    parallel: tools/fuzz.sh);
 //  * a broken argument throws attn::error (nothing else, message in format),
 //    a valid call does not throw;
 //  * every output element (and LSE) is written, nothing outside the output
@@ -614,6 +617,21 @@ void run(input& in) {
   }
 
   check_valid_call<KV>(out, lse, opt, qv, kv, vv, ov);
+
+  // The same bits on one thread as on the threads asked for (0: OpenMP's
+  // default), every output element and LSE entry.
+  if (opt.num_threads != 1) {
+    const auto out_bits = snapshot(out.buffer.data(), out.buffer.size());
+    const auto lse_bits = snapshot(lse.buffer.data(), lse.buffer.size());
+    attn::sdpa_options one = opt;
+    one.num_threads = 1;
+    attn::scaled_dot_product_attention(qv, kv, vv, ov, one);
+    check(snapshot(out.buffer.data(), out.buffer.size()) == out_bits,
+          "output bits differ between 1 thread and num_threads = " +
+              std::to_string(opt.num_threads));
+    check(snapshot(lse.buffer.data(), lse.buffer.size()) == lse_bits,
+          "LSE bits differ between 1 thread and num_threads = " + std::to_string(opt.num_threads));
+  }
 }
 
 }  // namespace

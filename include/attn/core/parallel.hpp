@@ -44,7 +44,13 @@ inline int resolve_threads(int requested) {
 /// parallel region costs more than it saves (waking threads takes
 /// microseconds, and on a loaded machine spinning workers can stall for
 /// milliseconds), so callers run such calls on one thread.
-constexpr double min_parallel_flops = 4.0e6;
+/// ATTN_MIN_PARALLEL_FLOPS overrides it: the fuzzers define it as 0 so that
+/// their small problems run on the threads they ask for, and their
+/// thread-count checks compare real parallel runs.
+#ifndef ATTN_MIN_PARALLEL_FLOPS
+#define ATTN_MIN_PARALLEL_FLOPS 4.0e6
+#endif
+constexpr double min_parallel_flops = ATTN_MIN_PARALLEL_FLOPS;
 
 /// Thread count for a call of `flops` operations: 1 below min_parallel_flops.
 inline int threads_for_work(int requested, double flops) {

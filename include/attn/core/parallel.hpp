@@ -40,6 +40,11 @@ inline int resolve_threads(int requested) {
 #endif
 }
 
+// The default of min_parallel_flops (below), overridable for tests.
+#ifndef ATTN_MIN_PARALLEL_FLOPS
+#define ATTN_MIN_PARALLEL_FLOPS 4.0e6
+#endif
+
 /// Below this many floating-point operations in a whole call, starting a
 /// parallel region costs more than it saves (waking threads takes
 /// microseconds, and on a loaded machine spinning workers can stall for
@@ -47,9 +52,6 @@ inline int resolve_threads(int requested) {
 /// ATTN_MIN_PARALLEL_FLOPS overrides it: the fuzzers define it as 0 so that
 /// their small problems run on the threads they ask for, and their
 /// thread-count checks compare real parallel runs.
-#ifndef ATTN_MIN_PARALLEL_FLOPS
-#define ATTN_MIN_PARALLEL_FLOPS 4.0e6
-#endif
 constexpr double min_parallel_flops = ATTN_MIN_PARALLEL_FLOPS;
 
 /// Thread count for a call of `flops` operations: 1 below min_parallel_flops.

@@ -362,10 +362,8 @@ void run(input& in) {
   // with an input or with the other output. Must throw, naming both.
   alias_arena arena;
   if (br.valid && in.chance(32)) {
-    const std::string apart = ": expected memory that does not overlap ";
     auto alias = [&](auto& output, const std::string& name, auto& other, const std::string& what) {
-      if (alias_last_onto_first(arena, output, other))
-        br.set(name + " aliases " + what, ": " + name + apart + what);
+      break_by_alias(arena, br, output, name, other, what);
     };
     auto alias_input = [&](auto& output, const std::string& name) {
       switch (in.u8() % 5) {

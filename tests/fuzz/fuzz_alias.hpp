@@ -15,7 +15,10 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <utility>
+
+#include "fuzz_input.hpp"
 
 namespace attn_fuzz {
 
@@ -63,6 +66,18 @@ bool alias_last_onto_first(alias_arena& arena, attn::strided<O, RO>& out,
   out.data = reinterpret_cast<O*>(m) - ro.first;
   other.data = reinterpret_cast<I*>(m + other_at) - rt.first;
   return true;
+}
+
+/// Breaks a call by making output `out` (named `name`) share one element
+/// with `other` (named `what`): the call must then throw an attn::error
+/// naming both. Nothing is broken when either view has no elements.
+template <class O, int RO, class I, int RI>
+void break_by_alias(alias_arena& arena, breakage& br, attn::strided<O, RO>& out,
+                    const std::string& name, attn::strided<I, RI>& other,
+                    const std::string& what) {
+  if (alias_last_onto_first(arena, out, other))
+    br.set(name + " aliases " + what,
+           ": " + name + ": expected memory that does not overlap " + what);
 }
 
 }  // namespace attn_fuzz

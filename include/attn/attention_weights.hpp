@@ -61,7 +61,9 @@ inline namespace ATTN_ABI {
 ///                       all NaN.
 /// @param opt          the options of scaled_dot_product_attention (scale,
 ///                     causal, window, key_lengths, bool_mask, additive_mask,
-///                     num_threads; opt.lse is ignored) and the optional
+///                     softcap, alibi_slopes, sinks, num_threads; opt.lse is
+///                     ignored; with sinks a row's weights sum to less than 1,
+///                     the sink's share being left out) and the optional
 ///                     opt.column_sums output. Results are bit-identical for
 ///                     any num_threads.
 /// @throws attn::error on shape, stride or option mismatches (probs must be

@@ -13,8 +13,10 @@
 // section 4, points here). The public headers are the ones this file
 // includes:
 //
-//   vocabulary  attn/error.hpp, attn/view.hpp, attn/mask.hpp, attn/sdpa_options.hpp
-//   families    attn/sdpa.hpp, attn/attention_weights.hpp, attn/additive.hpp,
+//   vocabulary  attn/error.hpp, attn/view.hpp, attn/mask.hpp, attn/sdpa_options.hpp,
+//               attn/score_mod.hpp, attn/alibi.hpp
+//   families    attn/sdpa.hpp, attn/flex.hpp, attn/modifiers.hpp,
+//               attn/attention_weights.hpp, attn/additive.hpp,
 //               attn/decomposable.hpp, attn/structured.hpp, attn/mla.hpp
 //   layers      attn/multi_head.hpp, attn/kv_cache.hpp, attn/rope.hpp,
 //               attn/mla_cache.hpp, attn/yarn.hpp, attn/dense.hpp
@@ -30,7 +32,15 @@
 //               attn::unbounded
 //   SDPA        attn::scaled_dot_product_attention, attn::sdpa_options,
 //               attn::attention_weights_options,
-//               attn::attention_weights
+//               attn::attention_weights, attn::standard_alibi_slopes
+//   modifiers   attn::flex_attention, attn::score_modifiers, attn::modifiers,
+//               attn::score_only, attn::mask_only, attn::no_score_mod,
+//               attn::no_mask_mod, attn::score_block, attn::block_kind,
+//               attn::blocked_mask, attn::with_block_predicate, and the
+//               library: attn::causal_mask, attn::sliding_window_mask,
+//               attn::document_mask, attn::prefix_lm_mask, attn::and_masks,
+//               attn::both, attn::softcap_score, attn::alibi_score,
+//               attn::relative_position_bias
 //   additive    attn::additive_attention, attn::additive_keys,
 //               attn::additive_weights, attn::additive_options,
 //               attn::score_function
@@ -95,6 +105,13 @@
 #include "attn/attention_weights.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_options.hpp"
+
+// Score modifiers: ALiBi slopes, flex_attention with user score_mod /
+// mask_mod, and a library of ready modifiers.
+#include "attn/alibi.hpp"
+#include "attn/flex.hpp"
+#include "attn/modifiers.hpp"
+#include "attn/score_mod.hpp"
 
 // The multi-head attention layer with its KV cache and rotary embeddings:
 // attn::multi_head_attention, attn::kv_cache, attn::rope_table, attn::apply_rope.

@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -23,6 +24,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/error.hpp"
 #include "attn/overlap.hpp"
+#include "attn/score_mod.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_checks.hpp"
 #include "attn/size_checks.hpp"
@@ -136,15 +138,29 @@ class kv_cache {
   /// out [batch, T, heads_q, v_head_dim], after append() has added these T
   /// tokens (or counts[b] of them; rows past counts[b] are left untouched).
   /// Bottom-right causal on each sequence's own length; opt may add a
-  /// scale, a sliding window (measured from that diagonal), an LSE output
-  /// and threads. Dense masks, key_lengths and opt.causal are set by the
-  /// cache and must be left empty / none.
+  /// scale, a sliding window (measured from that diagonal), softcap, ALiBi
+  /// slopes (distances from that diagonal too), sinks, an LSE output and
+  /// threads. Dense masks, key_lengths and opt.causal are set by the cache
+  /// and must be left empty / none.
   /// @throws attn::error on shape mismatches or a mask option given, and
   ///         with the attention's own messages for each sequence's slice,
   ///         or when out or lse shares memory with q (in any sequence), the
   ///         cache or each other; all before any row of out or lse is
   ///         written.
   void attend(strided<const float, 4> q, strided<float, 4> out, const sdpa_options& opt = {},
+              const std::vector<index>& counts = {}) const {
+    attend(q, out, score_modifiers<>{}, opt, counts);
+  }
+
+  /// attend() with a score_mod and a mask_mod (attn/score_mod.hpp,
+  /// attn/flex.hpp). The modifiers see b = the sequence, q_idx = the query's
+  /// position in its sequence (cached tokens before it counted: query t of
+  /// counts[b] new ones at length n is at n - counts[b] + t) and kv_idx =
+  /// the key's position, so decoding and chunked prefill give the scores
+  /// and masks of a full forward over the sequence.
+  template <class ScoreMod, class MaskMod>
+  void attend(strided<const float, 4> q, strided<float, 4> out,
+              const score_modifiers<ScoreMod, MaskMod>& mods, const sdpa_options& opt = {},
               const std::vector<index>& counts = {}) const {
     constexpr const char* fn = "kv_cache::attend";
     detail::require(q.dims[0] == batch_, fn, "q.dims[0] (batch)", batch_, q.dims[0]);
@@ -186,7 +202,14 @@ class kv_cache {
                             detail::region("values()", values())});
     for (index b = 0; b < batch_; ++b) {
       const sequence_call c = sequence(q, out, opt, counts, b);
-      if (c.rows > 0) scaled_dot_product_attention(c.q, c.k, c.v, c.out, c.opt);
+      if (c.rows == 0) continue;
+      const float scale =
+          c.opt.scale ? *c.opt.scale : 1.0f / std::sqrt(static_cast<float>(head_dim_));
+      detail::sdpa::run_attention<Storage>(
+          c.q, c.k, c.v, c.out, scale, c.opt,
+          detail::engine::score_policy<ScoreMod, MaskMod>(c.opt, c.rows, lengths_[b],
+                                                          &mods.score_mod, &mods.mask_mod, b,
+                                                          lengths_[b] - c.rows));
     }
   }
 

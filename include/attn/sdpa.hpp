@@ -21,6 +21,7 @@
 #include "attn/core/abi.hpp"
 #define ATTN_DETAIL_ALLOWED  // lets the detail headers in (docs/design.md)
 #include "attn/detail/flash_forward.hpp"
+#include "attn/detail/score_policy.hpp"
 #include "attn/detail/split_kv_decode.hpp"
 #include "attn/error.hpp"
 #include "attn/mask.hpp"
@@ -38,6 +39,37 @@ constexpr bool is_kv_scalar =
     std::is_same<T, float>::value || std::is_same<T, Eigen::bfloat16>::value ||
     std::is_same<T, Eigen::half>::value;
 
+namespace sdpa {
+inline namespace ATTN_ABI {
+
+// The attention of checked arguments under a score policy
+// (detail/score_policy.hpp): the kernel for the shape (split-KV for few
+// query rows per KV head, else the tiled flash pass). Shared by
+// scaled_dot_product_attention, flex_attention and kv_cache::attend.
+template <class KV, class Policy>
+void run_attention(const strided<const float, 4>& q, const strided<const KV, 4>& k,
+                   strided<const KV, 4> v, strided<float, 4> out, float scale,
+                   const sdpa_options& opt, const Policy& policy) {
+  const index L = q.dims[1], Hq = q.dims[2], Hkv = k.dims[2];
+  if (q.dims[0] == 0 || L == 0) return;
+  if (v.dims[3] == 0) {
+    // No value features: only the LSE is computed. V and the output have no
+    // elements and may have null data (Eigen's zero-size tensors); point
+    // them at a dummy with zero strides, so the kernels' address arithmetic
+    // stays defined and touches nothing.
+    static const KV dummy_v{};
+    static float dummy_out = 0.0f;
+    v = strided<const KV, 4>{&dummy_v, v.dims, {0, 0, 0, 0}};
+    out = strided<float, 4>{&dummy_out, out.dims, {0, 0, 0, 0}};
+  }
+  if (split_kv_policy::applies(L, Hq / Hkv))
+    split_kv_decode<KV>(q, k, v, out, scale, opt, policy);
+  else
+    flash_forward<KV>(q, k, v, out, scale, opt, policy);
+}
+
+}  // namespace ATTN_ABI
+}  // namespace sdpa
 }  // namespace detail
 
 inline namespace ATTN_ABI {
@@ -51,7 +83,8 @@ inline namespace ATTN_ABI {
 ///             q, k, v, the masks, key_lengths or opt.lse: there is no
 ///             in-place call, out == q included (attn/overlap.hpp). Outputs
 ///             in their own slices of a buffer the inputs live in are fine.
-/// @param opt  scale, masks, LSE output, threads (attn/sdpa_options.hpp).
+/// @param opt  scale, masks, softcap, ALiBi, sinks, LSE output, threads
+///             (attn/sdpa_options.hpp).
 ///
 /// Hkv must divide Hq (GQA; Hkv = 1 is MQA): query head h reads KV head
 /// h / (Hq / Hkv). The head dim of every tensor must have stride 1. A query
@@ -72,24 +105,9 @@ void scaled_dot_product_attention(strided<const float, 4> q, strided<KT, 4> k, s
   const float scale =
       detail::check_sdpa_arguments("scaled_dot_product_attention", q, k, v, out, opt);
 
-  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2];
-  const index Hkv = k.dims[2], Dv = v.dims[3];
-  if (B == 0 || L == 0) return;
-  strided<const KV, 4> values(v);
-  if (Dv == 0) {
-    // No value features: only the LSE is computed. V and the output have no
-    // elements and may have null data (Eigen's zero-size tensors); point
-    // them at a dummy with zero strides, so the kernels' address arithmetic
-    // stays defined and touches nothing.
-    static const KV dummy_v{};
-    static float dummy_out = 0.0f;
-    values = strided<const KV, 4>{&dummy_v, v.dims, {0, 0, 0, 0}};
-    out = strided<float, 4>{&dummy_out, out.dims, {0, 0, 0, 0}};
-  }
-  if (detail::sdpa::split_kv_policy::applies(L, Hq / Hkv))
-    detail::sdpa::split_kv_decode<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
-  else
-    detail::sdpa::flash_forward<KV>(q, strided<const KV, 4>(k), values, out, scale, opt);
+  detail::sdpa::run_attention<KV>(q, strided<const KV, 4>(k), strided<const KV, 4>(v), out, scale,
+                                  opt,
+                                  detail::engine::score_policy<>(opt, q.dims[1], k.dims[1]));
 }
 
 /// Tensor convenience overload: [B, L, Hq, d_qk], [B, S, Hkv, d_qk],

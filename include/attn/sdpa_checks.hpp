@@ -48,6 +48,30 @@ void check_query_key(const char* fn, const strided<const float, 4>& q, const str
   check_unit_last_stride(fn, "k.strides[3]", k);
 }
 
+// softcap, alibi_slopes and sinks: each off or well-formed for Hq query
+// heads. The kernels work in log2 units, so each value times log2 e (and
+// for softcap its inverse) must be finite as well.
+inline void check_score_modifiers(const char* fn, const char* base, const sdpa_options& opt,
+                                  index Hq) {
+  const float cap_log2 = opt.softcap * log2e;
+  require(opt.softcap == 0.0f || (opt.softcap > 0.0f && std::isfinite(cap_log2) &&
+                                  std::isfinite(1.0f / cap_log2)),
+          fn, field_name{base, "softcap"}, "0 (off) or a finite number > 0 whose log2 units and "
+          "their inverse are finite", opt.softcap);
+  auto per_head = [&](const char* name, const std::vector<float>& values) {
+    require(values.empty() || static_cast<index>(values.size()) == Hq, fn,
+            field_name{base, name}, [&] { return "0 or heads_q = " + std::to_string(Hq) +
+                                         " values"; },
+            values.size());
+    for (std::size_t h = 0; h < values.size(); ++h)
+      require(std::isfinite(values[h] * log2e), fn, field_name{base, name},
+              "finite values below FLT_MAX / log2(e)",
+              [&] { return std::to_string(values[h]) + " at head " + std::to_string(h); });
+  };
+  per_head("alibi_slopes", opt.alibi_slopes);
+  per_head("sinks", opt.sinks);
+}
+
 // The options every entry taking sdpa_options reads (all but lse, which is
 // an output and checked with the others): scale, window, key_lengths, masks
 // and threads, for B batch entries, Hq query heads, L queries, S keys and
@@ -80,6 +104,7 @@ inline float check_sdpa_options(const char* fn, const char* base, const sdpa_opt
   check_mask(fn, field_name{base, "bool_mask"}, opt.bool_mask, B, Hq, L, S);
   check_mask(fn, field_name{base, "additive_mask"}, opt.additive_mask, B, Hq, L, S);
   check_num_threads(fn, field_name{base, "num_threads"}, opt.num_threads);
+  check_score_modifiers(fn, base, opt, Hq);
   return scale;
 }
 

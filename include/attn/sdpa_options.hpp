@@ -44,6 +44,29 @@ struct sdpa_options {
   /// -inf masks. Broadcast like bool_mask. Empty view = none.
   strided<const float, 4> additive_mask;
 
+  /// Logit soft-capping (Gemma 2, FlashAttention's `softcap`): each scaled
+  /// score s becomes softcap · tanh(s / softcap) before ALiBi and the masks
+  /// (the additive mask is added to the capped score). 0 = off; otherwise
+  /// finite and > 0.
+  float softcap = 0.0f;
+
+  /// ALiBi (BLOOM, MPT): per query head slopes [Hq], finite; the scaled
+  /// score of query i and key j in head h gets -slopes[h] · |i + S - L - j|
+  /// (after softcap), the distance measured from the causal diagonal:
+  /// bottom-right, or top-left (|i - j|) when causal is top_left, so that a
+  /// KV cache's decoding and chunked prefill give a full forward's scores.
+  /// attn::standard_alibi_slopes(Hq) gives the paper's geometric slopes.
+  /// Empty = off. Distances are exact below 2^24 positions.
+  std::vector<float> alibi_slopes;
+
+  /// Attention sinks (GPT-OSS; ggml's add_sinks, ONNX Runtime's head_sink):
+  /// one finite logit per query head [Hq], in the units of the scaled
+  /// scores, that joins every row's softmax denominator with no value:
+  /// out = Σ_j e^(s_j) v_j / (e^(sink) + Σ_j e^(s_j)). A row that sees no key
+  /// gets output 0 and LSE = sinks[h]; the LSE output includes the sink.
+  /// Empty = off.
+  std::vector<float> sinks;
+
   /// Optional output [B, Hq, L]: the natural-log log-sum-exp of each row's
   /// scaled, masked scores; -inf for a row that attends to nothing. Shares
   /// no memory with the inputs or the main output.

@@ -75,6 +75,8 @@ struct fp64_key {
 /// @param lse    optional (may be null): the row's natural-log LSE, replaced
 ///               by the recomputed one (m + log2 l)·ln 2 only when the
 ///               current value is not finite and the recomputed one is.
+/// @param sink_log2 a sink (attn::sdpa_options::sinks) in log2 units: it
+///               joins m and l with no value; -inf (the default) for none.
 /// @return true when every out[d] is finite on return. Nothing is written
 ///         when a visible score is NaN (the row reads a NaN: it is NaN), no
 ///         key is visible, or every visible score is -inf (the fast path's
@@ -84,7 +86,8 @@ struct fp64_key {
 /// for rows that came out non-finite (see the file comment).
 template <class KeyFn, class ValueFn>
 bool recompute_row_fp64(index n_keys, const KeyFn& key, const ValueFn& value, index d_v,
-                        float* out, float* lse) {
+                        float* out, float* lse,
+                        double sink_log2 = -std::numeric_limits<double>::infinity()) {
   constexpr double fmax = std::numeric_limits<float>::max();
   constexpr double dinf = std::numeric_limits<double>::infinity();
   double m = -dinf;
@@ -97,7 +100,7 @@ bool recompute_row_fp64(index n_keys, const KeyFn& key, const ValueFn& value, in
     m = std::max(m, kj.score);
   }
   if (!any || m == -dinf) return false;  // an empty row: 0 and LSE -inf already
-  m = std::min(m, fmax);
+  m = std::min(std::max(m, sink_log2), fmax);
   std::vector<double> acc(static_cast<std::size_t>(d_v), 0.0);
   double l = 0.0;
   for (index j = 0; j < n_keys; ++j) {
@@ -110,6 +113,7 @@ bool recompute_row_fp64(index n_keys, const KeyFn& key, const ValueFn& value, in
     const auto* v = value(j);
     for (index d = 0; d < d_v; ++d) acc[d] += p * static_cast<double>(static_cast<float>(v[d]));
   }
+  if (sink_log2 > -dinf) l += std::exp2(std::min(sink_log2 - m, 0.0));  // no value
   if (!(l > 0.0)) return false;
   bool finite = true;
   for (index d = 0; d < d_v; ++d) {

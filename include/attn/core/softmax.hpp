@@ -101,6 +101,23 @@ inline row_result finish_row_log2(float m, float l) {
   return {1.0f / l, (m + std::log2(l)) * ln2};
 }
 
+/// Adds a sink to a row's softmax state (running max m, sum l = Σ 2^(s - m),
+/// log2 units): a key of score sink_log2 and no value (GPT-OSS's sinks).
+/// On return (m, l) count the sink too; the row's unnormalised output must
+/// be multiplied by the returned factor 2^(m_old - m_new) (0 for a row that
+/// had seen nothing: its output stays 0, and its LSE becomes the sink's).
+/// A NaN row stays NaN (l stays NaN). A partial that is already normalised
+/// with natural-log LSE x enters as m = x · log2 e, l = 1 (l = 0 when x is
+/// -inf).
+inline float fold_sink(float& m, float& l, float sink_log2) {
+  if (std::isnan(l)) return 1.0f;
+  const float m_new = m > sink_log2 ? m : sink_log2;
+  const float factor = m == neg_inf ? 0.0f : simd::exp2_nonpositive_scalar(m - m_new);
+  l = l * factor + simd::exp2_nonpositive_scalar(sink_log2 - m_new);
+  m = m_new;
+  return factor;
+}
+
 /// One online-softmax step for simd::width rows at once (one row per lane),
 /// as the flash kernel needs it, with scores in log2 units (pre-multiplied
 /// by log2 e, so exp2_nonpositive serves): the rows' running maxima and this

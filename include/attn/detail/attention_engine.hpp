@@ -29,8 +29,9 @@
 // The column layout's softmax and value steps are written once below
 // (softmax_columns, hidden_values); the row layout has softmax_row. A walk
 // supplies its steps as member functions (scores, mask, online_softmax,
-// accumulate), so a score or mask modifier is a change to one walk policy,
-// not to every kernel's loop.
+// accumulate); what happens to a score between its product and the softmax
+// (softcap, ALiBi, a user score_mod, the mask_mod) is one compile-time
+// policy type every walk takes, engine::score_policy (score_policy.hpp).
 #pragma once
 
 // Internal header (docs/design.md, "What is public"): reached only through a
@@ -261,10 +262,13 @@ inline void softmax_row(float* s, index n, index n_vec, float& max, float& sum, 
 
 /// A finished row: dst[d] = o[d] / sum for d < d_v; returns the row's result
 /// (its natural-log LSE: -inf for a row that saw no key, whose output is 0).
+/// o_factor rescales o first (core::softmax::fold_sink's factor; 1 without
+/// a sink, and then the row's bits are those of o[d] · (1 / sum)).
 inline core::softmax::row_result finish_row(float max, float sum, const float* o, index d_v,
-                                            float* dst) {
+                                            float* dst, float o_factor = 1.0f) {
   const core::softmax::row_result res = core::softmax::finish_row_log2(max, sum);
-  for (index d = 0; d < d_v; ++d) dst[d] = o[d] * res.inv_sum;
+  const float scale = o_factor == 1.0f ? res.inv_sum : o_factor * res.inv_sum;
+  for (index d = 0; d < d_v; ++d) dst[d] = o[d] * scale;
   return res;
 }
 

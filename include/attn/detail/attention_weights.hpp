@@ -66,15 +66,15 @@ struct weights_scratch {
 
 // Pass 1 as an engine walk: flash_scores' steps and the column softmax,
 // with no values to accumulate.
-template <class KV>
+template <class KV, class Policy>
 struct row_normaliser_walk {
   static constexpr index q_tile = flash_tiles::q_tile;
   static constexpr index key_tile = flash_tiles::kv_tile;
 
-  flash_scores<KV>& s;
+  flash_scores<KV, Policy>& s;
   weights_scratch& ws;
 
-  bool visible(index j0, index n) const { return s.visible(j0, n); }
+  bool visible(index j0, index n) { return s.visible(j0, n); }
   void prefetch(index j0, index n, index j_end) const {
     if (j0 + n < j_end)
       prefetch_rows(s.k, s.b, s.hk, j0 + n, std::min(key_tile, j_end - (j0 + n)), s.d_qk);
@@ -121,6 +121,7 @@ void attention_weights(const strided<const float, 4>& q, const strided<const KV,
   // saturates (as an overflowed score does) instead of making inf · 0 = NaN.
   const float scale_log2 = core::softmax::clamp_finite(scale * core::softmax::log2e);
   const index ps = probs.strides[3];
+  const engine::score_policy<> policy(opt, L, S);
 
   auto run_task = [&](weights_scratch& ws, index t) {
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
@@ -137,14 +138,19 @@ void attention_weights(const strided<const float, 4>& q, const strided<const KV,
                                     d_qk, scale_log2, ws.tiles.qt.data(), q_tile);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
-    flash_scores<KV> s{k, opt, band, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add};
+    flash_scores<KV, engine::score_policy<>> s{k,    opt,  band, policy,   ws.tiles,
+                                               b,    h,    hk,   i0,       rows,
+                                               cols, d_qk, has_bool, has_add};
 
-    row_normaliser_walk<KV> normaliser{s, ws};
+    row_normaliser_walk<KV, engine::score_policy<>> normaliser{s, ws};
     engine::run_chunk(normaliser, j_begin, j_end);
 
     // Keys no tile computes hold the row's "nothing seen" value: 0, or NaN
     // for a NaN row (finish_row_log2 returns NaN for both of its fields).
     for (index r = 0; r < cols; ++r) {
+      // A sink joins each row's (m, l); its weight is not written.
+      if (r < rows && policy.has_sinks())
+        core::softmax::fold_sink(ws.max[r], ws.sum[r], policy.sink_log2(h));
       const core::softmax::row_result res =
           r < rows ? core::softmax::finish_row_log2(ws.max[r], ws.sum[r])
                    : core::softmax::row_result{0.0f, core::softmax::neg_inf};

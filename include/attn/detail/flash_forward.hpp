@@ -81,14 +81,15 @@ struct flash_scratch {
 // kernels pre-scale it (clamp_finite(q · scale · log2 e)), element d at
 // q_log2[d · q_log2_stride]. The non-finite features of dst (d_v contiguous floats)
 // and a non-finite *lse (lse may be null) take their recomputed values where
-// those are finite; finite ones keep their bits. Returns whether dst is
-// finite afterwards. Both kernels call this for a finished row that came out
-// non-finite.
-template <class KV>
+// those are finite; finite ones keep their bits. The policy's modifiers
+// (softcap, ALiBi, score_mod, mask_mod, sink) apply as in the fast path.
+// Returns whether dst is finite afterwards. Both kernels call this for a
+// finished row that came out non-finite.
+template <class KV, class Policy>
 bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const strided<const KV, 4>& k,
                         const strided<const KV, 4>& v, const sdpa_options& opt,
-                        const detail::band_mask& band, index b, index i, index h, index hk,
-                        float* dst, float* lse) {
+                        const detail::band_mask& band, const Policy& policy, index b, index i,
+                        index h, index hk, float* dst, float* lse) {
   const index d_qk = k.dims[3], d_v = v.dims[3];
   const detail::key_band kb = band.row(i);
   const index first = std::max<index>(kb.first, 0);
@@ -96,6 +97,7 @@ bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const strided<
   auto key = [&](index jj) -> core::softmax::fp64_key {
     const index j = first + jj;
     if (!opt.bool_mask.empty() && !*opt.bool_mask.at(b, h, i, j)) return {false, 0.0};
+    if (!policy.allows(b, h, i, j)) return {false, 0.0};
     float a = 0.0f;
     if (!opt.additive_mask.empty()) {
       a = *opt.additive_mask.at(b, h, i, j);
@@ -106,27 +108,30 @@ bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const strided<
     for (index d = 0; d < d_qk; ++d)
       s += static_cast<double>(q_log2[d * q_log2_stride]) *
            static_cast<double>(static_cast<float>(kr[d]));
+    if (policy.modifies() && !std::isnan(s)) s = policy.score_fp64(s, b, h, i, j);
     if (!opt.additive_mask.empty() && s != -std::numeric_limits<double>::infinity())
       s += static_cast<double>(core::softmax::additive_to_log2(a));
     return {true, s};
   };
   auto value = [&](index jj) { return v.at(b, first + jj, hk, 0); };
-  return core::softmax::recompute_row_fp64(n, key, value, d_v, dst, lse);
+  const double sink = policy.has_sinks() ? static_cast<double>(policy.sink_log2(h))
+                                         : -std::numeric_limits<double>::infinity();
+  return core::softmax::recompute_row_fp64(n, key, value, d_v, dst, lse, sink);
 }
 
 // The engine's walk for one flash task: the score and mask steps of
 // flash_scores, then the online softmax and O += P·V.
-template <class KV>
+template <class KV, class Policy>
 struct flash_walk {
   static constexpr index q_tile = flash_tiles::q_tile;
   static constexpr index key_tile = flash_tiles::kv_tile;
 
-  flash_scores<KV> s;
+  flash_scores<KV, Policy> s;
   const strided<const KV, 4>& v;
   flash_scratch& ws;
   index d_v, d_v_pad;
 
-  bool visible(index j0, index n) const { return s.visible(j0, n); }
+  bool visible(index j0, index n) { return s.visible(j0, n); }
 
   // The next tile's K and V start moving towards L2 while this one computes.
   void prefetch(index j0, index n, index j_end) const {
@@ -185,10 +190,10 @@ struct flash_walk {
   }
 };
 
-template <class KV>
+template <class KV, class Policy>
 void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>& k,
                    const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
-                   const sdpa_options& opt) {
+                   const sdpa_options& opt, const Policy& policy) {
   constexpr index q_tile = flash_tiles::q_tile, kv_tile = flash_tiles::kv_tile;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
@@ -227,23 +232,26 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
-    flash_walk<KV> walk{
-        {k, opt, band, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add}, v, ws, d_v,
-        d_v_pad};
+    flash_walk<KV, Policy> walk{
+        {k, opt, band, policy, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add}, v,
+        ws, d_v, d_v_pad};
     engine::run_chunk(walk, j_begin, j_end);
 
     for (index r = 0; r < rows; ++r) {
       float* dst = out.at(b, i0 + r, h, 0);
-      const core::softmax::row_result res =
-          engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_v_pad, d_v, dst);
+      const float o_factor =
+          policy.has_sinks() ? core::softmax::fold_sink(ws.max[r], ws.sum[r], policy.sink_log2(h))
+                             : 1.0f;
+      const core::softmax::row_result res = engine::finish_row(
+          ws.max[r], ws.sum[r], ws.o.data() + r * d_v_pad, d_v, dst, o_factor);
       float* lse = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i0 + r);
       if (lse) *lse = res.lse;
       // The unnormalised O overflows fp32 when the visible |v| sum past
       // FLT_MAX (then inf, or NaN once a later key rescales it): such a row,
       // and only such a row, is redone in double (recompute_sdpa_row).
       if (!core::softmax::all_finite(dst, d_v))
-        recompute_sdpa_row(ws.tiles.qt.data() + r, q_tile, k, v, opt, band, b, i0 + r, h, hk, dst,
-                           lse);
+        recompute_sdpa_row(ws.tiles.qt.data() + r, q_tile, k, v, opt, band, policy, b, i0 + r, h,
+                           hk, dst, lse);
     }
   };
 

@@ -8,8 +8,11 @@
 //           transposed, [keys][queries], so each query's softmax runs down
 //           a column; K rows are read in place when they are float, bf16 /
 //           half and a ragged last tile are converted into a small buffer;
-//   mask    whole tiles inside the band need none; edge tiles get -inf
-//           outside each column's band, then the dense bool / additive masks.
+//   mask    the policy's score modifiers first (score_policy.hpp: softcap,
+//           ALiBi, a score_mod); whole tiles inside the band and refused by
+//           no mask need no masking; edge tiles get -inf outside each
+//           column's band, then the dense bool / additive masks and the
+//           mask_mod.
 // Both kernels run these same steps on the same tiles, so the weights that
 // attention_weights writes are the probabilities the forward pass applies,
 // NaN / inf policy included.
@@ -29,6 +32,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/core/microkernel.hpp"
 #include "attn/core/softmax.hpp"
+#include "attn/detail/score_policy.hpp"
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
@@ -107,24 +111,32 @@ core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, ind
 
 /// The score and mask steps of one query tile: query rows [i0, i0 + rows)
 /// of head h in batch entry b (KV head hk), cols (rows rounded up to
-/// q_step) columns computed, Qᵀ already packed in buf.qt.
-template <class KV>
+/// q_step) columns computed, Qᵀ already packed in buf.qt. Policy is the
+/// call's engine::score_policy.
+template <class KV, class Policy>
 struct flash_scores {
   static constexpr index q_tile = flash_tiles::q_tile;
 
   const strided<const KV, 4>& k;
   const sdpa_options& opt;
   const detail::band_mask& band;
+  const Policy& policy;
   flash_score_buffers& buf;
   index b, h, hk, i0, rows, cols, d_qk;
   bool has_bool, has_add;
   // Per tile: inside the band (no per-element band mask, whole GEMMs), and
   // free of any mask (no -inf to write, no hidden key).
   bool in_band = false, full = false;
+  // Per tile: what the mask_mod says about it (full without one).
+  block_kind mod_kind = block_kind::full;
 
-  /// The band reaches the tile for some row, and the bool mask (if any)
-  /// does not hide every key it reaches.
-  bool visible(index j0, index n) const {
+  /// The band reaches the tile for some row, and neither the bool mask nor
+  /// the mask_mod (if any) hides every key it reaches. Sets mod_kind.
+  bool visible(index j0, index n) {
+    if constexpr (Policy::has_mask_mod) {
+      mod_kind = policy.classify(b, h, i0, i0 + rows, j0, j0 + n);
+      if (mod_kind == block_kind::empty) return false;
+    }
     for (index r = 0; r < rows; ++r) {
       const detail::key_band kb = band.row(i0 + r);
       const index lo = std::max(kb.first, j0), hi = std::min(kb.last, j0 + n - 1);
@@ -144,7 +156,7 @@ struct flash_scores {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
     const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, buf.k.data(), true);
     in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
-    full = !has_bool && !has_add && in_band;
+    full = !has_bool && !has_add && in_band && mod_kind == block_kind::full;
     if (in_band) {
       core::gemm_block<core::score_tile, false, core::softmax::score_floor>(
           core::lhs{kt.data, kt.row_stride, 1}, core::rhs{buf.qt.data(), q_tile}, d_qk,
@@ -165,10 +177,12 @@ struct flash_scores {
       }
   }
 
-  /// Masks: -inf outside each column's band, then the dense masks. Padding
-  /// key rows (n..n_pad) never count.
+  /// The score modifiers, then the masks: -inf outside each column's band,
+  /// then the dense masks and the mask_mod. Padding key rows (n..n_pad)
+  /// never count.
   void mask(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
+    if (policy.modifies()) policy.columns(buf.st.data(), q_tile, n, rows, cols, b, h, i0, j0);
     for (index j = n; j < n_pad; ++j)
       std::fill(buf.st.begin() + j * q_tile, buf.st.begin() + (j + 1) * q_tile,
                 core::softmax::neg_inf);
@@ -192,6 +206,9 @@ struct flash_scores {
         for (index j = lo; j <= hi; ++j)
           col[j * q_tile] = core::softmax::apply_additive_log2(col[j * q_tile], a[j * as]);
       }
+      if (mod_kind == block_kind::partial)
+        for (index j = lo; j <= hi; ++j)
+          if (!policy.allows(b, h, i0 + r, j0 + j)) col[j * q_tile] = core::softmax::neg_inf;
     }
   }
 
@@ -201,7 +218,7 @@ struct flash_scores {
     if (key < kb.first || key > kb.last) return false;
     if (has_bool && !*opt.bool_mask.at(b, h, i0 + r, key)) return false;
     if (has_add && *opt.additive_mask.at(b, h, i0 + r, key) == core::softmax::neg_inf) return false;
-    return true;
+    return policy.allows(b, h, i0 + r, key);
   }
 };
 

@@ -119,7 +119,7 @@ inline void axpy_row(float* o, float p, const KV* v, index n) {
 // The engine's walk for one split-KV task: every (query head, position) row
 // of batch entry b — row r = h·L + i — against the keys of one chunk, in the
 // row layout (scores s[r][key], key_tile keys per row).
-template <class KV>
+template <class KV, class Policy>
 struct split_kv_walk {
   static constexpr index key_tile = split_kv_policy::key_block;
 
@@ -127,6 +127,7 @@ struct split_kv_walk {
   const strided<const KV, 4>& v;
   const sdpa_options& opt;
   const detail::band_mask& band;
+  const Policy& policy;
   index b, L, Hkv, R, rows_per_kv, d_qk, d_v;
   bool has_bool, has_add;
   const float* q;  // packed queries [R][d_qk]
@@ -135,7 +136,18 @@ struct split_kv_walk {
   float* max;      // [R]
   float* sum;      // [R]
 
-  bool visible(index, index) const { return true; }  // the chunk is inside the band's span
+  // The chunk is inside the band's span; a mask_mod's block predicate may
+  // still refuse the whole tile for every head. (Without a predicate the
+  // mask_mod is evaluated per element in mask(): a decode tile is a few rows.)
+  bool visible(index j0, index n) const {
+    if constexpr (Policy::has_mask_mod && engine::has_block_predicate<typename Policy::mask_type>::value) {
+      const index Hq = R / L;
+      for (index h = 0; h < Hq; ++h)
+        if (policy.classify(b, h, 0, L, j0, j0 + n) != block_kind::empty) return true;
+      return false;
+    }
+    return true;
+  }
   void prefetch(index, index, index) const {}        // keys are read in memory order
 
   // 1. Scores, walking the tile in memory order (key j: every head's row,
@@ -153,13 +165,15 @@ struct split_kv_walk {
       }
   }
 
-  // 2. Masks; rows are padded with -inf to whole packets (key_block is a
-  // multiple of the width) so that the softmax is a vector loop.
+  // 2. The score modifiers, then the masks; rows are padded with -inf to
+  // whole packets (key_block is a multiple of the width) so that the
+  // softmax is a vector loop.
   void mask(index j0, index n) {
     const index n_vec = detail::round_up(n, core::simd::width);
     for (index r = 0; r < R; ++r) {
       float* sr = s + r * key_tile;
       const index i = r % L, h = r / L;
+      if (policy.modifies()) policy.row(sr, n, n_vec, b, h, i, j0);
       const detail::key_band kb = band.row(i);
       const index lo = std::min(std::max<index>(kb.first - j0, 0), n);  // visible: [lo, hi)
       const index hi = std::max(std::min<index>(kb.last - j0 + 1, n), lo);
@@ -177,6 +191,9 @@ struct split_kv_walk {
         for (index jj = lo; jj < hi; ++jj)
           sr[jj] = core::softmax::apply_additive_log2(sr[jj], a[jj * as]);
       }
+      if constexpr (Policy::has_mask_mod)
+        for (index jj = lo; jj < hi; ++jj)
+          if (!policy.allows(b, h, i, j0 + jj)) sr[jj] = core::softmax::neg_inf;
     }
   }
 
@@ -216,12 +233,11 @@ struct split_kv_walk {
   }
 };
 
-template <class KV>
+template <class KV, class Policy>
 void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4>& k,
                      const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
-                     const sdpa_options& opt) {
-  using policy = split_kv_policy;
-  constexpr index key_block = policy::key_block;
+                     const sdpa_options& opt, const Policy& policy) {
+  constexpr index key_block = split_kv_policy::key_block;
   const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
   const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
   // What scaled_dot_product_attention has checked.
@@ -232,7 +248,7 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
   // Rows of one task: every (query head, position) of the batch entry, row
   // r = h * L + i, so the rows of KV head hk are [hk·group·L, (hk+1)·group·L).
   const index group = Hq / Hkv, R = Hq * L, rows_per_kv = group * L;
-  const index n_chunks = policy::chunks(B, S, R * (d_v + 1));
+  const index n_chunks = split_kv_policy::chunks(B, S, R * (d_v + 1));
   const index chunk = detail::ceil_div(S, n_chunks);
   const index tasks = B * n_chunks;
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
@@ -262,10 +278,11 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
     const detail::key_band span = band.rows(0, L);
-    split_kv_walk<KV> walk{k,        v,        opt,         band,       b,          L,
-                           Hkv,      R,        rows_per_kv, d_qk,       d_v,        has_bool,
-                           has_add,  ws.q.data(), ws.s.data(), ws.o.data(), ws.max.data(),
-                           ws.sum.data()};
+    split_kv_walk<KV, Policy> walk{k,           v,           opt,         band,
+                                   policy,      b,           L,           Hkv,
+                                   R,           rows_per_kv, d_qk,        d_v,
+                                   has_bool,    has_add,     ws.q.data(), ws.s.data(),
+                                   ws.o.data(), ws.max.data(), ws.sum.data()};
     engine::run_chunk(walk, std::max(c * chunk, span.first), std::min((c + 1) * chunk, span.last + 1));
 
     for (index r = 0; r < R; ++r)
@@ -287,6 +304,16 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
       core::softmax::merge_partial(o, lse, part_o.data() + ((first + c) * R + r) * d_v,
                                    part_lse[(first + c) * R + r], d_v);
     const index i = r % L, h = r / L;
+    if (policy.has_sinks()) {
+      // The merged partial (normalised, LSE) as a softmax state, the sink
+      // folded in (core::softmax::fold_sink).
+      float m = lse * core::log2e, l = lse == core::softmax::neg_inf ? 0.0f : 1.0f;
+      if (std::isnan(lse)) l = lse;
+      const float f = core::softmax::fold_sink(m, l, policy.sink_log2(h));
+      const core::softmax::row_result res = core::softmax::finish_row_log2(m, l);
+      for (index d = 0; d < d_v; ++d) o[d] *= f * res.inv_sum;
+      lse = res.lse;
+    }
     float* dst = out.at(b, i, h, 0);
     for (index d = 0; d < d_v; ++d) dst[d] = lse == core::softmax::neg_inf ? 0.0f : o[d];
     float* lse_out = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i);
@@ -299,7 +326,8 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
       engine::pack_query_row(q.at(b, i, h, 0), d_qk, scale_log2, q_log2.data());
       const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
       const detail::band_mask band(L, S, key_len, opt.causal, window);
-      recompute_sdpa_row(q_log2.data(), 1, k, v, opt, band, b, i, h, h / group, dst, lse_out);
+      recompute_sdpa_row(q_log2.data(), 1, k, v, opt, band, policy, b, i, h, h / group, dst,
+                         lse_out);
     }
   };
   core::parallel_for(B * R, threads, merge_row);

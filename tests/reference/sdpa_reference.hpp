@@ -20,7 +20,14 @@
 //   additive mask        added to the scaled score (-inf = masked)
 //   GQA                  query head h reads kv head h / (Hq / Hkv)
 //   scale                default 1 / sqrt(d_qk)
-//   nothing visible      output 0, LSE -inf
+//   softcap c > 0        score <- c · tanh(score / c), before the bias
+//   ALiBi slopes         score -= slope[h] · |i + S - L - j| (|i - j| when
+//                        causal is top_left), after softcap
+//   score_mod            score <- score_mod(b, h, i, j, score), after ALiBi
+//   additive mask        added to the (modified) scaled score
+//   sinks                a logit per head in the softmax with no value:
+//                        out = Σ e^s v / (e^sink + Σ e^s), LSE includes it
+//   nothing visible      output 0, LSE -inf (the sink's LSE with a sink)
 #pragma once
 
 #include <Eigen/Core>
@@ -51,6 +58,11 @@ struct options {
   std::vector<index> key_lengths;                          ///< empty = all S
   std::function<bool(index, index, index, index)> allow;   ///< empty = all true
   std::function<double(index, index, index, index)> bias;  ///< empty = 0
+  double softcap = 0.0;                                    ///< 0 = off
+  std::vector<double> alibi_slopes;                        ///< [Hq], empty = off
+  std::vector<double> sinks;                               ///< [Hq], empty = off
+  /// (b, h, i, j, score) -> score; empty = identity
+  std::function<double(index, index, index, index, double)> score_mod;
 };
 
 /// The reference options for attn's: structural fields copied, dense masks
@@ -69,6 +81,9 @@ inline options options_from(const attn::sdpa_options& o) {
     r.window_align = o.window->align;
   }
   r.key_lengths = o.key_lengths;
+  r.softcap = static_cast<double>(o.softcap);
+  r.alibi_slopes.assign(o.alibi_slopes.begin(), o.alibi_slopes.end());
+  r.sinks.assign(o.sinks.begin(), o.sinks.end());
   constexpr float minus_inf = -std::numeric_limits<float>::infinity();
   const auto allow = o.bool_mask;
   const auto add = o.additive_mask;
@@ -162,7 +177,15 @@ result sdpa(const attn::strided<QT, 4>& q, const attn::strided<KT, 4>& k,
           double dot = 0.0;
           for (index d = 0; d < Dqk; ++d)
             dot += to_double(qi[d * q.strides[3]]) * to_double(kj[d * k.strides[3]]);
-          s[ju] = dot * scale + (opt.bias ? opt.bias(b, h, i, j) : 0.0);
+          double x = dot * scale;
+          if (opt.softcap > 0.0) x = opt.softcap * std::tanh(x / opt.softcap);
+          if (!opt.alibi_slopes.empty()) {
+            const index diag = opt.causal == attn::causal::top_left ? i : i + S - L;
+            x -= opt.alibi_slopes[static_cast<std::size_t>(h)] *
+                 std::fabs(static_cast<double>(diag - j));
+          }
+          if (opt.score_mod) x = opt.score_mod(b, h, i, j, x);
+          s[ju] = x + (opt.bias ? opt.bias(b, h, i, j) : 0.0);
           if (s[ju] == -std::numeric_limits<double>::infinity()) {
             vis[ju] = 0;  // an additive -inf masks the key
             continue;
@@ -170,8 +193,14 @@ result sdpa(const attn::strided<QT, 4>& q, const attn::strided<KT, 4>& k,
           any = true;
           if (s[ju] > m) m = s[ju];
         }
-        if (!any) continue;  // output stays 0, LSE -inf
-        double sum = 0.0;
+        const bool has_sink = !opt.sinks.empty();
+        const double sink = has_sink ? opt.sinks[static_cast<std::size_t>(h)] : 0.0;
+        if (!any) {  // output stays 0; LSE -inf, or the sink's
+          if (has_sink) r.l(b, h, i) = sink;
+          continue;
+        }
+        if (has_sink && sink > m) m = sink;
+        double sum = has_sink ? std::exp(sink - m) : 0.0;
         for (index j = 0; j < S; ++j) {
           const auto ju = static_cast<std::size_t>(j);
           if (vis[ju]) sum += std::exp(s[ju] - m);

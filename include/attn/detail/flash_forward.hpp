@@ -239,11 +239,13 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
 
     for (index r = 0; r < rows; ++r) {
       float* dst = out.at(b, i0 + r, h, 0);
+      const bool saw_nothing = ws.max[r] == core::softmax::neg_inf && ws.sum[r] == 0.0f;
       const float o_factor =
           policy.has_sinks() ? core::softmax::fold_sink(ws.max[r], ws.sum[r], policy.sink_log2(h))
                              : 1.0f;
-      const core::softmax::row_result res = engine::finish_row(
+      core::softmax::row_result res = engine::finish_row(
           ws.max[r], ws.sum[r], ws.o.data() + r * d_v_pad, d_v, dst, o_factor);
+      if (saw_nothing && policy.has_sinks()) res.lse = policy.sink(h);  // exactly, not via log2
       float* lse = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i0 + r);
       if (lse) *lse = res.lse;
       // The unnormalised O overflows fp32 when the visible |v| sum past

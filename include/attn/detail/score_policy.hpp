@@ -100,6 +100,9 @@ class score_policy {
   /// True when rows end with a sink (fold_sink).
   bool has_sinks() const { return sinks_ != nullptr; }
 
+  /// Head h's sink logit (natural-log units, as given).
+  float sink(index h) const { return sinks_[h]; }
+
   /// Head h's sink in log2 units.
   float sink_log2(index h) const { return sinks_[h] * core::log2e; }
 

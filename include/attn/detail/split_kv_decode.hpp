@@ -312,7 +312,8 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
       const float f = core::softmax::fold_sink(m, l, policy.sink_log2(h));
       const core::softmax::row_result res = core::softmax::finish_row_log2(m, l);
       for (index d = 0; d < d_v; ++d) o[d] *= f * res.inv_sum;
-      lse = res.lse;
+      // A row that saw nothing has the sink's LSE exactly, not via log2.
+      lse = lse == core::softmax::neg_inf ? policy.sink(h) : res.lse;
     }
     float* dst = out.at(b, i, h, 0);
     for (index d = 0; d < d_v; ++d) dst[d] = lse == core::softmax::neg_inf ? 0.0f : o[d];

@@ -120,18 +120,38 @@ struct column_state {
   float* factor;  ///< this step's rescale factors for O
 };
 
+/// The score rewrite of softmax_columns' max pass that changes nothing.
+struct no_rewrite {
+  /// x as it is.
+  static constexpr bool active = false;
+  /// Unused (active is false).
+  core::simd::packet operator()(const core::simd::packet& x, index, index) const { return x; }
+};
+
 /// Step 3 for columns [0, cols) of a score tile st (row stride ld): n keys,
 /// rows n..n_pad already -inf. Leaves P = 2^(S - max) in st and the factors
-/// by which each column's earlier accumulation must be rescaled.
+/// by which each column's earlier accumulation must be rescaled. A Rewrite
+/// with active = true (score_policy::column_modifier) is applied to each
+/// score in the max pass, while its column strip is in L1, rather than in a
+/// pass of its own over the whole tile.
+template <class Rewrite = no_rewrite>
 ATTN_ALWAYS_INLINE void softmax_columns(float* st, index ld, index n, index n_pad, index cols,
-                            const column_state& state) {
+                                        const column_state& state, const Rewrite& rewrite = {}) {
   using namespace core::simd;
   // Whole packets of columns, and padding rows that are already -inf.
   ATTN_ASSERT(0 <= n && n <= n_pad && cols % width == 0 && cols <= ld);
   for (index c0 = 0; c0 < cols; c0 += width) {
     float* s = st + c0;
     packet m = broadcast(core::softmax::neg_inf);
-    for (index j = 0; j < n; ++j) m = core::simd::max(m, load(s + j * ld));
+    if constexpr (Rewrite::active) {
+      for (index j = 0; j < n; ++j) {
+        const packet x = rewrite(load(s + j * ld), j, c0);
+        store(s + j * ld, x);
+        m = core::simd::max(m, x);
+      }
+    } else {
+      for (index j = 0; j < n; ++j) m = core::simd::max(m, load(s + j * ld));
+    }
     const core::softmax::packet_step step = core::softmax::online_step(load(state.max + c0), m);
     store(state.max + c0, step.max);
     store(state.factor + c0, step.factor);

@@ -148,10 +148,14 @@ struct flash_walk {
   void mask(index j0, index n) { s.mask(j0, n); }
 
   // 3. Online softmax down each column.
-  void online_softmax(index, index n) {
+  void online_softmax(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
-    engine::softmax_columns(ws.tiles.st.data(), q_tile, n, n_pad, s.cols,
-                            {ws.max.data(), ws.sum.data(), ws.factor.data()});
+    const engine::column_state state{ws.max.data(), ws.sum.data(), ws.factor.data()};
+    if (s.fuse_builtins)
+      engine::softmax_columns(ws.tiles.st.data(), q_tile, n, n_pad, s.cols, state,
+                              s.policy.columns_modifier(s.h, s.i0, j0));
+    else
+      engine::softmax_columns(ws.tiles.st.data(), q_tile, n, n_pad, s.cols, state);
     engine::rescale_rows(ws.o.data(), d_v_pad, d_v_pad, ws.factor.data(), s.rows);
   }
 
@@ -167,17 +171,19 @@ struct flash_walk {
       ws.hidden.set_apart(ws.v.data(), d_v_pad, n, n);  // every row sees every key: none
     else
       ws.hidden.set_apart(ws.v.data(), d_v_pad, 0, n);
-    if (s.in_band) {
+    if (s.in_band && !s.by_sub_tiles) {
       core::gemm_block<core::accumulate_tile, true>(core::lhs{st, 1, q_tile}, vt, n, ws.o.data(),
                                                     d_v_pad, s.cols, d_v_pad);
     } else {
       // Edge tile: each block of query rows only runs over the keys its
-      // band reaches; P is exactly 0 outside, so the sums are unchanged.
+      // band (and the mask_mod's register tiles) reach; P is exactly 0
+      // outside, so the sums are unchanged.
       using shape = core::accumulate_tile;
       for (index r0 = 0; r0 < s.rows; r0 += shape::rows) {
         const index ra = s.i0 + r0, rz = s.i0 + std::min<index>(r0 + shape::rows, s.rows) - 1;
-        const index lo = std::max<index>(s.band.row(ra).first - j0, 0);
-        const index hi = std::min<index>(s.band.row(rz).last - j0 + 1, n);
+        index lo = std::max<index>(s.band.row(ra).first - j0, 0);
+        index hi = std::min<index>(s.band.row(rz).last - j0 + 1, n);
+        if (s.by_sub_tiles) s.clip_to_sub_tiles(r0, rz - s.i0, n, lo, hi);
         if (lo >= hi) continue;
         core::gemm_block<shape, true>(core::lhs{st + r0 + lo * q_tile, 1, q_tile},
                                       core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},
@@ -209,6 +215,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
   const sliding_window* window = opt.window ? &*opt.window : nullptr;
   const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
   const float scale_log2 = scale * core::softmax::log2e;
+  const bool fuse_builtins = policy.modifies() && policy.only_builtins() && !has_add;
 
   auto run_task = [&](flash_scratch& ws, index t) {
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
@@ -233,8 +240,9 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
     flash_walk<KV, Policy> walk{
-        {k, opt, band, policy, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add}, v,
-        ws, d_v, d_v_pad};
+        {k, opt, band, policy, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add,
+         fuse_builtins},
+        v, ws, d_v, d_v_pad};
     engine::run_chunk(walk, j_begin, j_end);
 
     for (index r = 0; r < rows; ++r) {

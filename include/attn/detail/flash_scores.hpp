@@ -124,11 +124,23 @@ struct flash_scores {
   flash_score_buffers& buf;
   index b, h, hk, i0, rows, cols, d_qk;
   bool has_bool, has_add;
+  // The built-in rewrites (softcap, ALiBi) are left to the softmax's max
+  // pass (score_policy::column_modifier), not done in mask(). Only for a
+  // walk that runs softmax_columns with them, and without an additive mask
+  // (which must be added after them).
+  bool fuse_builtins = false;
   // Per tile: inside the band (no per-element band mask, whole GEMMs), and
   // free of any mask (no -inf to write, no hidden key).
   bool in_band = false, full = false;
   // Per tile: what the mask_mod says about it (full without one).
   block_kind mod_kind = block_kind::full;
+  // Per partial tile, when the mask_mod has a block predicate: what it says
+  // about each register tile (key rows kb, query columns c0), so that
+  // hidden register tiles are neither computed nor evaluated element-wise.
+  static constexpr index sub_rows = flash_tiles::kv_tile / core::score_tile::rows;
+  static constexpr index sub_cols = flash_tiles::q_tile / core::score_tile::cols;
+  block_kind sub_kind[sub_rows * sub_cols] = {};
+  bool by_sub_tiles = false;
 
   /// The band reaches the tile for some row, and neither the bool mask nor
   /// the mask_mod (if any) hides every key it reaches. Sets mod_kind.
@@ -157,7 +169,14 @@ struct flash_scores {
     const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, buf.k.data(), true);
     in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
     full = !has_bool && !has_add && in_band && mod_kind == block_kind::full;
-    if (in_band) {
+    by_sub_tiles = false;
+    if constexpr (engine::has_block_predicate<typename Policy::mask_type>::value) {
+      if (mod_kind == block_kind::partial) {
+        by_sub_tiles = true;
+        classify_sub_tiles(j0, n);
+      }
+    }
+    if (in_band && !by_sub_tiles) {
       core::gemm_block<core::score_tile, false, core::softmax::score_floor>(
           core::lhs{kt.data, kt.row_stride, 1}, core::rhs{buf.qt.data(), q_tile}, d_qk,
           buf.st.data(), q_tile, n_pad, cols);
@@ -171,6 +190,7 @@ struct flash_scores {
         if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
                                 shape::rows))
           continue;
+        if (by_sub_tiles && sub(kb, c0) == block_kind::empty) continue;
         core::gemm_tile<shape, false, core::softmax::score_floor>(
             core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
             core::rhs{buf.qt.data() + c0, q_tile}, d_qk, buf.st.data() + kb * q_tile + c0, q_tile);
@@ -182,7 +202,7 @@ struct flash_scores {
   /// never count.
   void mask(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
-    if (policy.modifies()) policy.columns(buf.st.data(), q_tile, n, rows, cols, b, h, i0, j0);
+    if (policy.modifies() && !fuse_builtins) policy.columns(buf.st.data(), q_tile, n, rows, cols, b, h, i0, j0);
     for (index j = n; j < n_pad; ++j)
       std::fill(buf.st.begin() + j * q_tile, buf.st.begin() + (j + 1) * q_tile,
                 core::softmax::neg_inf);
@@ -206,10 +226,60 @@ struct flash_scores {
         for (index j = lo; j <= hi; ++j)
           col[j * q_tile] = core::softmax::apply_additive_log2(col[j * q_tile], a[j * as]);
       }
-      if (mod_kind == block_kind::partial)
+      if (mod_kind == block_kind::partial && !by_sub_tiles)
         for (index j = lo; j <= hi; ++j)
           if (!policy.allows(b, h, i0 + r, j0 + j)) col[j * q_tile] = core::softmax::neg_inf;
     }
+    if (by_sub_tiles) mask_sub_tiles(j0, n);
+  }
+
+  /// The kind of register tile (key rows kb.., query columns c0..).
+  block_kind& sub(index kb, index c0) {
+    return sub_kind[(kb / core::score_tile::rows) * sub_cols + c0 / core::score_tile::cols];
+  }
+
+  /// sub_kind of every register tile of keys [j0, j0 + n): padding columns
+  /// and rows are empty (their results are dropped).
+  void classify_sub_tiles(index j0, index n) {
+    using shape = core::score_tile;
+    for (index kb = 0; kb < sub_rows * shape::rows; kb += shape::rows)
+      for (index c0 = 0; c0 < sub_cols * shape::cols; c0 += shape::cols)
+        sub(kb, c0) = kb >= n || c0 >= rows
+                          ? block_kind::empty
+                          : policy.classify(b, h, i0 + c0, i0 + std::min(c0 + shape::cols, rows),
+                                            j0 + kb, j0 + std::min<index>(kb + shape::rows, n));
+  }
+
+  /// Narrows the keys [lo, hi) (tile-relative) of query rows [r0, r1]
+  /// (tile-relative, inclusive) to the register tiles some of them see.
+  void clip_to_sub_tiles(index r0, index r1, index n, index& lo, index& hi) {
+    using shape = core::score_tile;
+    index first = n, last = 0;
+    for (index c0 = (r0 / shape::cols) * shape::cols; c0 <= r1; c0 += shape::cols)
+      for (index kb = 0; kb < n; kb += shape::rows)
+        if (sub(kb, c0) != block_kind::empty) {
+          first = std::min(first, kb);
+          last = std::max(last, std::min<index>(kb + shape::rows, n));
+        }
+    lo = std::max(lo, first);
+    hi = std::min(hi, last);
+  }
+
+  /// The mask_mod by register tiles: hidden ones -inf, partial ones per
+  /// element, full ones untouched.
+  void mask_sub_tiles(index j0, index n) {
+    using shape = core::score_tile;
+    for (index kb = 0; kb < n; kb += shape::rows)
+      for (index c0 = 0; c0 < cols; c0 += shape::cols) {
+        const block_kind kind = sub(kb, c0);
+        if (kind == block_kind::full) continue;
+        for (index j = kb; j < std::min<index>(kb + shape::rows, n); ++j) {
+          float* row = buf.st.data() + j * q_tile;
+          for (index c = c0; c < c0 + shape::cols; ++c)
+            if (kind == block_kind::empty || (c < rows && !policy.allows(b, h, i0 + c, j0 + j)))
+              row[c] = core::softmax::neg_inf;
+        }
+      }
   }
 
   /// Whether row r (of the tile) sees key `key` through the band and masks.

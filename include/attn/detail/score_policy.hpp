@@ -31,6 +31,7 @@
 
 #include "attn/core/abi.hpp"
 #include "attn/core/assert.hpp"
+#include "attn/core/inline.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/simd.hpp"
 #include "attn/core/softmax.hpp"
@@ -105,6 +106,48 @@ class score_policy {
 
   /// Head h's sink in log2 units.
   float sink_log2(index h) const { return sinks_[h] * core::log2e; }
+
+  /// True when every rewrite is a built-in (softcap, ALiBi), which the flash
+  /// walk may fuse into its softmax's max pass (column_modifier) instead of
+  /// a pass of its own over the tile.
+  bool only_builtins() const { return !has_score_mod; }
+
+  /// The built-in rewrites of one column-layout tile as a packet function,
+  /// for the softmax's max pass: (scores of key j0 + j, query columns
+  /// c0 .. c0 + width - 1 of a tile whose first row is i0) -> rewritten
+  /// scores. Masked scores (-inf) stay -inf, since the masks have already run:
+  /// the result is the one `columns` gives before masking.
+  struct column_modifier {
+    static constexpr bool active = true;  ///< softmax_columns applies it
+    core::simd::packet cap;        ///< softcap · log2 e in every lane
+    core::simd::packet inv_cap;    ///< its inverse
+    core::simd::packet neg_slope;  ///< -slope · log2 e of the head
+    index base;                    ///< distance of column 0 from key row 0 (i0 + offset - j0)
+    bool softcap;                  ///< softcap on
+    bool alibi;                    ///< ALiBi on
+
+    /// The rewritten scores.
+    ATTN_ALWAYS_INLINE core::simd::packet operator()(const core::simd::packet& x, index j,
+                                                     index c0) const {
+      using namespace core::simd;
+      packet s = x;
+      if (softcap) s = mul(cap, core::simd::tanh(mul(s, inv_cap)));
+      if (alibi) {
+        const packet dist = ei::pabs(ei::plset<packet>(static_cast<float>(base + c0 - j)));
+        s = core::simd::max(fma(neg_slope, dist, s), broadcast(-core::softmax::max_finite));
+      }
+      return select(equal(x, broadcast(core::softmax::neg_inf)), x, s);
+    }
+  };
+
+  /// The column_modifier of head h for the tile of query rows from i0 and
+  /// keys from j0.
+  column_modifier columns_modifier(index h, index i0, index j0) const {
+    using namespace core::simd;
+    return {broadcast(softcap_log2_), broadcast(inv_softcap_log2_),
+            broadcast(alibi_ ? -alibi_[h] * core::log2e : 0.0f), i0 + alibi_offset_ - j0,
+            softcap_log2_ > 0.0f, alibi_ != nullptr};
+  }
 
   /// Column layout: rewrites the scores st[j·ld + c] of keys j0 + j (j < n)
   /// and query rows i0 + c (c < cols, a whole number of packets; columns

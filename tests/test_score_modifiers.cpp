@@ -27,6 +27,7 @@
 #include <attn/flex.hpp>
 #include <attn/kv_cache.hpp>
 #include <attn/modifiers.hpp>
+#include <attn/multi_head.hpp>
 #include <attn/sdpa.hpp>
 #include <cmath>
 #include <limits>
@@ -527,6 +528,65 @@ TEST(KvCacheModifiers, DecodeAndChunkedPrefillEqualAFullForward) {
     check_cache_equals_full(attn::mask_only(attn::sliding_window_mask{20, 0, 0}),
                             attn::sdpa_options{});
   }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(LayerModifiers, MultiHeadCacheDecodeEqualsFullForward) {
+  // The layer passes softcap, ALiBi slopes and sinks to the attention of
+  // both its paths: a causal forward over the whole sequence and a prefill
+  // plus single steps through the cache give the same outputs.
+  const index E = 64, H = 4, Hkv = 2, T = 40;
+  attn::mha_config cfg;
+  cfg.embed_dim = E;
+  cfg.num_heads = H;
+  cfg.num_kv_heads = Hkv;
+  auto lin = [](index out, index in, unsigned seed) {
+    std::srand(seed);
+    attn::linear l;
+    l.weight = attn::multi_head_attention::matrix::Random(out, in) * 0.2f;
+    return l;
+  };
+  const attn::multi_head_attention layer(
+      cfg, {lin(E, E, 1), lin(E / H * Hkv, E, 2), lin(E / H * Hkv, E, 3), lin(E, E, 4)});
+  attn::tensor3 x(1, T, E);
+  x.setRandom();
+  attn::mha_options opt;
+  opt.attention.softcap = 2.0f;
+  opt.attention.alibi_slopes = attn::standard_alibi_slopes(H);
+  opt.attention.sinks = per_head(H, 0.0f, 0.5f);
+  attn::mha_options full_opt = opt;
+  full_opt.attention.causal = attn::causal::bottom_right;
+  const attn::tensor3 full = layer.forward(x, full_opt);
+  attn::kv_cache<float> cache(1, T, Hkv, E / H);
+  attn::tensor3 inc(1, T, E);
+  const index prefill = 25;
+  inc.slice(std::array<index, 3>{0, 0, 0}, std::array<index, 3>{1, prefill, E}) =
+      layer.forward(attn::tensor3(x.slice(std::array<index, 3>{0, 0, 0},
+                                          std::array<index, 3>{1, prefill, E})),
+                    cache, opt);
+  for (index t = prefill; t < T; ++t)
+    inc.slice(std::array<index, 3>{0, t, 0}, std::array<index, 3>{1, 1, E}) = layer.forward(
+        attn::tensor3(x.slice(std::array<index, 3>{0, t, 0}, std::array<index, 3>{1, 1, E})),
+        cache, opt);
+  double worst = 0, scale = 0;
+  for (index i = 0; i < full.size(); ++i) {
+    worst = std::max(worst, std::abs(double(full.data()[i]) - inc.data()[i]));
+    scale = std::max(scale, std::abs(double(full.data()[i])));
+  }
+  // Two fp32 computations of one layer (flash vs split-KV attention, the
+  // same projections): within 1e-5 of the output's magnitude.
+  EXPECT_LE(worst, 1e-5 * std::max(scale, 1.0));
+  attn::mha_options none = full_opt;
+  none.attention = attn::sdpa_options{};
+  none.attention.causal = attn::causal::bottom_right;
+  double moved = 0;
+  const attn::tensor3 plain = layer.forward(x, none);
+  for (index i = 0; i < full.size(); ++i)
+    moved = std::max(moved, std::abs(double(full.data()[i]) - plain.data()[i]));
+  EXPECT_GT(moved, 1e-3) << "the modifiers did not reach the layer's attention";
 }
 
 }  // namespace

@@ -15,9 +15,10 @@
 //
 // dtype: f32 (IEEE float32) or u8 (one byte; bool masks as 0/1). The file size
 // must be exactly header + data. Meta keys every file has: case, op (sdpa |
-// mha), torch (version), layout; mask conventions are in *_convention keys
-// (SDPA bool attn_mask: true = may attend; nn.MultiheadAttention's
-// key_padding_mask / bool attn_mask: true = NOT allowed).
+// mha | sdpa_mod), torch (version), layout; mask conventions are in
+// *_convention keys (SDPA bool attn_mask: true = may attend;
+// nn.MultiheadAttention's key_padding_mask / bool attn_mask: true = NOT
+// allowed).
 //
 // golden::load(name) reads tests/data/<name>.golden and returns every array
 // as float (u8 values become 0.0f / 1.0f) with its dims; it throws

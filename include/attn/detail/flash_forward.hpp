@@ -171,7 +171,10 @@ struct flash_walk {
       ws.hidden.set_apart(ws.v.data(), d_v_pad, n, n);  // every row sees every key: none
     else
       ws.hidden.set_apart(ws.v.data(), d_v_pad, 0, n);
-    if (s.in_band && !s.by_sub_tiles) {
+    bool whole_tile = s.in_band;  // (the plain kernels' code stays as it was)
+    if constexpr (flash_scores<KV, Policy>::sub_tiles_possible)
+      whole_tile = whole_tile && !s.by_sub_tiles;
+    if (whole_tile) {
       core::gemm_block<core::accumulate_tile, true>(core::lhs{st, 1, q_tile}, vt, n, ws.o.data(),
                                                     d_v_pad, s.cols, d_v_pad);
     } else {
@@ -183,7 +186,8 @@ struct flash_walk {
         const index ra = s.i0 + r0, rz = s.i0 + std::min<index>(r0 + shape::rows, s.rows) - 1;
         index lo = std::max<index>(s.band.row(ra).first - j0, 0);
         index hi = std::min<index>(s.band.row(rz).last - j0 + 1, n);
-        if (s.by_sub_tiles) s.clip_to_sub_tiles(r0, rz - s.i0, n, lo, hi);
+        if constexpr (flash_scores<KV, Policy>::sub_tiles_possible)
+          if (s.by_sub_tiles) s.clip_to_sub_tiles(r0, rz - s.i0, n, lo, hi);
         if (lo >= hi) continue;
         core::gemm_block<shape, true>(core::lhs{st + r0 + lo * q_tile, 1, q_tile},
                                       core::rhs{vt.data + lo * vt.row_stride, vt.row_stride},

@@ -25,6 +25,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -139,7 +140,13 @@ struct flash_scores {
   // hidden register tiles are neither computed nor evaluated element-wise.
   static constexpr index sub_rows = flash_tiles::kv_tile / core::score_tile::rows;
   static constexpr index sub_cols = flash_tiles::q_tile / core::score_tile::cols;
-  block_kind sub_kind[sub_rows * sub_cols] = {};
+  // Whether by_sub_tiles can ever be true: the code and the kinds exist
+  // only then, so that the plain kernels stay exactly as they were.
+  static constexpr bool sub_tiles_possible =
+      engine::has_block_predicate<typename Policy::mask_type>::value;
+  struct no_sub_kinds {};
+  std::conditional_t<sub_tiles_possible, std::array<block_kind, sub_rows * sub_cols>, no_sub_kinds>
+      sub_kind{};
   bool by_sub_tiles = false;
 
   /// The band reaches the tile for some row, and neither the bool mask nor
@@ -170,7 +177,7 @@ struct flash_scores {
     in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
     full = !has_bool && !has_add && in_band && mod_kind == block_kind::full;
     by_sub_tiles = false;
-    if constexpr (engine::has_block_predicate<typename Policy::mask_type>::value) {
+    if constexpr (sub_tiles_possible) {
       if (mod_kind == block_kind::partial) {
         by_sub_tiles = true;
         classify_sub_tiles(j0, n);
@@ -190,7 +197,8 @@ struct flash_scores {
         if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
                                 shape::rows))
           continue;
-        if (by_sub_tiles && sub(kb, c0) == block_kind::empty) continue;
+        if constexpr (sub_tiles_possible)
+          if (by_sub_tiles && sub(kb, c0) == block_kind::empty) continue;
         core::gemm_tile<shape, false, core::softmax::score_floor>(
             core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
             core::rhs{buf.qt.data() + c0, q_tile}, d_qk, buf.st.data() + kb * q_tile + c0, q_tile);
@@ -230,12 +238,14 @@ struct flash_scores {
         for (index j = lo; j <= hi; ++j)
           if (!policy.allows(b, h, i0 + r, j0 + j)) col[j * q_tile] = core::softmax::neg_inf;
     }
-    if (by_sub_tiles) mask_sub_tiles(j0, n);
+    if constexpr (sub_tiles_possible)
+      if (by_sub_tiles) mask_sub_tiles(j0, n);
   }
 
   /// The kind of register tile (key rows kb.., query columns c0..).
   block_kind& sub(index kb, index c0) {
-    return sub_kind[(kb / core::score_tile::rows) * sub_cols + c0 / core::score_tile::cols];
+    return sub_kind[static_cast<std::size_t>((kb / core::score_tile::rows) * sub_cols +
+                                             c0 / core::score_tile::cols)];
   }
 
   /// sub_kind of every register tile of keys [j0, j0 + n): padding columns

@@ -15,7 +15,6 @@
 
 #include <Eigen/Core>
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -187,13 +186,15 @@ class kv_cache {
                     counts.size());
     // Every sequence's call is checked before the first one writes its rows:
     // a failed attend leaves out and lse as they were.
+    std::vector<float> scales(static_cast<std::size_t>(batch_));  // each sequence's, as checked
     for (index b = 0; b < batch_; ++b) {
       const index n = counts.empty() ? T : counts[static_cast<std::size_t>(b)];
       detail::require(n >= 0 && n <= T && n <= lengths_[b], fn, "counts",
                       "0 <= counts[b] <= min(T, lengths()[b])", n);
       const sequence_call c = sequence(q, out, opt, counts, b);
       if (c.rows > 0)
-        detail::check_sdpa_arguments("scaled_dot_product_attention", c.q, c.k, c.v, c.out, c.opt);
+        scales[static_cast<std::size_t>(b)] = detail::check_sdpa_arguments(
+            "scaled_dot_product_attention", c.q, c.k, c.v, c.out, c.opt);
     }
     // The slices are checked apart within each sequence; across sequences
     // too, one sequence's out rows must not be another's q rows.
@@ -203,10 +204,8 @@ class kv_cache {
     for (index b = 0; b < batch_; ++b) {
       const sequence_call c = sequence(q, out, opt, counts, b);
       if (c.rows == 0) continue;
-      const float scale =
-          c.opt.scale ? *c.opt.scale : 1.0f / std::sqrt(static_cast<float>(head_dim_));
       detail::sdpa::run_attention<Storage>(
-          c.q, c.k, c.v, c.out, scale, c.opt,
+          c.q, c.k, c.v, c.out, scales[static_cast<std::size_t>(b)], c.opt,
           detail::engine::score_policy<ScoreMod, MaskMod>(c.opt, c.rows, lengths_[b],
                                                           &mods.score_mod, &mods.mask_mod, b,
                                                           lengths_[b] - c.rows));

@@ -63,9 +63,9 @@ void run_attention(const strided<const float, 4>& q, const strided<const KV, 4>&
     out = strided<float, 4>{&dummy_out, out.dims, {0, 0, 0, 0}};
   }
   if (split_kv_policy::applies(L, Hq / Hkv))
-    split_kv_decode<KV>(q, k, v, out, scale, opt, policy);
+    split_kv_decode(q, k, v, out, scale, opt, policy);
   else
-    flash_forward<KV>(q, k, v, out, scale, opt, policy);
+    flash_forward(q, k, v, out, scale, opt, policy);
 }
 
 }  // namespace ATTN_ABI

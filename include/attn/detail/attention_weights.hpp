@@ -71,7 +71,7 @@ struct row_normaliser_walk {
   static constexpr index q_tile = flash_tiles::q_tile;
   static constexpr index key_tile = flash_tiles::kv_tile;
 
-  flash_scores<KV, Policy>& s;
+  flash_scores<strided<const KV, 4>, Policy>& s;
   weights_scratch& ws;
 
   bool visible(index j0, index n) { return s.visible(j0, n); }
@@ -138,7 +138,7 @@ void attention_weights(const strided<const float, 4>& q, const strided<const KV,
                                     d_qk, scale_log2, ws.tiles.qt.data(), q_tile);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
-    flash_scores<KV, engine::score_policy<>> s{k,    opt,  band, policy,   ws.tiles,
+    flash_scores<strided<const KV, 4>, engine::score_policy<>> s{k,    opt,  band, policy,   ws.tiles,
                                                b,    h,    hk,   i0,       rows,
                                                cols, d_qk, has_bool, has_add};
 

@@ -85,9 +85,8 @@ struct flash_scratch {
 // (softcap, ALiBi, score_mod, mask_mod, sink) apply as in the fast path.
 // Returns whether dst is finite afterwards. Both kernels call this for a
 // finished row that came out non-finite.
-template <class KV, class Policy>
-bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const strided<const KV, 4>& k,
-                        const strided<const KV, 4>& v, const sdpa_options& opt,
+template <class Rows, class Policy>
+bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const Rows& k, const Rows& v, const sdpa_options& opt,
                         const detail::band_mask& band, const Policy& policy, index b, index i,
                         index h, index hk, float* dst, float* lse) {
   const index d_qk = k.dims[3], d_v = v.dims[3];
@@ -103,7 +102,7 @@ bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const strided<
       a = *opt.additive_mask.at(b, h, i, j);
       if (a == core::softmax::neg_inf) return {false, 0.0};
     }
-    const KV* kr = k.at(b, j, hk, 0);
+    const auto* kr = k.at(b, j, hk, 0);
     double s = 0.0;
     for (index d = 0; d < d_qk; ++d)
       s += static_cast<double>(q_log2[d * q_log2_stride]) *
@@ -121,13 +120,13 @@ bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const strided<
 
 // The engine's walk for one flash task: the score and mask steps of
 // flash_scores, then the online softmax and O += P·V.
-template <class KV, class Policy>
+template <class Rows, class Policy>
 struct flash_walk {
   static constexpr index q_tile = flash_tiles::q_tile;
   static constexpr index key_tile = flash_tiles::kv_tile;
 
-  flash_scores<KV, Policy> s;
-  const strided<const KV, 4>& v;
+  flash_scores<Rows, Policy> s;
+  const Rows& v;
   flash_scratch& ws;
   index d_v, d_v_pad;
 
@@ -172,7 +171,7 @@ struct flash_walk {
     else
       ws.hidden.set_apart(ws.v.data(), d_v_pad, 0, n);
     bool whole_tile = s.in_band;  // (the plain kernels' code stays as it was)
-    if constexpr (flash_scores<KV, Policy>::sub_tiles_possible)
+    if constexpr (flash_scores<Rows, Policy>::sub_tiles_possible)
       whole_tile = whole_tile && !s.by_sub_tiles;
     if (whole_tile) {
       core::gemm_block<core::accumulate_tile, true>(core::lhs{st, 1, q_tile}, vt, n, ws.o.data(),
@@ -186,7 +185,7 @@ struct flash_walk {
         const index ra = s.i0 + r0, rz = s.i0 + std::min<index>(r0 + shape::rows, s.rows) - 1;
         index lo = std::max<index>(s.band.row(ra).first - j0, 0);
         index hi = std::min<index>(s.band.row(rz).last - j0 + 1, n);
-        if constexpr (flash_scores<KV, Policy>::sub_tiles_possible)
+        if constexpr (flash_scores<Rows, Policy>::sub_tiles_possible)
           if (s.by_sub_tiles) s.clip_to_sub_tiles(r0, rz - s.i0, n, lo, hi);
         if (lo >= hi) continue;
         core::gemm_block<shape, true>(core::lhs{st + r0 + lo * q_tile, 1, q_tile},
@@ -200,28 +199,54 @@ struct flash_walk {
   }
 };
 
-template <class KV, class Policy>
-void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>& k,
-                   const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
-                   const sdpa_options& opt, const Policy& policy) {
-  constexpr index q_tile = flash_tiles::q_tile, kv_tile = flash_tiles::kv_tile;
-  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
-  const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
-  // What scaled_dot_product_attention has checked.
-  ATTN_ASSERT(Hkv >= 1 && Hq % Hkv == 0 && d_qk >= 1 && std::isfinite(scale));
-  ATTN_ASSERT(q.strides[3] == 1 && k.strides[3] == 1);
-  ATTN_ASSERT((v.strides[3] == 1 && out.strides[3] == 1) || d_v <= 1);
-  ATTN_ASSERT(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B);
-  const index d_v_pad = detail::round_up(d_v, core::accumulate_tile::cols);
-  const index group = Hq / Hkv;
-  const index q_tiles = detail::ceil_div(L, q_tile);
-  const index tasks = B * Hq * q_tiles;
-  const sliding_window* window = opt.window ? &*opt.window : nullptr;
-  const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  const float scale_log2 = scale * core::softmax::log2e;
-  const bool fuse_builtins = policy.modifies() && policy.only_builtins() && !has_add;
+// One flash_forward call as tasks: flash_forward runs them on its own, and
+// the batched driver of packed and paged sequences (batched_sequences.hpp)
+// runs the tasks of many calls in one parallel loop. The views, options and
+// policy are held by reference and must outlive the call object.
+template <class Rows, class Policy>
+struct flash_call {
+  static constexpr index q_tile = flash_tiles::q_tile, kv_tile = flash_tiles::kv_tile;
 
-  auto run_task = [&](flash_scratch& ws, index t) {
+  const strided<const float, 4>& q;
+  const Rows& k;
+  const Rows& v;
+  const strided<float, 4>& out;
+  const sdpa_options& opt;
+  const Policy& policy;
+  index B, L, Hq, d_qk, S, Hkv, d_v, d_v_pad, group, q_tiles, tasks;
+  const sliding_window* window;
+  bool has_bool, has_add, fuse_builtins;
+  float scale_log2;
+
+  flash_call(const strided<const float, 4>& q_, const Rows& k_, const Rows& v_,
+             const strided<float, 4>& out_, float scale, const sdpa_options& opt_,
+             const Policy& policy_)
+      : q(q_), k(k_), v(v_), out(out_), opt(opt_), policy(policy_) {
+    B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
+    S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
+    // What scaled_dot_product_attention has checked.
+    ATTN_ASSERT(Hkv >= 1 && Hq % Hkv == 0 && d_qk >= 1 && std::isfinite(scale));
+    ATTN_ASSERT(q.strides[3] == 1);
+    ATTN_ASSERT(out.strides[3] == 1 || d_v <= 1);
+    ATTN_ASSERT(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B);
+    d_v_pad = detail::round_up(d_v, core::accumulate_tile::cols);
+    group = Hq / Hkv;
+    q_tiles = detail::ceil_div(L, q_tile);
+    tasks = B * Hq * q_tiles;
+    window = opt.window ? &*opt.window : nullptr;
+    has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
+    scale_log2 = scale * core::softmax::log2e;
+    fuse_builtins = policy.modifies() && policy.only_builtins() && !has_add;
+  }
+
+  /// Floating-point operations of the whole call (the thread-count rule).
+  double flops() const { return 2.0 * B * Hq * static_cast<double>(L) * S * (d_qk + d_v); }
+
+  /// A thread's working memory for any task of this call.
+  flash_scratch make_scratch() const { return flash_scratch(d_qk, d_v_pad); }
+
+  /// Task t: one (batch entry, query head, query tile).
+  void run_task(flash_scratch& ws, index t) const {
     const index qt = t % q_tiles, h = (t / q_tiles) % Hq, b = t / (q_tiles * Hq);
     const index hk = h / group;
     const index i0 = qt * q_tile, rows = std::min(q_tile, L - i0);
@@ -243,7 +268,7 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
 
-    flash_walk<KV, Policy> walk{
+    flash_walk<Rows, Policy> walk{
         {k, opt, band, policy, ws.tiles, b, h, hk, i0, rows, cols, d_qk, has_bool, has_add,
          fuse_builtins},
         v, ws, d_v, d_v_pad};
@@ -267,12 +292,18 @@ void flash_forward(const strided<const float, 4>& q, const strided<const KV, 4>&
         recompute_sdpa_row(ws.tiles.qt.data() + r, q_tile, k, v, opt, band, policy, b, i0 + r, h,
                            hk, dst, lse);
     }
-  };
+  }
+};
 
-  const double flops = 2.0 * B * Hq * static_cast<double>(L) * S * (d_qk + d_v);
+template <class Rows, class Policy>
+void flash_forward(const strided<const float, 4>& q, const Rows& k, const Rows& v,
+                   const strided<float, 4>& out, float scale, const sdpa_options& opt,
+                   const Policy& policy) {
+  const flash_call<Rows, Policy> call(q, k, v, out, scale, opt, policy);
   core::parallel_for(
-      tasks, core::threads_for_work(opt.num_threads, flops),
-      [&] { return flash_scratch(d_qk, d_v_pad); }, run_task);
+      call.tasks, core::threads_for_work(opt.num_threads, call.flops()),
+      [&] { return call.make_scratch(); },
+      [&](flash_scratch& ws, index t) { call.run_task(ws, t); });
 }
 
 }  // namespace ATTN_ABI

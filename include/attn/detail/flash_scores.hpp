@@ -34,6 +34,7 @@
 #include "attn/core/microkernel.hpp"
 #include "attn/core/softmax.hpp"
 #include "attn/detail/score_policy.hpp"
+#include "attn/detail/kv_rows.hpp"
 #include "attn/mask.hpp"
 #include "attn/sdpa_options.hpp"
 #include "attn/view.hpp"
@@ -66,14 +67,14 @@ struct flash_score_buffers {
 
 // Copies rows [j0, j0 + n) of one head into dst as float, row stride `cols`;
 // rows n..rows_pad and columns width..cols are zero.
-template <class KV>
-void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n, index rows_pad,
+template <class Rows>
+void pack_rows(const Rows& t, index b, index h, index j0, index n, index rows_pad,
                index width, index cols, float* dst) {
   for (index r = 0; r < rows_pad; ++r) {
     float* row = dst + r * cols;
     index c = 0;
     if (r < n) {
-      const KV* src = t.at(b, j0 + r, h, 0);
+      const auto* src = t.at(b, j0 + r, h, 0);
       for (; c < width; ++c) row[c] = static_cast<float>(src[c]);
     }
     for (; c < cols; ++c) row[c] = 0.0f;
@@ -83,11 +84,11 @@ void pack_rows(const strided<const KV, 4>& t, index b, index h, index j0, index 
 // Asks the cache for rows [j0, j0 + n) of one head ahead of use. In
 // [batch, seq, heads, dim] one head's rows sit heads·dim apart, often a page
 // or more, where hardware prefetchers stop following the stream.
-template <class KV>
-void prefetch_rows(const strided<const KV, 4>& t, index b, index h, index j0, index n,
+template <class Rows>
+void prefetch_rows(const Rows& t, index b, index h, index j0, index n,
                    index width) {
 #if defined(__GNUC__)
-  const index bytes = width * static_cast<index>(sizeof(KV));
+  const index bytes = width * static_cast<index>(sizeof(rows_scalar_t<Rows>));
   for (index r = 0; r < n; ++r) {
     const char* row = reinterpret_cast<const char*>(t.at(b, j0 + r, h, 0));
     for (index off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
@@ -100,11 +101,14 @@ void prefetch_rows(const strided<const KV, 4>& t, index b, index h, index j0, in
 // Rows [j0, j0 + n) of one head as a micro-kernel operand: in place when the
 // storage is already float and shaped as the kernel needs (and in_place is
 // allowed), else converted and zero-padded into `buffer`.
-template <class KV>
-core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, index j0, index n,
+template <class Rows>
+core::rhs tile_rows_operand(const Rows& t, index b, index h, index j0, index n,
                             index rows_pad, index width, index cols, float* buffer, bool in_place) {
-  if constexpr (std::is_same<KV, float>::value) {
-    if (in_place && n == rows_pad && width == cols) return {t.at(b, j0, h, 0), t.strides[1]};
+  if constexpr (std::is_same<rows_scalar_t<Rows>, float>::value) {
+    if (in_place && n == rows_pad && width == cols) {
+      const index stride = uniform_row_stride(t, b, j0, n);
+      if (stride != 0) return {t.at(b, j0, h, 0), stride};
+    }
   }
   pack_rows(t, b, h, j0, n, rows_pad, width, cols, buffer);
   return {buffer, cols};
@@ -114,11 +118,11 @@ core::rhs tile_rows_operand(const strided<const KV, 4>& t, index b, index h, ind
 /// of head h in batch entry b (KV head hk), cols (rows rounded up to
 /// q_step) columns computed, Qᵀ already packed in buf.qt. Policy is the
 /// call's engine::score_policy.
-template <class KV, class Policy>
+template <class Rows, class Policy>
 struct flash_scores {
   static constexpr index q_tile = flash_tiles::q_tile;
 
-  const strided<const KV, 4>& k;
+  const Rows& k;
   const sdpa_options& opt;
   const detail::band_mask& band;
   const Policy& policy;

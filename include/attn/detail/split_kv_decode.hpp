@@ -119,12 +119,12 @@ inline void axpy_row(float* o, float p, const KV* v, index n) {
 // The engine's walk for one split-KV task: every (query head, position) row
 // of batch entry b — row r = h·L + i — against the keys of one chunk, in the
 // row layout (scores s[r][key], key_tile keys per row).
-template <class KV, class Policy>
+template <class Rows, class Policy>
 struct split_kv_walk {
   static constexpr index key_tile = split_kv_policy::key_block;
 
-  const strided<const KV, 4>& k;
-  const strided<const KV, 4>& v;
+  const Rows& k;
+  const Rows& v;
   const sdpa_options& opt;
   const detail::band_mask& band;
   const Policy& policy;
@@ -155,7 +155,7 @@ struct split_kv_walk {
   void scores(index j0, index n) {
     for (index jj = 0; jj < n; ++jj)
       for (index hk = 0; hk < Hkv; ++hk) {
-        const KV* kr = k.at(b, j0 + jj, hk, 0);
+        const auto* kr = k.at(b, j0 + jj, hk, 0);
         index r = hk * rows_per_kv;
         const index r_end = r + rows_per_kv;
         for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
@@ -210,7 +210,7 @@ struct split_kv_walk {
   void accumulate(index j0, index n) {
     for (index jj = 0; jj < n; ++jj)
       for (index hk = 0; hk < Hkv; ++hk) {
-        const KV* vr = v.at(b, j0 + jj, hk, 0);
+        const auto* vr = v.at(b, j0 + jj, hk, 0);
         index r = hk * rows_per_kv;
         const index r_end = r + rows_per_kv;
         for (; r + 4 <= r_end; r += 4) {
@@ -233,69 +233,98 @@ struct split_kv_walk {
   }
 };
 
-template <class KV, class Policy>
-void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4>& k,
-                     const strided<const KV, 4>& v, const strided<float, 4>& out, float scale,
-                     const sdpa_options& opt, const Policy& policy) {
-  constexpr index key_block = split_kv_policy::key_block;
-  const index B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
-  const index S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
-  // What scaled_dot_product_attention has checked.
-  ATTN_ASSERT(Hkv >= 1 && Hq % Hkv == 0 && d_qk >= 1 && std::isfinite(scale));
-  ATTN_ASSERT(q.strides[3] == 1 && k.strides[3] == 1);
-  ATTN_ASSERT((v.strides[3] == 1 && out.strides[3] == 1) || d_v <= 1);
-  ATTN_ASSERT(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B);
-  // Rows of one task: every (query head, position) of the batch entry, row
-  // r = h * L + i, so the rows of KV head hk are [hk·group·L, (hk+1)·group·L).
-  const index group = Hq / Hkv, R = Hq * L, rows_per_kv = group * L;
-  const index n_chunks = split_kv_policy::chunks(B, S, R * (d_v + 1));
-  const index chunk = detail::ceil_div(S, n_chunks);
-  const index tasks = B * n_chunks;
-  const sliding_window* window = opt.window ? &*opt.window : nullptr;
-  const bool has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
-  const float scale_log2 = scale * core::softmax::log2e;
+/// One split-KV task's working memory.
+struct split_kv_scratch {
+  std::vector<float> q, s, o, max, sum;
 
+  /// Room for R rows of d_qk query and d_v output floats.
+  split_kv_scratch(index R, index d_qk, index d_v)
+      : q(R * d_qk), s(R * split_kv_policy::key_block), o(R * d_v), max(R), sum(R) {}
+};
+
+// One split_kv_decode call in two phases of independent work items: the
+// tasks (batch entry, key chunk), then the merge of each output row's
+// partials, which needs every task of its batch entry done. split_kv_decode
+// runs the phases itself; the batched driver of packed and paged sequences
+// (batched_sequences.hpp) runs the phases of many calls together. The
+// views, options and policy are held by reference.
+template <class Rows, class Policy>
+struct split_kv_call {
+  const strided<const float, 4>& q;
+  const Rows& k;
+  const Rows& v;
+  const strided<float, 4>& out;
+  const sdpa_options& opt;
+  const Policy& policy;
+  index B, L, Hq, d_qk, S, Hkv, d_v, group, R, rows_per_kv, n_chunks, chunk, tasks;
+  const sliding_window* window;
+  bool has_bool, has_add;
+  float scale_log2;
   // Partial results of every task: R rows of d_v outputs and R LSEs.
-  std::vector<float> part_o(static_cast<std::size_t>(tasks * R * d_v));
-  std::vector<float> part_lse(static_cast<std::size_t>(tasks * R));
+  std::vector<float> part_o, part_lse;
 
-  struct scratch {
-    std::vector<float> q, s, o, max, sum;
-  };
-  auto make_scratch = [&] {
-    return scratch{std::vector<float>(R * d_qk), std::vector<float>(R * key_block),
-                   std::vector<float>(R * d_v), std::vector<float>(R), std::vector<float>(R)};
-  };
+  split_kv_call(const strided<const float, 4>& q_, const Rows& k_, const Rows& v_,
+                const strided<float, 4>& out_, float scale, const sdpa_options& opt_,
+                const Policy& policy_)
+      : q(q_), k(k_), v(v_), out(out_), opt(opt_), policy(policy_) {
+    B = q.dims[0], L = q.dims[1], Hq = q.dims[2], d_qk = q.dims[3];
+    S = k.dims[1], Hkv = k.dims[2], d_v = v.dims[3];
+    // What scaled_dot_product_attention has checked.
+    ATTN_ASSERT(Hkv >= 1 && Hq % Hkv == 0 && d_qk >= 1 && std::isfinite(scale));
+    ATTN_ASSERT(q.strides[3] == 1);
+    ATTN_ASSERT(out.strides[3] == 1 || d_v <= 1);
+    ATTN_ASSERT(opt.key_lengths.empty() || static_cast<index>(opt.key_lengths.size()) == B);
+    // Rows of one task: every (query head, position) of the batch entry, row
+    // r = h * L + i, so the rows of KV head hk are [hk·group·L, (hk+1)·group·L).
+    group = Hq / Hkv, R = Hq * L, rows_per_kv = group * L;
+    n_chunks = split_kv_policy::chunks(B, S, R * (d_v + 1));
+    chunk = detail::ceil_div(S, n_chunks);
+    tasks = B * n_chunks;
+    window = opt.window ? &*opt.window : nullptr;
+    has_bool = !opt.bool_mask.empty(), has_add = !opt.additive_mask.empty();
+    scale_log2 = scale * core::softmax::log2e;
+    part_o.resize(static_cast<std::size_t>(tasks * R * d_v));
+    part_lse.resize(static_cast<std::size_t>(tasks * R));
+  }
 
-  auto run_task = [&](scratch& ws, index t) {
+  /// Floating-point operations of the whole call (the thread-count rule).
+  double flops() const { return 2.0 * B * Hq * static_cast<double>(L) * S * (d_qk + d_v); }
+
+  /// Output rows the merge phase finishes.
+  index merge_rows() const { return B * R; }
+
+  /// A thread's working memory for any task of this call.
+  split_kv_scratch make_scratch() const { return split_kv_scratch(R, d_qk, d_v); }
+
+  /// Task t: batch entry t / n_chunks, key chunk t % n_chunks. Scratch may
+  /// be larger than this call's (the batched driver sizes it for several).
+  void run_task(split_kv_scratch& ws, index t) {
     const index c = t % n_chunks, b = t / n_chunks;
     const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];
     const detail::band_mask band(L, S, key_len, opt.causal, window);
     for (index r = 0; r < R; ++r)
       engine::pack_query_row(q.at(b, r % L, r / L, 0), d_qk, scale_log2, ws.q.data() + r * d_qk);
-    std::fill(ws.o.begin(), ws.o.end(), 0.0f);
-    std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
-    std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
+    std::fill(ws.o.begin(), ws.o.begin() + R * d_v, 0.0f);
+    std::fill(ws.max.begin(), ws.max.begin() + R, core::softmax::neg_inf);
+    std::fill(ws.sum.begin(), ws.sum.begin() + R, 0.0f);
 
     const detail::key_band span = band.rows(0, L);
-    split_kv_walk<KV, Policy> walk{k,           v,           opt,         band,
-                                   policy,      b,           L,           Hkv,
-                                   R,           rows_per_kv, d_qk,        d_v,
-                                   has_bool,    has_add,     ws.q.data(), ws.s.data(),
-                                   ws.o.data(), ws.max.data(), ws.sum.data()};
+    split_kv_walk<Rows, Policy> walk{k,           v,           opt,         band,
+                                     policy,      b,           L,           Hkv,
+                                     R,           rows_per_kv, d_qk,        d_v,
+                                     has_bool,    has_add,     ws.q.data(), ws.s.data(),
+                                     ws.o.data(), ws.max.data(), ws.sum.data()};
     engine::run_chunk(walk, std::max(c * chunk, span.first), std::min((c + 1) * chunk, span.last + 1));
 
     for (index r = 0; r < R; ++r)
       part_lse[t * R + r] = engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_v, d_v,
                                                part_o.data() + (t * R + r) * d_v)
                                 .lse;
-  };
-  const int threads = core::threads_for_work(
-      opt.num_threads, 2.0 * B * Hq * static_cast<double>(L) * S * (d_qk + d_v));
-  core::parallel_for(tasks, threads, make_scratch, run_task);
+  }
 
-  // Merge the chunks of each row in chunk order, then write it out.
-  auto merge_row = [&](index row) {
+  /// Merges the chunks of output row `row` (batch entry row / R) in chunk
+  /// order and writes it out; every task of its batch entry has run.
+  void merge_row(index row) {
     const index r = row % R, b = row / R;
     const index first = b * n_chunks;
     float* o = part_o.data() + (first * R + r) * d_v;
@@ -330,8 +359,19 @@ void split_kv_decode(const strided<const float, 4>& q, const strided<const KV, 4
       recompute_sdpa_row(q_log2.data(), 1, k, v, opt, band, policy, b, i, h, h / group, dst,
                          lse_out);
     }
-  };
-  core::parallel_for(B * R, threads, merge_row);
+  }
+};
+
+template <class Rows, class Policy>
+void split_kv_decode(const strided<const float, 4>& q, const Rows& k, const Rows& v,
+                     const strided<float, 4>& out, float scale, const sdpa_options& opt,
+                     const Policy& policy) {
+  split_kv_call<Rows, Policy> call(q, k, v, out, scale, opt, policy);
+  const int threads = core::threads_for_work(opt.num_threads, call.flops());
+  core::parallel_for(
+      call.tasks, threads, [&] { return call.make_scratch(); },
+      [&](split_kv_scratch& ws, index t) { call.run_task(ws, t); });
+  core::parallel_for(call.merge_rows(), threads, [&](index row) { call.merge_row(row); });
 }
 
 }  // namespace ATTN_ABI

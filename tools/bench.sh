@@ -7,6 +7,9 @@
 #                                   (prefill tokens/s, decode step vs cache length)
 #   tools/bench.sh --additive       also additive (Bahdanau) attention: fused
 #                                   kernel vs naive Eigen, share of the tanh bound
+#   tools/bench.sh --serving        also the serving entries (bench/bench_serving.cpp):
+#                                   paged vs contiguous decode GB/s, a mixed
+#                                   prefill + decode batch in one call vs 32
 #   tools/bench.sh --mla            also DeepSeek MLA (bench/bench_mla.cpp, when
 #                                   the build has it): latent vs MHA cache
 #   tools/bench.sh --no-plots       skip the charts
@@ -61,6 +64,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 quick=0
 layer=0
 additive=0
+serving=0
 mla=0
 model=0
 compare=0
@@ -72,6 +76,7 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1 ;;
     --layer) layer=1 ;;
     --additive) additive=1 ;;
+    --serving) serving=1 ;;
     --mla) mla=1 ;;
     --model) model=1 ;;
     --no-plots) plots=0 ;;
@@ -131,6 +136,7 @@ cmake -S "$root" -B "$build" \
 targets=(bench_prefill bench_decode bench_summary)
 [[ $layer -eq 1 ]] && targets+=(bench_layer)
 [[ $additive -eq 1 ]] && targets+=(bench_additive)
+[[ $serving -eq 1 ]] && targets+=(bench_serving)
 if [[ $mla -eq 1 ]]; then
   # bench_mla exists once bench/CMakeLists.txt defines it.
   if cmake --build "$build" --target help 2>/dev/null | grep -q 'bench_mla'; then
@@ -167,7 +173,7 @@ if [[ -n "$filter" ]]; then
 fi
 
 mkdir -p "$results"
-rm -f "$results"/{prefill,decode,layer,additive,mla}.json "$results"/summary.txt
+rm -f "$results"/{prefill,decode,layer,additive,serving,mla}.json "$results"/summary.txt
 
 run() {  # run NAME FILTER
   local name="$1" filt="$2"
@@ -193,7 +199,7 @@ run() {  # run NAME FILTER
   set +e
   "$bindir/bench_$name" "${args[@]}" ${extra[@]+"${extra[@]}"} 2>&1 \
     | tee "$results/$name.log" \
-    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer|additive|mla|minilm)/[^ ]*/real_time |rror|atal'
+    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer|additive|serving|mla|minilm)/[^ ]*/real_time |rror|atal'
   local status=${PIPESTATUS[0]}
   set -e
   if [[ $status -ne 0 ]]; then
@@ -214,6 +220,11 @@ if [[ $additive -eq 1 ]]; then
   # Additive attention (bench/bench_additive.cpp): its medians are printed
   # above as they come (Gelem_per_s, tanh_pct, speedup_vs_naive).
   run additive "${filter:-}"
+fi
+if [[ $serving -eq 1 ]]; then
+  # Paged and packed batches (bench/bench_serving.cpp): medians above
+  # (GBps, peak_pct, max_diff = |paged - contiguous|).
+  run serving "${filter:-}"
 fi
 if [[ $mla -eq 1 ]]; then
   # DeepSeek MLA (bench/bench_mla.cpp): medians above; charted below.
@@ -255,7 +266,7 @@ for f in "$results"/prefill.json "$results"/decode.json; do
   [[ -s "$f" ]] && files+=("$f")
 done
 if [[ ${#files[@]} -eq 0 ]]; then
-  if [[ $layer -eq 1 || $additive -eq 1 || $mla -eq 1 || $model -eq 1 ]]; then
+  if [[ $layer -eq 1 || $additive -eq 1 || $serving -eq 1 || $mla -eq 1 || $model -eq 1 ]]; then
     plot
     echo "bench.sh: done in $(( $(date +%s) - start )) s; results in $results"
     exit $failed

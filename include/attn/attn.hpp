@@ -20,6 +20,8 @@
 //               attn/decomposable.hpp, attn/structured.hpp, attn/mla.hpp
 //   layers      attn/multi_head.hpp, attn/kv_cache.hpp, attn/rope.hpp,
 //               attn/mla_cache.hpp, attn/yarn.hpp, attn/dense.hpp
+//   serving     attn/varlen.hpp, attn/paged_attention.hpp,
+//               attn/paged_kv_cache.hpp, attn/merge_states.hpp
 //
 // The public names are these names in namespace attn, each documented in its
 // header:
@@ -54,6 +56,8 @@
 //   dense       attn::dense_layer (nn.Linear on the micro-kernel), attn::linear
 //   RoPE        attn::rope_table, attn::rope_options, attn::rope_layout,
 //               attn::apply_rope, attn::yarn_options, attn::yarn_inv_freq
+//   serving     attn::varlen_attention, attn::paged_attention,
+//               attn::paged_kv_view, attn::paged_kv_cache, attn::merge_states
 //   MLA         attn::multi_head_latent_attention, attn::mla_config,
 //               attn::mla_weights, attn::mla_options, attn::mla_path,
 //               attn::mla_cache
@@ -127,3 +131,11 @@
 #include "attn/mla.hpp"
 #include "attn/mla_cache.hpp"
 #include "attn/yarn.hpp"
+
+// Serving many sequences at once: packed variable-length batches, a paged
+// K/V cache (the caller's or attn's own pool) and the LSE merge of partial
+// results (docs/design.md, section 2.4b).
+#include "attn/merge_states.hpp"
+#include "attn/paged_attention.hpp"
+#include "attn/paged_kv_cache.hpp"
+#include "attn/varlen.hpp"

@@ -37,6 +37,8 @@
 
 namespace attn {
 namespace detail::varlen {
+// (In the ISA namespace: run() calls the kernels, see attn/core/abi.hpp.)
+inline namespace ATTN_ABI {
 
 // cu [batch + 1] cumulative lengths: starts at 0, never decreases, ends at
 // `total` (the packed extent). Returns the batch.
@@ -150,6 +152,7 @@ void run(const strided<const float, 3>& q, const strided<float, 3>& out,
   sdpa::run_sequences(calls, opt.num_threads);
 }
 
+}  // namespace ATTN_ABI
 }  // namespace detail::varlen
 
 inline namespace ATTN_ABI {

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -97,7 +98,11 @@ std::unique_ptr<serving_data<T>> make_data(const std::vector<std::pair<index, in
     }
     std::vector<std::int32_t> order(static_cast<std::size_t>(blocks));
     std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), std::mt19937(5));
+    // ATTN_BENCH_PAGED_IN_ORDER=1 keeps the blocks in order (the pool as
+    // one contiguous cache): separates the cost of scattered blocks from
+    // the paged kernel's own.
+    if (!std::getenv("ATTN_BENCH_PAGED_IN_ORDER"))
+      std::shuffle(order.begin(), order.end(), std::mt19937(5));
     tensor<T, 4> kp(blocks, bs, Hkv, D), vp(blocks, bs, Hkv, D);
     tensor<std::int32_t, 2> table(static_cast<index>(LS.size()), max_blocks);
     table.setZero();

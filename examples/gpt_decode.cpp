@@ -1,9 +1,8 @@
 // examples/gpt_decode.cpp: a tiny decoder-only language model with random
 // weights, generating greedily through attn's KV cache.
 //
-// Each layer is pre-norm: x += attention(rms_norm(x)); x += mlp(rms_norm(x)),
-// with grouped-query attention (8 query heads, 2 KV heads), rotary position
-// embeddings (half-split, as Llama) and a SiLU-gated MLP. The prompt is
+// The model is examples/tiny_decoder/model.hpp (pre-norm layers of GQA
+// attention with RoPE and a SiLU-gated MLP). The prompt is
 // prefilled in one call per layer; then each new token is one call per layer
 // that appends its K/V to the cache and attends over everything cached.
 //
@@ -12,80 +11,21 @@
 #include <attn/multi_head.hpp>
 
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <random>
 #include <vector>
+
+#include "tiny_decoder/model.hpp"
 
 namespace {
 
-using attn::index;
-using matrix = attn::multi_head_attention::matrix;
-
-constexpr index vocab = 512, dim = 256, layers = 4, heads = 8, kv_heads = 2, hidden = 688;
-constexpr index head_dim = dim / heads, max_tokens = 1024;
-
-std::mt19937 rng(7);
-
-matrix random_matrix(index rows, index cols) {
-  std::normal_distribution<float> n(0.0f, 1.0f / std::sqrt(static_cast<float>(cols)));
-  matrix m(rows, cols);
-  for (index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
-  return m;
-}
-
-attn::linear random_linear(index out, index in) { return {random_matrix(out, in), {}}; }
-
-// x <- x / rms(x) (unit gain), per token.
-void rms_norm(const attn::tensor3& x, attn::tensor3& y) {
-  const index n = x.dimension(0) * x.dimension(1);
-  for (index t = 0; t < n; ++t) {
-    const float* a = x.data() + t * dim;
-    double ss = 0;
-    for (index i = 0; i < dim; ++i) ss += double(a[i]) * a[i];
-    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / dim) + 1e-6f);
-    for (index i = 0; i < dim; ++i) y.data()[t * dim + i] = a[i] * inv;
-  }
-}
-
-struct block {
-  std::unique_ptr<attn::multi_head_attention> attention;
-  matrix w_gate, w_up, w_down;  // [hidden, dim], [hidden, dim], [dim, hidden]
-};
-
-// x += W_down (silu(W_gate h) * (W_up h)) for every token of h.
-void mlp(const block& blk, const attn::tensor3& h, attn::tensor3& x) {
-  const index n = h.dimension(0) * h.dimension(1);
-  Eigen::Map<const matrix> hm(h.data(), n, dim);
-  Eigen::Map<matrix> xm(x.data(), n, dim);
-  const matrix gate = hm * blk.w_gate.transpose(), up = hm * blk.w_up.transpose();
-  const matrix act = gate.unaryExpr([](float g) { return g / (1.0f + std::exp(-g)); })
-                         .cwiseProduct(up);
-  xm.noalias() += act * blk.w_down.transpose();
-}
+using namespace tiny_decoder;
+using tiny_decoder::index;  // (not ::index of <strings.h>)
 
 template <class Storage>
 int run(index new_tokens) {
-  // Model.
-  const matrix embedding = random_matrix(vocab, dim) * 4.0f;  // [vocab, dim], tied output
-  auto rope = std::make_shared<attn::rope_table>(max_tokens, head_dim);
-  attn::mha_config cfg;
-  cfg.embed_dim = dim;
-  cfg.num_heads = heads;
-  cfg.num_kv_heads = kv_heads;
-  std::vector<block> model(layers);
-  for (block& b : model) {
-    attn::mha_weights w{random_linear(heads * head_dim, dim), random_linear(kv_heads * head_dim, dim),
-                        random_linear(kv_heads * head_dim, dim), random_linear(dim, heads * head_dim)};
-    b.attention = std::make_unique<attn::multi_head_attention>(
-        cfg, std::move(w), attn::mha_rope{rope, attn::rope_layout::half_split});
-    b.w_gate = random_matrix(hidden, dim);
-    b.w_up = random_matrix(hidden, dim);
-    b.w_down = random_matrix(dim, hidden);
-  }
+  const model m = make_model(7);
   std::vector<attn::kv_cache<Storage>> caches;
   for (index l = 0; l < layers; ++l) caches.emplace_back(1, max_tokens, kv_heads, head_dim);
 
@@ -95,19 +35,15 @@ int run(index new_tokens) {
     const index T = static_cast<index>(tokens.size());
     attn::tensor3 x(1, T, dim), h(1, T, dim);
     for (index t = 0; t < T; ++t)
-      for (index i = 0; i < dim; ++i) x(0, t, i) = embedding(tokens[t], i);
+      for (index i = 0; i < dim; ++i) x(0, t, i) = m.embedding(tokens[t], i);
     for (index l = 0; l < layers; ++l) {
       rms_norm(x, h);
-      x += model[l].attention->forward(h, caches[l]);
+      x += m.blocks[l].attention->forward(h, caches[l]);
       rms_norm(x, h);
-      mlp(model[l], h, x);
+      mlp(m.blocks[l], h, x);
     }
     rms_norm(x, h);
-    Eigen::Map<const Eigen::VectorXf> last(h.data() + (T - 1) * dim, dim);
-    const Eigen::VectorXf logits = embedding * last;
-    index best = 0;
-    logits.maxCoeff(&best);
-    return static_cast<int>(best);
+    return greedy(m, h, T - 1);
   };
 
   using clock = std::chrono::steady_clock;

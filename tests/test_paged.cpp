@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <attn/merge_states.hpp>
+#include <attn/multi_head.hpp>
 #include <attn/paged_kv_cache.hpp>
 #include <attn/varlen.hpp>
 #include <cstring>
@@ -620,6 +621,74 @@ TEST(PagedKvCache, FreeListHandsOutLowBlocksFirstAndReusesFreedOnes) {
   c.append(b, attn::view(t), attn::view(t));  // block 1 again, then 2
   EXPECT_EQ(c.block_table(b), (std::vector<std::int32_t>{1, 2}));
   EXPECT_EQ(c.free_blocks(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// multi_head_attention over the paged cache
+
+attn::linear random_linear(index out, index in, std::mt19937& g) {
+  attn::linear l;
+  l.weight.resize(out, in);
+  l.bias.resize(out);
+  std::normal_distribution<float> n(0.0f, 0.2f);
+  for (index i = 0; i < l.weight.size(); ++i) l.weight.data()[i] = n(g);
+  for (index i = 0; i < l.bias.size(); ++i) l.bias.data()[i] = n(g);
+  return l;
+}
+
+TEST(PagedLayer, ServingStepsEqualEachSequenceThroughItsOwnKvCache) {
+  // A batch of three sequences served step by step (prefill chunks and
+  // decodes mixed in one call) against the same layer over a contiguous
+  // kv_cache per sequence: the same bits. The projections compute each
+  // output element in one fixed order whatever rows share the call
+  // (docs/design.md section 6, point 4), the attention is batch-invariant
+  // and reads the same K/V values paged or contiguous.
+  std::mt19937 g(31);
+  const index E = 48, Hq = 8, Hkv = 2, hd = 6;
+  attn::mha_config cfg;
+  cfg.embed_dim = E;
+  cfg.num_heads = Hq;
+  cfg.num_kv_heads = Hkv;
+  attn::mha_weights w{random_linear(Hq * hd, E, g), random_linear(Hkv * hd, E, g),
+                      random_linear(Hkv * hd, E, g), random_linear(E, Hq * hd, g)};
+  attn::mha_rope rope{std::make_shared<attn::rope_table>(128, 6), attn::rope_layout::half_split};
+  const attn::multi_head_attention layer(cfg, w, rope);
+
+  attn::paged_kv_cache<float> pool(32, 4, Hkv, hd);
+  std::vector<attn::kv_cache<float>> alone;
+  std::vector<index> ids;
+  for (int i = 0; i < 3; ++i) {
+    ids.push_back(pool.add_sequence());
+    alone.emplace_back(1, 128, Hkv, hd);
+  }
+  // Tokens per sequence per step.
+  const std::vector<std::vector<index>> steps = {{5, 17, 1}, {1, 1, 1}, {3, 1, 0}, {1, 9, 2}};
+  for (const auto& counts : steps) {
+    std::vector<index> cu{0};
+    for (index n : counts) cu.push_back(cu.back() + n);
+    const tensor3 x = randn3(1, cu.back(), E, g);
+    const tensor3 y = layer.forward(x, pool, ids, cu);
+    ASSERT_EQ(y.dimension(1), cu.back());
+    for (std::size_t s = 0; s < ids.size(); ++s) {
+      if (counts[s] == 0) continue;
+      tensor3 xs(1, counts[s], E);
+      std::copy_n(x.data() + cu[s] * E, xs.size(), xs.data());
+      const tensor3 ys = layer.forward(xs, alone[s]);
+      for (index i = 0; i < ys.size(); ++i)
+        ASSERT_EQ(y.data()[cu[s] * E + i], ys.data()[i])
+            << "sequence " << s << " element " << i;
+      EXPECT_EQ(pool.length(ids[s]), alone[s].lengths()[0]);
+    }
+  }
+  // A failed step (a dead sequence) leaves the pool as it was.
+  const cache_state<float> before(pool);
+  const tensor3 x = randn3(1, 2, E, g);
+  attn_test::expect_error("dead sequence", [&] { layer.forward(x, pool, {ids[0], 99}, {0, 1, 2}); },
+                          {"sequence", "live"});
+  attn_test::expect_error("repeated sequence",
+                          [&] { layer.forward(x, pool, {ids[0], ids[0]}, {0, 1, 2}); },
+                          {"seqs", "distinct"});
+  EXPECT_TRUE(cache_state<float>(pool) == before);
 }
 
 // ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@
 #include "attn/dense.hpp"  // attn::linear
 #include "attn/error.hpp"
 #include "attn/kv_cache.hpp"
+#include "attn/paged_kv_cache.hpp"
 #include "attn/rope.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/sdpa_checks.hpp"
@@ -243,6 +244,73 @@ class multi_head_attention {
     return output_projection(o, threads);
   }
 
+  /// One serving step over a paged cache: x [1, total, E] holds the new
+  /// tokens of every listed sequence packed one after another (sequence
+  /// seqs[i] owns rows [cu_seqlens[i], cu_seqlens[i + 1])). Projects them,
+  /// rotates Q and K at each sequence's own positions (cache.length(s) + t),
+  /// appends K and V to the sequences' blocks, attends with bottom-right
+  /// causal alignment on each sequence's length, and returns [1, total, E].
+  /// A batch may mix prefill chunks and single-token decodes; each
+  /// sequence's rows are the bits it gets alone (batch invariance). The
+  /// sequences are distinct. opt.attention may set scale, window, softcap,
+  /// ALiBi, sinks and threads.
+  /// @throws attn::error on shape mismatches, a cache of another shape, a
+  ///         dead or repeated sequence, cumulative lengths that do not fit x,
+  ///         a position past the RoPE table, or too few free blocks; the
+  ///         cache is then unchanged.
+  template <class Storage>
+  tensor3 forward(const tensor3& x, paged_kv_cache<Storage>& cache,
+                  const std::vector<index>& seqs, const std::vector<index>& cu_seqlens,
+                  const mha_options& opt = {}) const {
+    constexpr const char* fn = "multi_head_attention::forward(paged cache)";
+    const index total = x.dimension(1);
+    detail::require(x.dimension(0) == 1, fn, "x.dimension(0)",
+                    "1 (the sequences' tokens packed along dimension 1)", x.dimension(0));
+    detail::require(
+        x.dimension(2) == E_ && kdim_ == E_ && vdim_ == E_, fn, "x.dimension(2)",
+        [&] { return "embed_dim = kdim = vdim = " + std::to_string(E_); }, x.dimension(2));
+    detail::require(cache.kv_heads() == Hkv_ && cache.head_dim() == hd_ &&
+                        cache.v_head_dim() == hd_,
+                    fn, "cache", "kv_heads and head dims matching the layer",
+                    "a cache of another shape");
+    detail::require(opt.weights == weights_mode::none, fn, "opt.weights", "none",
+                    "a weights request");
+    const index B = detail::varlen::check_cu_seqlens(fn, "cu_seqlens", cu_seqlens, total,
+                                                     "x.dimension(1)");
+    detail::require(static_cast<index>(seqs.size()) == B, fn, "seqs.size()",
+                    [&] { return "cu_seqlens.size() - 1 = " + std::to_string(B); }, seqs.size());
+    std::vector<index> start(static_cast<std::size_t>(B));
+    for (index i = 0; i < B; ++i) {
+      start[i] = cache.contains(seqs[i]) ? cache.length(seqs[i]) : 0;
+      for (index j = 0; j < i; ++j)
+        detail::require(seqs[j] != seqs[i], fn, "seqs", "distinct sequences",
+                        [&] { return std::to_string(seqs[i]) + " twice"; });
+    }
+    // What append and attend would refuse, checked before anything is
+    // computed (a failed call leaves the cache as it was): append checks the
+    // sequences and the free blocks itself before it writes, and attend can
+    // then only fail on its options.
+    detail::check_cache_options(fn, "opt.attention", opt.attention);
+    detail::check_sdpa_options(fn, "opt.attention", opt.attention, 1, Hq_, total, total, hd_);
+    check_work(fn, "x", "x", 1, total, total, false);
+    const int threads = opt.attention.num_threads;
+    tensor4 q = project(x, q_, Hq_, threads), k = project(x, k_, Hkv_, threads),
+            v = project(x, v_, Hkv_, threads);
+    if (rope_.table)
+      for (index i = 0; i < B; ++i) {
+        const index first = cu_seqlens[i], n = cu_seqlens[i + 1] - first;
+        if (n == 0) continue;
+        apply_rope(*rope_.table, rows(q, first, n), start[i], rope_.layout, threads);
+        apply_rope(*rope_.table, rows(k, first, n), start[i], rope_.layout, threads);
+      }
+    cache.append(seqs, packed(k), packed(v), cu_seqlens);
+    tensor4 o(1, total, Hq_, hd_);
+    sdpa_options so = opt.attention;
+    so.lse = {};
+    cache.attend(seqs, packed(q), cu_seqlens, packed(o), so);
+    return output_projection(o, threads);
+  }
+
  private:
   static void check_linear(const linear& l, const char* what, index out, index in) {
     detail::require(
@@ -290,6 +358,20 @@ class multi_head_attention {
     tensor4 y(B, N, heads, hd_);
     l.apply(x.data(), x.dimension(2), B * N, y.data(), heads * hd_, threads);
     return y;
+  }
+
+  // Rows [first, first + n) of a [1, total, heads, head_dim] tensor, and the
+  // whole of one as the packed [total, heads, head_dim] the serving entries
+  // take.
+  static strided<float, 4> rows(tensor4& t, index first, index n) {
+    strided<float, 4> r = view(t);
+    r.data += first * r.strides[1];
+    r.dims[1] = n;
+    return r;
+  }
+  static strided<float, 3> packed(tensor4& t) {
+    const strided<float, 4> a = view(t);
+    return {a.data, {a.dims[1], a.dims[2], a.dims[3]}, {a.strides[1], a.strides[2], a.strides[3]}};
   }
 
   tensor3 output_projection(const tensor4& o, int threads) const {

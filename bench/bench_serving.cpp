@@ -14,8 +14,19 @@
 //     batch; separate_calls: 32 paged_attention calls, one per sequence,
 //     the same work and the same bits. GBps counts the K/V bytes of the
 //     decodes (the prefill's are a rounding error beside them).
+//   serving/prefix/{cascade,paged}/bf16/t{1,2}
+//     parallel sampling past a shared prompt: 32 sequences whose block
+//     tables begin with the same 4096-token prefix (256 blocks of 16), each
+//     with 64 tokens of its own, one decode query each (Hq 32, Hkv 8, D 128,
+//     bf16). cascade: shared_prefix_attention (the prefix read once for all
+//     32 queries, then merged with each suffix); paged: paged_attention,
+//     which reads the prefix once per sequence. The work is the same, so
+//     GFLOPS counts the same useful FLOPs for both (4 · D · Hq per query
+//     and key; peak_pct against the FMA peak probed in the same run) and
+//     the speed-up is the ratio of the two. max_diff: |cascade - paged|.
 //
-// peak_pct compares GBps with the read bandwidth probed in the same run
+// peak_pct compares GBps with the read bandwidth (GFLOPS with the FMA peak)
+// probed in the same run
 // (bench/shares.hpp). Counters also carry max_diff, the largest |paged -
 // contiguous| of the output (0: the bits are the same).
 #include "common.hpp"  // first: its warning settings must precede Eigen
@@ -37,6 +48,7 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "attn/paged_attention.hpp"
+#include "attn/shared_prefix.hpp"
 #include "attn/varlen.hpp"
 #include "machine.hpp"
 
@@ -225,6 +237,71 @@ void bm_mixed(benchmark::State& state, bool one_call, int threads) {
   state.SetLabel("bf16");
 }
 
+/// The shared-prefix batch: one pool, every table row starting with the
+/// same prefix blocks, then the sequence's own, all at shuffled places.
+struct prefix_data {
+  static constexpr index batch = 32, prefix = 4096, own = 64, bs = 16, Hq = 32, Hkv = 8,
+                         D = 128;
+  std::vector<index> cu_q, seq_lens;
+  tensor<float, 3> q, out, out_paged;
+  tensor<Eigen::bfloat16, 4> key_pool, value_pool;
+  tensor<std::int32_t, 2> table;
+
+  prefix_data() {
+    const index prefix_blocks = prefix / bs, own_blocks = own / bs;
+    const index blocks = prefix_blocks + batch * own_blocks;
+    key_pool.resize(blocks, bs, Hkv, D);
+    value_pool.resize(blocks, bs, Hkv, D);
+    attn_bench::fill_uniform(key_pool.data(), static_cast<std::size_t>(key_pool.size()), 31);
+    attn_bench::fill_uniform(value_pool.data(), static_cast<std::size_t>(value_pool.size()), 32);
+    std::vector<std::int32_t> order(static_cast<std::size_t>(blocks));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), std::mt19937(6));
+    table.resize(batch, prefix_blocks + own_blocks);
+    for (index b = 0; b < batch; ++b)
+      for (index i = 0; i < prefix_blocks + own_blocks; ++i)
+        table(b, i) = order[static_cast<std::size_t>(
+            i < prefix_blocks ? i : prefix_blocks + b * own_blocks + (i - prefix_blocks))];
+    cu_q.resize(batch + 1);
+    std::iota(cu_q.begin(), cu_q.end(), index{0});
+    seq_lens.assign(batch, prefix + own);
+    q.resize(batch, Hq, D);
+    attn_bench::fill_uniform(q.data(), static_cast<std::size_t>(q.size()), 33);
+    out.resize(batch, Hq, D);
+    out_paged.resize(batch, Hq, D);
+  }
+  attn::paged_kv_view<Eigen::bfloat16> view() const {
+    return {attn::view(key_pool), attn::view(value_pool), attn::view(table), seq_lens};
+  }
+};
+
+void bm_prefix(benchmark::State& state, bool cascade, int threads) {
+  static prefix_data d;
+  attn::sdpa_options opt;
+  opt.causal = attn::causal::bottom_right;
+  opt.num_threads = threads;
+  const auto kv = d.view();
+  const double t0 = now_seconds();
+  for (auto _ : state) {
+    if (cascade)
+      attn::shared_prefix_attention(attn::view(d.q), d.cu_q, kv, d.prefix / d.bs,
+                                    attn::view(d.out), opt);
+    else
+      attn::paged_attention(attn::view(d.q), d.cu_q, kv, attn::view(d.out), opt);
+    benchmark::ClobberMemory();
+  }
+  const double seconds = now_seconds() - t0;
+  const double flops = 4.0 * static_cast<double>(d.D * d.Hq * d.batch * (d.prefix + d.own));
+  attn::shared_prefix_attention(attn::view(d.q), d.cu_q, kv, d.prefix / d.bs, attn::view(d.out),
+                                opt);
+  attn::paged_attention(attn::view(d.q), d.cu_q, kv, attn::view(d.out_paged), opt);
+  state.counters["max_diff"] = max_abs_diff(d.out, d.out_paged);
+  state.counters["sequences"] = static_cast<double>(d.batch);
+  attn_bench::set_rate(state, attn_bench::limit_kind::fma,
+                       flops * static_cast<double>(state.iterations()) / seconds * 1e-9, threads);
+  state.SetLabel("bf16");
+}
+
 template <class T>
 void register_decode() {
   for (index S : {4096, 32768})
@@ -244,7 +321,8 @@ void register_decode() {
 int main(int argc, char** argv) {
   const bool listing = attn_bench::listing_only(argc, argv);
   if (!attn_bench::init(&argc, argv)) return 1;
-  if (!listing) attn_bench::measure_limits(/*fma=*/false, /*read_bw=*/true);
+  if (!listing) attn_bench::measure_limits(/*fma=*/true, /*read_bw=*/true);
+  attn_bench::register_fma_benchmarks();
   attn_bench::register_bw_benchmarks();
   register_decode<float>();
   register_decode<Eigen::bfloat16>();
@@ -254,6 +332,14 @@ int main(int argc, char** argv) {
                                (one_call ? "one_call" : "separate_calls") + "/bf16" +
                                attn_bench::thread_suffix(threads);
       benchmark::RegisterBenchmark(name.c_str(), bm_mixed, one_call, threads)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+  for (bool cascade : {true, false})
+    for (int threads = 1; threads <= attn_bench::max_threads(); ++threads) {
+      const std::string name = std::string("serving/prefix/") + (cascade ? "cascade" : "paged") +
+                               "/bf16" + attn_bench::thread_suffix(threads);
+      benchmark::RegisterBenchmark(name.c_str(), bm_prefix, cascade, threads)
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
     }

@@ -198,7 +198,8 @@ void check(const std::string& label, const attn::additive_weights& w, const prob
 
 bool same_bits(const tensor3& a, const tensor3& b) {
   return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
+         (a.size() == 0 ||  // memcmp of a null data() is undefined
+          std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0);
 }
 
 tensor3 nan_tensor(index a, index b, index c) {

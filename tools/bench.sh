@@ -248,7 +248,7 @@ if [[ $model -eq 1 ]]; then
   # same GGUF, right after it so both see the same machine.
   python3 "$root/tools/smollm.py" fetch "$build/models/smollm2"
   run smollm "${filter:-}"
-  if [[ -z "$filter" ]]; then
+  if [[ -z "$filter" || "$filter" == *smollm* ]]; then
     echo
     echo "== llama.cpp on the same GGUF (tools/smollm.py llama-bench)"
     python3 "$root/tools/smollm.py" llama-bench --model "$build/models/smollm2" \

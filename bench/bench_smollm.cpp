@@ -13,6 +13,8 @@
 //                      attention kernel: Q·Kᵀ, softmax, P·V over S keys),
 //                      timed right after the steps
 //       mlp_pct, head_pct   the SwiGLU MLPs and the 49152 x 576 output head
+//       GBps           the float weights (538 MB) and the cached K/V read per
+//                      step, over the step's time: decode is bound by this
 //
 // Decode caches hold S tokens of random keys and values (the time of a step
 // does not depend on what the cache holds); each step is undone with
@@ -95,6 +97,11 @@ void bm_decode(benchmark::State& state, const smollm::llama& m, index S, int thr
   state.counters["tokens_per_s"] =
       benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["step_ms"] = per_step * 1e3;
+  // What a step reads: the float weights and the layers' cached K/V.
+  const double bytes = double(m.weight_bytes()) +
+                       2.0 * double(c.layers) * double(S) * double(c.kv_heads * c.head_dim) *
+                           sizeof(Storage);
+  state.counters["GBps"] = bytes / per_step / 1e9;
   state.counters["attention_pct"] = 100 * timing.attention / total;
   state.counters["attend_pct"] = 100 * attend_per_step / per_step;
   state.counters["mlp_pct"] = 100 * timing.mlp / total;
@@ -137,7 +144,7 @@ int main(int argc, char** argv) {
                                    })
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
-      for (const index S : {index(512), index(4096)})
+      for (const smollm::index S : {smollm::index(512), smollm::index(4096)})
         benchmark::RegisterBenchmark(("smollm/attn/decode/S" + std::to_string(S) + kv).c_str(),
                                      [&m, t, bf16, S](benchmark::State& s) {
                                        bf16 ? bm_decode<Eigen::bfloat16>(s, m, S, t)

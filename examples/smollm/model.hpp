@@ -163,6 +163,14 @@ class llama {
   const llama_config& config() const { return cfg_; }
   const bpe_tokenizer& tokenizer() const { return tokenizer_; }
   bool tied_head() const { return tied_; }
+  /// Bytes of float weights a decode step reads: every projection, the MLPs
+  /// and the head (the embedding lookup reads one row).
+  std::size_t weight_bytes() const {
+    const std::size_t E = std::size_t(cfg_.dim), A = std::size_t(cfg_.heads * cfg_.head_dim),
+                      KV = std::size_t(cfg_.kv_heads * cfg_.head_dim), H = std::size_t(cfg_.hidden);
+    const std::size_t per_layer = 2 * A * E + 2 * KV * E + 3 * H * E;
+    return sizeof(float) * (std::size_t(cfg_.layers) * per_layer + std::size_t(cfg_.vocab) * E);
+  }
   int eos_id() const { return eos_; }
 
   /// The prompt ids of a chat: the GGUF's chat template (its default system

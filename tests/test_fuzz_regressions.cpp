@@ -14,7 +14,8 @@
 // the CI's ASan+UBSan build of this suite is where they count.
 //
 // NaN/inf propagation findings are in tests/test_nan_policy.cpp (F2, F3, F4,
-// F6, F14), next to the policy they break.
+// F6, F14), next to the policy they break. P-numbers are fuzz_paged_cache's
+// (its namespace known_paged).
 #include <gtest/gtest.h>
 
 #include <attn/attn.hpp>
@@ -257,6 +258,49 @@ TEST(FuzzRegressions, HugeQueryPrescaleOverflow) {
       EXPECT_NEAR(out(0, 0, 0, c), mean, 1e-6) << "L = " << L;
     }
   }
+}
+
+// P1 (fuzz_paged_cache): paged_kv_cache::append over several sequences
+// counts one copy-on-write for every listed sequence whose partly filled
+// last block is shared, on the state before the call (blocks_for_append).
+// When two listed sequences hold that block and no one else does, the first
+// one's copy leaves the second its only holder, which then writes in place:
+// the batch takes one block fewer than counted. Here a (2 tokens in block 0)
+// and its fork b each get 1 token with 1 block free: the batch needs 1
+// block (a's copy), as the same appends one at a time show, but is refused
+// ("the pool: expected 2 free blocks for this append, got 1 free").
+// Fixed (paged_kv_cache.hpp append(), blocks_wanted): the copies are
+// counted in the order the appends make them.
+TEST(FuzzRegressions, PagedBatchAppendCountsOneCopyTooMany) {
+  attn::paged_kv_cache<float> c(2, 4, 1, 1);
+  const float x[3] = {1.0f, 2.0f, 3.0f};
+  const attn::strided<const float, 3> two{x, {2, 1, 1}, {1, 1, 1}};
+  const index a = c.add_sequence();
+  c.append(a, two, two);
+  const index b = c.fork(a);
+  ASSERT_EQ(c.free_blocks(), 1);
+  EXPECT_NO_THROW(c.append({a, b}, two, two, {0, 1, 2}));
+  EXPECT_EQ(c.free_blocks(), 0);
+  EXPECT_EQ(c.length(a), 3);
+  EXPECT_EQ(c.length(b), 3);
+}
+
+// P2 (fuzz_paged_cache, UBSan): with v_head_dim = 0, which the constructor
+// accepts, v_new has no elements and may have null data (check_new_rows
+// allows it, as for every view of no elements); append formed
+// v_new.data + row · strides[0] + h · strides[1] for every row and head:
+// null plus a non-zero offset ("applying non-zero offset to null pointer")
+// for any strides but 0. Fixed (paged_kv_cache.hpp append()): the value
+// rows are skipped when v_head_dim is 0, as sdpa.hpp does for d_v = 0 (F1).
+// Failed only under Clang's UBSan (GCC's does not check null + offset).
+TEST(FuzzRegressions, PagedAppendNullZeroWidthValues) {
+  attn::paged_kv_cache<float> c(1, 4, 1, 1, /*v_head_dim=*/0);
+  const index s = c.add_sequence();
+  const float k[2] = {1.0f, 2.0f};
+  const attn::strided<const float, 3> k_new{k, {2, 1, 1}, {1, 1, 1}};
+  const attn::strided<const float, 3> v_new{nullptr, {2, 1, 0}, {1, 1, 1}};
+  c.append(s, k_new, v_new);
+  EXPECT_EQ(c.length(s), 2);
 }
 
 }  // namespace

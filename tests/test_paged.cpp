@@ -565,10 +565,11 @@ TEST(PagedKvCache, FailedCallsLeaveThePoolUnchanged) {
   const tensor3 ten = randn3(10, 1, 2, g), one = randn3(1, 1, 2, g);
   expect_rejected("append past the pool", [&] { c.append(b, attn::view(ten), attn::view(ten)); },
                   {"the pool", "free blocks"});
-  // 2 free blocks: b needs 1, fa 1 for its copy-on-write, a 1 more = 3.
-  const tensor3 three = randn3(3, 1, 2, g);
+  // 2 free blocks: b needs 1, fa 1 for its copy-on-write; a, then the only
+  // holder of its partial block (2 of 4 slots used), needs 1 for 3 tokens.
+  const tensor3 three = randn3(3, 1, 2, g), five = randn3(5, 1, 2, g);
   expect_rejected("a batch that needs one block too many", [&] {
-    c.append({b, fa, a}, attn::view(three), attn::view(three), {0, 1, 2, 3});
+    c.append({b, fa, a}, attn::view(five), attn::view(five), {0, 1, 2, 5});
   }, {"the pool", "free blocks"});
   expect_rejected("a dead sequence", [&] { c.append(dead, attn::view(one), attn::view(one)); },
                   {"sequence", "live"});

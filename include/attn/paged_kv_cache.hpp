@@ -191,12 +191,26 @@ class paged_kv_cache {
     detail::require(static_cast<index>(seqs.size()) == B, fn, "seqs.size()",
                     [&] { return "cu_seqlens.size() - 1 = " + std::to_string(B); }, seqs.size());
     index blocks_wanted = 0;
+    // Copies of shared partial blocks, counted in the order the appends make
+    // them: a copy drops the block's count, so of two listed holders of a
+    // block no one else holds, only the first copies it.
+    std::map<std::int32_t, index> copied;
     for (index i = 0; i < B; ++i) {
       const sequence& q = get(fn, seqs[i]);
       for (index j = 0; j < i; ++j)
         detail::require(seqs[j] != seqs[i], fn, "seqs", "distinct sequences",
                         [&] { return std::to_string(seqs[i]) + " twice"; });
-      blocks_wanted += blocks_for_append(q, cu_seqlens[i + 1] - cu_seqlens[i]);
+      const index n = cu_seqlens[i + 1] - cu_seqlens[i];
+      if (n == 0) continue;
+      blocks_wanted += blocks_past_last(q, n);
+      if (q.length % block_size_ != 0) {
+        const std::int32_t b = q.blocks[static_cast<std::size_t>(q.length / block_size_)];
+        index& done = copied[b];
+        if (refs_[static_cast<std::size_t>(b)] - done > 1) {
+          ++done;
+          ++blocks_wanted;
+        }
+      }
     }
     detail::require(blocks_wanted <= free_blocks(), fn, "the pool",
                     [&] { return std::to_string(blocks_wanted) + " free blocks for this append"; },
@@ -217,8 +231,10 @@ class paged_kv_cache {
           const index row = cu_seqlens[i] + t;
           copy_row(k_new.data + row * k_new.strides[0] + h * k_new.strides[1],
                    slot(keys_, q, q.length, h, head_dim_), head_dim_);
-          copy_row(v_new.data + row * v_new.strides[0] + h * v_new.strides[1],
-                   slot(values_, q, q.length, h, v_head_dim_), v_head_dim_);
+          // v_head_dim 0: v_new may have null data, and null + offset is UB.
+          if (v_head_dim_ > 0)
+            copy_row(v_new.data + row * v_new.strides[0] + h * v_new.strides[1],
+                     slot(values_, q, q.length, h, v_head_dim_), v_head_dim_);
         }
     }
   }
@@ -320,13 +336,11 @@ class paged_kv_cache {
                     [&] { return detail::dims_note(want, "[tokens, kv_heads, dim]"); }, t.dims);
   }
 
-  // New blocks an append of n tokens takes: those past the last block, and
-  // one more when the last block is shared and partly filled (its copy).
-  index blocks_for_append(const sequence& s, index n) const {
-    if (n == 0) return 0;
+  // New blocks an append of n tokens takes past the sequence's last block
+  // (a copy of a shared partial block is counted by the caller).
+  index blocks_past_last(const sequence& s, index n) const {
     const index have = static_cast<index>(s.blocks.size());
-    const index grow = std::max<index>(detail::ceil_div(s.length + n, block_size_) - have, 0);
-    return grow + (shares_partial_block(s) ? 1 : 0);
+    return std::max<index>(detail::ceil_div(s.length + n, block_size_) - have, 0);
   }
   bool shares_partial_block(const sequence& s) const {
     return s.length % block_size_ != 0 &&

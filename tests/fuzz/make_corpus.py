@@ -26,7 +26,7 @@ def rand_bytes(seed, n):
 def seeds(name):
     """(file name, bytes) pairs for one harness."""
     out = [("plain", bytes(16))]
-    # First byte: the element type (sdpa, mha cache) or the score function
+    # First byte: the element type (sdpa, mha cache, paged cache) or the score function
     # (additive: byte % 4 -> additive, additive, dot, general).
     for first in range(3 if name != "fuzz_additive" else 4):
         for k, n in enumerate((48, 300)):
@@ -39,13 +39,31 @@ def seeds(name):
     if name == "fuzz_mha_cache":
         # Long operation sequences.
         out.append(("many_ops", bytes([2]) + rand_bytes(99, 900)))
+    if name == "fuzz_paged_cache":
+        # Pool headers, then 32 operations from a random tail. The header
+        # bytes, in decoding order: type, block size (an index into
+        # kBlockSizes: 0 -> 16, 1 -> 1, 6 -> 64, 9 -> 3, refused then 2),
+        # num_blocks, kv_heads - 1, group - 1, head dim (an index into
+        # kDims: 0 -> 4, 3 -> 3, 6 -> 16), whether d_v differs (>= 208) and
+        # its index into kVDims (5 -> 0), a bad constructor call (0: none),
+        # the operation count - 1.
+        headers = {
+            "bs1_small_pool": [0, 1, 4, 1, 1, 0, 0, 0, 31],
+            "bs16_gqa": [1, 0, 6, 1, 2, 3, 0, 0, 31],
+            "bs64_long": [0, 6, 12, 0, 1, 6, 0, 0, 31],
+            "odd_block_size": [2, 9, 5, 2, 0, 0, 0, 0, 31],
+            "dv0": [0, 0, 3, 0, 0, 0, 255, 5, 0, 31],
+        }
+        for k, (fname, head) in enumerate(sorted(headers.items())):
+            out.append((fname, bytes(head) + rand_bytes(500 + k, 600)))
+        out.append(("many_ops", bytes([1]) + rand_bytes(98, 1000)))
     return out
 
 
 def main():
     # The harnesses whose corpora this script makes (others, such as
     # fuzz_mla_cache, commit hand-made inputs of their own).
-    for name in ("fuzz_sdpa", "fuzz_additive", "fuzz_mha_cache"):
+    for name in ("fuzz_sdpa", "fuzz_additive", "fuzz_mha_cache", "fuzz_paged_cache"):
         d = os.path.join(HERE, "corpus", name)
         os.makedirs(d, exist_ok=True)
         for f in os.listdir(d):

@@ -22,8 +22,10 @@
 //    another order).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <attn/mla.hpp>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -473,6 +475,269 @@ TEST(MlaLayer, EmptyCallsAreNoOps) {
 }
 
 // ---------------------------------------------------------------------------
+// Paged latent cache, mixed batches and batch invariance
+//
+// Every comparison here is bitwise: a sequence's rows must be the bits it
+// gets alone in an mla_cache (docs/design.md 2.4b), whatever the block
+// size, the other sequences of the call, their order or the thread count.
+
+// One step's new tokens for some sequences: piece i goes to sequence seqs[i].
+struct paged_step {
+  std::vector<index> seqs;
+  std::vector<tensor3> pieces;  // [1, n_i, dim] each
+};
+
+// x [1, total, dim] and cu_seqlens of the pieces, packed in order.
+tensor3 pack(const std::vector<tensor3>& pieces, std::vector<index>& cu) {
+  const index dim = pieces.empty() ? 0 : pieces[0].dimension(2);
+  cu.assign(1, 0);
+  for (const tensor3& p : pieces) cu.push_back(cu.back() + p.dimension(1));
+  tensor3 x(1, cu.back(), dim);
+  for (std::size_t i = 0; i < pieces.size(); ++i)
+    std::copy_n(pieces[i].data(), pieces[i].size(), x.data() + cu[i] * dim);
+  return x;
+}
+
+// Rows [t0, t0 + n) of y [1, total, dim] as [1, n, dim].
+tensor3 rows_of(const tensor3& y, index t0, index n) {
+  const index dim = y.dimension(2);
+  tensor3 r(1, n, dim);
+  std::copy_n(y.data() + t0 * dim, n * dim, r.data());
+  return r;
+}
+
+bool same_bits(const tensor3& a, const tensor3& b) {
+  return a.dimensions() == b.dimensions() &&
+         (a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0);
+}
+
+// A history: per sequence, the chunks it is fed one step after another.
+using history = std::vector<std::vector<tensor3>>;
+
+history random_history(const std::vector<std::vector<index>>& chunks, index dim) {
+  history h;
+  for (const auto& seq : chunks) {
+    h.emplace_back();
+    for (index n : seq) h.back().push_back(random_x(1, n, dim));
+  }
+  return h;
+}
+
+// Sequence s alone in an mla_cache of batch 1: its output for each chunk.
+template <class Storage>
+std::vector<tensor3> alone_in_mla_cache(const attn::multi_head_latent_attention& layer,
+                                        const std::vector<tensor3>& chunks,
+                                        const attn::mla_options& opt) {
+  index total = 0;
+  for (const tensor3& c : chunks) total += c.dimension(1);
+  auto cache = layer.make_cache<Storage>(1, total);
+  std::vector<tensor3> out;
+  for (const tensor3& c : chunks) out.push_back(layer.forward(c, cache, opt));
+  return out;
+}
+
+// Runs step k of every sequence that has a chunk k, all in one paged call,
+// listed in `order`; returns each listed sequence's rows.
+template <class Storage>
+std::vector<tensor3> paged_call(const attn::multi_head_latent_attention& layer,
+                                attn::paged_kv_cache<Storage>& cache,
+                                const std::vector<index>& ids, const history& h, std::size_t k,
+                                const std::vector<index>& order, const attn::mla_options& opt) {
+  paged_step step;
+  for (index s : order) {
+    if (k >= h[static_cast<std::size_t>(s)].size()) continue;
+    step.seqs.push_back(ids[static_cast<std::size_t>(s)]);
+    step.pieces.push_back(h[static_cast<std::size_t>(s)][k]);
+  }
+  std::vector<index> cu;
+  const tensor3 x = pack(step.pieces, cu);
+  const tensor3 y = layer.forward(x, cache, step.seqs, cu, opt);
+  std::vector<tensor3> out;
+  for (std::size_t i = 0; i + 1 < cu.size(); ++i) out.push_back(rows_of(y, cu[i], cu[i + 1] - cu[i]));
+  return out;
+}
+
+// The small layer of these tests: absorbed for at most 4 new tokens, so a
+// history mixes naive prefill chunks with absorbed decodes.
+attn::mla_options mixed_paths(int threads) {
+  attn::mla_options o;
+  o.absorbed_max_tokens = 4;
+  o.num_threads = threads;
+  return o;
+}
+
+template <class Storage>
+void expect_paged_equals_mla_cache(index block_size) {
+  const mla_case c = make_case(32, 4, 16, 24, 8, 8, 8);
+  const auto layer = c.make();
+  // Lengths that are and are not multiples of the block size, one past
+  // min_chunk (its absorbed decodes are cut into key chunks), and steps
+  // that mix prefill chunks (naive) with decodes (absorbed).
+  const history h = random_history(
+      {{37, 1, 1, 3, 1}, {64, 1, 20, 1}, {16, 3, 1}, {600, 1, 1}, {1, 1, 1, 1, 1, 1}}, 32);
+  std::vector<std::vector<tensor3>> alone;
+  for (const auto& seq : h) alone.push_back(alone_in_mla_cache<Storage>(layer, seq, mixed_paths(1)));
+  for (int threads : {1, 2}) {
+    auto cache = layer.make_paged_cache<Storage>(800 / block_size + 16, block_size);
+    std::vector<index> ids;
+    for (std::size_t s = 0; s < h.size(); ++s) ids.push_back(cache.add_sequence());
+    const std::vector<index> order{0, 1, 2, 3, 4};
+    for (std::size_t k = 0; k < 6; ++k) {
+      const std::vector<tensor3> got = paged_call(layer, cache, ids, h, k, order, mixed_paths(threads));
+      std::size_t i = 0;
+      for (std::size_t s = 0; s < h.size(); ++s) {
+        if (k >= h[s].size()) continue;
+        EXPECT_TRUE(same_bits(got[i], alone[s][k]))
+            << "block_size " << block_size << " threads " << threads << " sequence " << s
+            << " step " << k << ": max diff " << max_diff(got[i], alone[s][k]);
+        ++i;
+      }
+    }
+    for (std::size_t s = 0; s < h.size(); ++s) {
+      index n = 0;
+      for (const tensor3& t : h[s]) n += t.dimension(1);
+      EXPECT_EQ(cache.length(ids[s]), n);
+    }
+  }
+}
+
+TEST(MlaPaged, EqualsTheMlaCacheBitwiseFloat) {
+  for (index bs : {1, 16, 64}) expect_paged_equals_mla_cache<float>(bs);
+}
+
+TEST(MlaPaged, EqualsTheMlaCacheBitwiseBf16) {
+  for (index bs : {1, 16, 64}) expect_paged_equals_mla_cache<Eigen::bfloat16>(bs);
+}
+
+TEST(MlaPaged, MatchesTheReference) {
+  // Paged prefill in two chunks then decodes against the fp64 layer.
+  const mla_case c = make_case(40, 2, 24, 32, 16, 8, 16);
+  const auto layer = c.make();
+  const tensor3 x = random_x(1, 30, 40);
+  auto cache = layer.make_paged_cache<float>(8, 16);
+  const index s = cache.add_sequence();
+  tensor3 y(1, 30, 40);
+  index t = 0;
+  for (index n : {11, 9, 1, 1, 8}) {
+    const tensor3 out = layer.forward(slice(x, t, n), cache, {s}, {0, n}, mixed_paths(0));
+    std::copy_n(out.data(), out.size(), y.data() + t * 40);
+    t += n;
+  }
+  check_against(y, 0, c.reference(x, 0), 1e-4, "paged");
+}
+
+TEST(MlaPaged, ForkSharesThePrefixAndCopiesOnWrite) {
+  // Two samples forked from one prompt whose last block is partial: each
+  // continues as a sequence that was fed the prompt and its own tokens.
+  const mla_case c = make_case(32, 4, 16, 24, 8, 8, 8);
+  const auto layer = c.make();
+  const tensor3 prompt = random_x(1, 21, 32), a = random_x(1, 1, 32), b = random_x(1, 2, 32);
+  auto cache = layer.make_paged_cache<float>(16, 16);
+  const index p = cache.add_sequence();
+  layer.forward(prompt, cache, {p}, {0, 21}, mixed_paths(1));
+  const index f = cache.fork(p);
+  const index used = cache.used_blocks();
+  std::vector<index> cu;
+  const tensor3 y = layer.forward(pack({a, b}, cu), cache, {p, f}, cu, mixed_paths(2));
+  EXPECT_EQ(cache.used_blocks(), used + 1);  // the shared partial block, copied once
+  EXPECT_TRUE(same_bits(rows_of(y, 0, 1), alone_in_mla_cache<float>(layer, {prompt, a}, mixed_paths(1))[1]));
+  EXPECT_TRUE(same_bits(rows_of(y, 1, 2), alone_in_mla_cache<float>(layer, {prompt, b}, mixed_paths(1))[1]));
+}
+
+// Random batches: each sequence's rows equal its rows alone, in any batch,
+// order and thread count. Every trial appends to forks of the same prompts
+// (copy-on-write leaves them as they were). The 2600-token prompt's
+// absorbed step is cut into 5 key chunks alone, and would be cut into
+// fewer in a batch of 4 or more if chunking followed the batch size. Heads
+// 8 and 16 decode with a one-packet score tile alone (on AVX2 and AVX-512
+// respectively) and with the wide tile next to a 3-token sequence; 9
+// tokens of 16 heads take two row blocks.
+TEST(MlaPaged, BatchInvariance) {
+  for (index heads : {8, 16}) {
+    const mla_case c = make_case(32, heads, 0, 24, 8, 8, 8);
+    const auto layer = c.make();
+    const index dim = 32;
+    std::mt19937 g(static_cast<unsigned>(heads));
+    const std::vector<index> prompts{5, 700, 33, 1, 64, 2600};
+    attn::mla_options opt = mixed_paths(1);
+    opt.absorbed_max_tokens = 16;  // every next chunk absorbed
+    auto cache = layer.make_paged_cache<float>(512, 16);
+    std::vector<index> ids;
+    std::vector<tensor3> next;
+    for (std::size_t s = 0; s < prompts.size(); ++s) {
+      ids.push_back(cache.add_sequence());
+      layer.forward(random_x(1, prompts[s], dim), cache, {ids.back()}, {0, prompts[s]}, opt);
+      next.push_back(random_x(1, std::vector<index>{1, 2, 3, 9}[s % 4], dim));
+    }
+    const index used = cache.used_blocks();
+    // One step of the sequences `order` lists, on forks; their rows in order.
+    auto step = [&](const std::vector<index>& order, int threads) {
+      std::vector<index> forks, cu;
+      std::vector<tensor3> pieces;
+      for (index s : order) {
+        forks.push_back(cache.fork(ids[static_cast<std::size_t>(s)]));
+        pieces.push_back(next[static_cast<std::size_t>(s)]);
+      }
+      attn::mla_options o = opt;
+      o.num_threads = threads;
+      const tensor3 y = layer.forward(pack(pieces, cu), cache, forks, cu, o);
+      std::vector<tensor3> out;
+      for (std::size_t i = 0; i < forks.size(); ++i) {
+        out.push_back(rows_of(y, cu[i], cu[i + 1] - cu[i]));
+        cache.free(forks[i]);
+      }
+      EXPECT_EQ(cache.used_blocks(), used);
+      return out;
+    };
+    std::vector<tensor3> alone;
+    for (std::size_t s = 0; s < prompts.size(); ++s)
+      alone.push_back(step({static_cast<index>(s)}, 1)[0]);
+    for (int trial = 0; trial < 8; ++trial) {
+      std::vector<index> order(prompts.size());
+      for (std::size_t s = 0; s < order.size(); ++s) order[s] = static_cast<index>(s);
+      std::shuffle(order.begin(), order.end(), g);
+      order.resize(2 + g() % (order.size() - 1));
+      if (trial == 0) order = {0, 1, 2, 3, 4, 5};
+      const std::vector<tensor3> got = step(order, 1 + trial % 2);
+      for (std::size_t i = 0; i < order.size(); ++i)
+        EXPECT_TRUE(same_bits(got[i], alone[static_cast<std::size_t>(order[i])]))
+            << "heads " << heads << " trial " << trial << " sequence " << order[i];
+    }
+  }
+}
+
+// The mla_cache forward: a sequence of a batch of 3 gets the bits it gets in
+// a batch of one. At 4200 tokens its absorbed step is cut into 8 key chunks
+// alone; a chunking that followed the batch size would cut it into 5.
+TEST(MlaLayer, BatchOfThreeEqualsEachAloneBitwise) {
+  const mla_case c = make_case(32, 2, 16, 24, 8, 8, 8);
+  const auto layer = c.make();
+  const tensor3 x = random_x(3, 4201, 32);
+  const std::vector<index> keep{4200, 40, 700};
+  for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
+    auto batch = layer.make_cache<Eigen::bfloat16>(3, 4201);
+    layer.forward(slice(x, 0, 4200), batch, with_path(attn::mla_path::naive, 2));
+    for (index b = 0; b < 3; ++b) batch.truncate(b, keep[static_cast<std::size_t>(b)]);
+    tensor3 step(3, 1, 32);
+    for (index b = 0; b < 3; ++b)
+      for (index d = 0; d < 32; ++d) step(b, 0, d) = x(b, keep[static_cast<std::size_t>(b)], d);
+    const tensor3 y = layer.forward(step, batch, with_path(path, 2));
+    for (index b = 0; b < 3; ++b) {
+      const index n = keep[static_cast<std::size_t>(b)];
+      auto one = layer.make_cache<Eigen::bfloat16>(1, 4201);
+      tensor3 xb(1, n + 1, 32);
+      for (index t = 0; t <= n; ++t)
+        for (index d = 0; d < 32; ++d) xb(0, t, d) = x(b, t, d);
+      layer.forward(slice(xb, 0, n), one, with_path(attn::mla_path::naive, 1));
+      const tensor3 want = layer.forward(slice(xb, n, 1), one, with_path(path, 1));
+      tensor3 got(1, 1, 32);
+      for (index d = 0; d < 32; ++d) got(0, 0, d) = y(b, 0, d);
+      EXPECT_TRUE(same_bits(got, want)) << "sequence " << b << " path " << static_cast<int>(path);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Errors
 
 TEST(MlaErrors, BadConfigAndWeights) {
@@ -556,6 +821,69 @@ TEST(MlaErrors, BadCallsLeaveTheCacheUnchanged) {
   expect_error("cache sizes", [] { attn::mla_cache<float>(1, -1, 8, 4); }, {"capacity"});
   expect_error("cache rank", [] { attn::mla_cache<float>(1, 1, 0, 4); }, {"kv_lora_rank"});
   expect_error("yarn dim", [] { attn::yarn_inv_freq(3); }, {"rotary_dim"});
+}
+
+TEST(MlaErrors, BadPagedCallsLeaveThePoolUnchanged) {
+  using attn_test::expect_error;
+  const mla_case c = make_case(16, 2, 0, 8, 4, 4, 4);
+  const auto layer = c.make();
+  auto cache = layer.make_paged_cache<Eigen::bfloat16>(3, 4);
+  const index a = cache.add_sequence(), b = cache.add_sequence();
+  layer.forward(random_x(1, 5, 16), cache, {a, b}, {0, 3, 5});
+  const std::vector<std::int32_t> table_a = cache.block_table(a), table_b = cache.block_table(b);
+  const auto pool = cache.key_pool();
+  const std::size_t bytes = cache.bytes();  // keys only: no value rows
+  std::vector<unsigned char> before(bytes);
+  std::memcpy(before.data(), pool.data, bytes);
+  auto unchanged = [&] {
+    EXPECT_EQ(cache.length(a), 3);
+    EXPECT_EQ(cache.length(b), 2);
+    EXPECT_EQ(cache.block_table(a), table_a);
+    EXPECT_EQ(cache.block_table(b), table_b);
+    EXPECT_EQ(cache.free_blocks(), 1);
+    EXPECT_EQ(std::memcmp(before.data(), cache.key_pool().data, bytes), 0);
+  };
+  constexpr const char* fn = "multi_head_latent_attention::forward(paged cache)";
+  expect_error("pool exhausted", [&] { layer.forward(random_x(1, 8, 16), cache, {a, b}, {0, 4, 8}); },
+               {"paged_kv_cache::append", "the pool", "free blocks"});
+  unchanged();
+  expect_error("dead", [&] { layer.forward(random_x(1, 1, 16), cache, {7}, {0, 1}); },
+               {fn, "seqs", "live sequences"});
+  unchanged();
+  expect_error("twice", [&] { layer.forward(random_x(1, 2, 16), cache, {a, a}, {0, 1, 2}); },
+               {fn, "seqs", "distinct"});
+  unchanged();
+  expect_error("cu end", [&] { layer.forward(random_x(1, 2, 16), cache, {a, b}, {0, 1, 3}); },
+               {fn, "cu_seqlens", "last entry"});
+  unchanged();
+  expect_error("cu order", [&] { layer.forward(random_x(1, 2, 16), cache, {a, b}, {0, 3, 2}); },
+               {fn, "cu_seqlens", "non-decreasing"});
+  unchanged();
+  expect_error("seqs size", [&] { layer.forward(random_x(1, 2, 16), cache, {a}, {0, 1, 2}); },
+               {fn, "seqs.size()"});
+  unchanged();
+  expect_error("batch dim", [&] { layer.forward(random_x(2, 1, 16), cache, {a, b}, {0, 1}); },
+               {fn, "x.dimension(0)"});
+  unchanged();
+  expect_error("dim", [&] { layer.forward(random_x(1, 1, 15), cache, {a}, {0, 1}); },
+               {fn, "x.dimension(2)"});
+  unchanged();
+  attn::mla_options bad;
+  bad.num_threads = -2;
+  expect_error("threads", [&] { layer.forward(random_x(1, 1, 16), cache, {a}, {0, 1}, bad); },
+               {fn, "opt.num_threads"});
+  unchanged();
+  attn::paged_kv_cache<Eigen::bfloat16> other(3, 4, 1, 12, 12);
+  const index o = other.add_sequence();
+  expect_error("shape", [&] { layer.forward(random_x(1, 1, 16), other, {o}, {0, 1}); },
+               {fn, "cache", "make_paged_cache"});
+  EXPECT_EQ(other.length(o), 0);
+  // An empty step is a no-op; a freed sequence is dead.
+  EXPECT_EQ(layer.forward(tensor3(1, 0, 16), cache, {a, b}, {0, 0, 0}).size(), 0);
+  unchanged();
+  cache.free(b);
+  expect_error("freed", [&] { layer.forward(random_x(1, 1, 16), cache, {b}, {0, 1}); },
+               {fn, "seqs", "live sequences"});
 }
 
 // ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@
 #include "attn/error.hpp"
 #include "attn/mla_cache.hpp"
 #include "attn/size_checks.hpp"
+#include "attn/paged_kv_cache.hpp"
 #include "attn/rope.hpp"
 #include "attn/sdpa.hpp"
 #include "attn/yarn.hpp"
@@ -281,76 +282,137 @@ class multi_head_latent_attention {
                     x.dimension(2));
     detail::require(cache.batch() == B, fn, "cache.batch()", B, cache.batch());
     detail::require(
-        cache.kv_lora_rank() == cfg_.kv_lora_rank && cache.rope_dim() == cfg_.qk_rope_head_dim,
-        fn, "cache", "kv_lora_rank and rope_dim matching the layer", "a cache of another shape");
-    detail::require(opt.path == mla_path::automatic || opt.path == mla_path::naive ||
-                        opt.path == mla_path::absorbed,
-                    fn, "opt.path", "an mla_path enumerator", static_cast<int>(opt.path));
-    detail::require(opt.absorbed_max_tokens >= 0, fn, "opt.absorbed_max_tokens", ">= 0",
-                    opt.absorbed_max_tokens);
-    detail::check_num_threads(fn, "opt.num_threads", opt.num_threads);
+        cache.kv_lora_rank() == cfg_.kv_lora_rank && cache.rope_dim() == cfg_.qk_rope_head_dim, fn,
+        "cache", "kv_lora_rank and rope_dim matching the layer", "a cache of another shape");
+    check_options(fn, opt);
     cache.require_room(T, fn);
     // The working rows: B · T of them, each at most H · widest() (or
     // q_lora_rank) wide; the naive path expands up to capacity cached rows
     // per head.
-    detail::check_size<float>(fn, "x", {B, T, cfg_.n_heads, widest()},
-                              "batch · T · n_heads · head widths", T);
-    detail::check_size<float>(fn, "x", {B, T, cfg_.q_lora_rank}, "batch · T · q_lora_rank", T);
-    detail::check_size<float>(fn, "cache", {cache.capacity(), widest()},
-                              "capacity · head widths", cache.capacity());
+    check_work(fn, B * T, cache.capacity());
     tensor3 y(B, T, cfg_.dim);
     if (B == 0 || T == 0) return y;
 
     const int threads = opt.num_threads;
-    const index H = cfg_.n_heads, qk = cfg_.qk_head_dim(), rank = cfg_.kv_lora_rank;
-    const index rope = cfg_.qk_rope_head_dim, nope = cfg_.qk_nope_head_dim, rows = B * T;
-
-    // Projections: q [rows, H·qk]; kv [rows, rank + rope] -> RMSNorm(c) │ k_pe.
-    std::vector<float> q(static_cast<std::size_t>(rows * H * qk));
-    if (cfg_.q_lora_rank == 0) {
-      wq_.apply(x.data(), cfg_.dim, rows, q.data(), H * qk, threads);
-    } else {
-      const index r = cfg_.q_lora_rank;
-      std::vector<float> qa(static_cast<std::size_t>(rows * r));
-      wq_a_.apply(x.data(), cfg_.dim, rows, qa.data(), r, threads);
-      for (index i = 0; i < rows; ++i) rms_norm(qa.data() + i * r, r, q_norm_);
-      wq_b_.apply(qa.data(), r, rows, q.data(), H * qk, threads);
-    }
-    std::vector<float> kv(static_cast<std::size_t>(rows * (rank + rope)));
-    wkv_a_.apply(x.data(), cfg_.dim, rows, kv.data(), rank + rope, threads);
-
-    // RoPE at each token's position: q_pe of every head and the shared k_pe.
-    if (rope > 0) {
-      const index pairs = rope / 2;
-      std::vector<float> cs(static_cast<std::size_t>(2 * pairs));
-      for (index b = 0; b < B; ++b)
-        for (index t = 0; t < T; ++t) {
-          const double pos = static_cast<double>(cache.lengths()[static_cast<std::size_t>(b)] + t);
-          for (index i = 0; i < pairs; ++i) {
-            const double angle = pos * inv_freq_[static_cast<std::size_t>(i)];
-            cs[static_cast<std::size_t>(i)] = static_cast<float>(std::cos(angle));
-            cs[static_cast<std::size_t>(pairs + i)] = static_cast<float>(std::sin(angle));
-          }
-          const index row = b * T + t;
-          for (index h = 0; h < H; ++h)
-            detail::rope_rotate_head(q.data() + (row * H + h) * qk + nope, cs.data(),
-                                     cs.data() + pairs, pairs, rope_layout::interleaved);
-          detail::rope_rotate_head(kv.data() + row * (rank + rope) + rank, cs.data(),
-                                   cs.data() + pairs, pairs, rope_layout::interleaved);
-        }
-    }
-    for (index i = 0; i < rows; ++i) rms_norm(kv.data() + i * (rank + rope), rank, kv_norm_);
-
+    const index lat = cfg_.kv_lora_rank + cfg_.qk_rope_head_dim, rows = B * T;
+    std::vector<float> q, kv;
+    project_new_tokens(
+        x.data(), rows,
+        [&](index r) { return cache.lengths()[static_cast<std::size_t>(r / T)] + r % T; }, threads,
+        q, kv);
     cache.append_rows(
-        T, [&](index b, index t) { return kv.data() + (b * T + t) * (rank + rope); },
-        [&](index b, index t) { return kv.data() + (b * T + t) * (rank + rope) + rank; });
+        T, [&](index b, index t) { return kv.data() + (b * T + t) * lat; },
+        [&](index b, index t) { return kv.data() + (b * T + t) * lat + cfg_.kv_lora_rank; });
 
-    std::vector<float> o(static_cast<std::size_t>(rows * H * cfg_.v_head_dim));
-    if (path_for(T, opt) == mla_path::absorbed)
-      attend_absorbed(q, cache, B, T, o, threads);
-    else
-      attend_naive(q, cache, B, T, o, threads);
-    wo_.apply(o.data(), H * cfg_.v_head_dim, rows, y.data(), cfg_.dim, threads);
+    std::vector<index> lengths(static_cast<std::size_t>(B)), first(lengths.size()),
+        tokens(lengths.size(), T);
+    for (index b = 0; b < B; ++b) {
+      lengths[static_cast<std::size_t>(b)] = cache.lengths()[static_cast<std::size_t>(b)];
+      first[static_cast<std::size_t>(b)] = b * T;
+    }
+    const detail::mla::dense_latent_rows<Storage> cached{cache.rows().data, cache.capacity(), lat};
+    std::vector<float> o(static_cast<std::size_t>(rows * cfg_.n_heads * cfg_.v_head_dim));
+    attend(q, cached, lengths, first, tokens, opt, o);
+    wo_.apply(o.data(), cfg_.n_heads * cfg_.v_head_dim, rows, y.data(), cfg_.dim, threads);
+    return y;
+  }
+
+  /// A paged cache for this layer: num_blocks blocks of block_size latent
+  /// rows, each row one "key head" of kv_lora_rank + qk_rope_head_dim values
+  /// [c │ k_pe] and no value rows (the values are the rows' first
+  /// kv_lora_rank). Forks share blocks as for any paged_kv_cache.
+  template <class Storage = float>
+  paged_kv_cache<Storage> make_paged_cache(index num_blocks, index block_size) const {
+    return paged_kv_cache<Storage>(num_blocks, block_size, 1,
+                                   cfg_.kv_lora_rank + cfg_.qk_rope_head_dim, 0);
+  }
+
+  /// One serving step over a paged latent cache (make_paged_cache): x [1,
+  /// total, dim] holds the new tokens of every listed sequence packed one
+  /// after another (sequence seqs[i] owns rows [cu_seqlens[i],
+  /// cu_seqlens[i + 1])), at positions cache.length(seqs[i]) + t. Appends
+  /// their latent rows to the sequences' blocks, attends bottom-right causal
+  /// on each sequence's length, and returns [1, total, dim]. Each sequence
+  /// takes the absorbed or the naive path by its own number of new tokens
+  /// (mla_options), so a batch may mix prefill chunks and decodes, and each
+  /// sequence's rows are the bits it gets alone, or from forward() over an
+  /// mla_cache holding the same tokens (batch invariance). The sequences
+  /// are distinct.
+  /// @throws attn::error on shape mismatches, a cache of another shape, a
+  ///         dead or repeated sequence, cumulative lengths that do not fit x,
+  ///         bad options or too few free blocks; the cache is then unchanged.
+  template <class Storage>
+  tensor3 forward(const tensor3& x, paged_kv_cache<Storage>& cache, const std::vector<index>& seqs,
+                  const std::vector<index>& cu_seqlens, const mla_options& opt = {}) const {
+    constexpr const char* fn = "multi_head_latent_attention::forward(paged cache)";
+    const index total = x.dimension(1);
+    const index lat = cfg_.kv_lora_rank + cfg_.qk_rope_head_dim;
+    detail::require(x.dimension(0) == 1, fn, "x.dimension(0)",
+                    "1 (the sequences' tokens packed along dimension 1)", x.dimension(0));
+    detail::require(x.dimension(2) == cfg_.dim, fn, "x.dimension(2) (dim)", cfg_.dim,
+                    x.dimension(2));
+    detail::require(cache.kv_heads() == 1 && cache.head_dim() == lat && cache.v_head_dim() == 0, fn,
+                    "cache",
+                    "1 head of kv_lora_rank + qk_rope_head_dim values and no value rows "
+                    "(make_paged_cache)",
+                    "a cache of another shape");
+    check_options(fn, opt);
+    const index B =
+        detail::varlen::check_cu_seqlens(fn, "cu_seqlens", cu_seqlens, total, "x.dimension(1)");
+    detail::require(
+        static_cast<index>(seqs.size()) == B, fn, "seqs.size()",
+        [&] { return "cu_seqlens.size() - 1 = " + std::to_string(B); }, seqs.size());
+    std::vector<index> start(static_cast<std::size_t>(B));
+    for (index i = 0; i < B; ++i) {
+      detail::require(cache.contains(seqs[i]), fn, "seqs",
+                      "live sequences (added or forked, not freed)",
+                      [&] { return std::to_string(seqs[i]) + " is not"; });
+      for (index j = 0; j < i; ++j)
+        detail::require(seqs[j] != seqs[i], fn, "seqs", "distinct sequences",
+                        [&] { return std::to_string(seqs[i]) + " twice"; });
+      start[static_cast<std::size_t>(i)] = cache.length(seqs[i]);
+    }
+    index longest = 0;  // after the append
+    for (index i = 0; i < B; ++i)
+      longest =
+          std::max(longest, start[static_cast<std::size_t>(i)] + cu_seqlens[i + 1] - cu_seqlens[i]);
+    check_work(fn, total, longest);
+    tensor3 y(1, total, cfg_.dim);
+    if (total == 0) return y;
+
+    const int threads = opt.num_threads;
+    std::vector<index> position(static_cast<std::size_t>(total));
+    for (index i = 0; i < B; ++i)
+      for (index t = cu_seqlens[i]; t < cu_seqlens[i + 1]; ++t)
+        position[static_cast<std::size_t>(t)] =
+            start[static_cast<std::size_t>(i)] + t - cu_seqlens[i];
+    std::vector<float> q, kv;
+    project_new_tokens(
+        x.data(), total, [&](index r) { return position[static_cast<std::size_t>(r)]; }, threads, q,
+        kv);
+    // v_new: no values, but a pointer into kv (a view of no elements).
+    const strided<const float, 3> k_new{kv.data(), {total, 1, lat}, {lat, lat, 1}};
+    const strided<const float, 3> v_new{kv.data(), {total, 1, 0}, {lat, lat, 1}};
+    cache.append(seqs, k_new, v_new,
+                 cu_seqlens);  // the only step that may refuse: nothing written then
+
+    std::vector<index> lengths(static_cast<std::size_t>(B)), first(lengths.size()),
+        tokens(lengths.size());
+    std::vector<const std::int32_t*> tables(lengths.size());
+    for (index i = 0; i < B; ++i) {
+      const std::size_t u = static_cast<std::size_t>(i);
+      lengths[u] = cache.length(seqs[i]);
+      first[u] = cu_seqlens[i];
+      tokens[u] = cu_seqlens[i + 1] - cu_seqlens[i];
+      tables[u] = cache.block_table(seqs[i]).data();
+    }
+    int shift = 0;
+    while ((index{1} << shift) < cache.block_size()) ++shift;
+    const detail::mla::paged_latent_rows<Storage> cached{cache.key_pool().data, tables.data(),
+                                                         shift, lat};
+    std::vector<float> o(static_cast<std::size_t>(total * cfg_.n_heads * cfg_.v_head_dim));
+    attend(q, cached, lengths, first, tokens, opt, o);
+    wo_.apply(o.data(), cfg_.n_heads * cfg_.v_head_dim, total, y.data(), cfg_.dim, threads);
     return y;
   }
 
@@ -402,82 +464,209 @@ class multi_head_latent_attention {
     for (index i = 0; i < n; ++i) x[i] = static_cast<float>(x[i] * inv) * w[i];
   }
 
-  // Absorbed: q_lat = [q_nope W_UK │ q_pe] per head, latent attention over
-  // the cached rows, then W_UV per head.
-  template <class Storage>
-  void attend_absorbed(const std::vector<float>& q, const mla_cache<Storage>& cache, index B,
-                       index T, std::vector<float>& o, int threads) const {
+  void check_options(const char* fn, const mla_options& opt) const {
+    detail::require(opt.path == mla_path::automatic || opt.path == mla_path::naive ||
+                        opt.path == mla_path::absorbed,
+                    fn, "opt.path", "an mla_path enumerator", static_cast<int>(opt.path));
+    detail::require(opt.absorbed_max_tokens >= 0, fn, "opt.absorbed_max_tokens", ">= 0",
+                    opt.absorbed_max_tokens);
+    detail::check_num_threads(fn, "opt.num_threads", opt.num_threads);
+  }
+
+  // The working rows of `rows` new tokens, each at most H · widest() (or
+  // q_lora_rank) wide; the naive path expands up to `cached` rows per head.
+  void check_work(const char* fn, index rows, index cached) const {
+    detail::check_size<float>(fn, "x", {rows, cfg_.n_heads, widest()},
+                              "new tokens · n_heads · head widths", rows);
+    detail::check_size<float>(fn, "x", {rows, cfg_.q_lora_rank}, "new tokens · q_lora_rank", rows);
+    detail::check_size<float>(fn, "cache", {cached, widest()}, "cached tokens · head widths",
+                              cached);
+  }
+
+  // The new tokens x [rows, dim], token r at position pos(r): q [rows, H·qk]
+  // with q_pe rotated, and the latent rows kv [rows, rank + rope] = [RMSNorm(c)
+  // │ k_pe rotated]. Row by row the same bits for any number of rows.
+  template <class Position>
+  void project_new_tokens(const float* x, index rows, Position pos, int threads,
+                          std::vector<float>& q, std::vector<float>& kv) const {
+    const index H = cfg_.n_heads, qk = cfg_.qk_head_dim(), rank = cfg_.kv_lora_rank;
+    const index rope = cfg_.qk_rope_head_dim, nope = cfg_.qk_nope_head_dim;
+    q.assign(static_cast<std::size_t>(rows * H * qk), 0.0f);
+    kv.assign(static_cast<std::size_t>(rows * (rank + rope)), 0.0f);
+    if (rows == 0) return;
+    if (cfg_.q_lora_rank == 0) {
+      wq_.apply(x, cfg_.dim, rows, q.data(), H * qk, threads);
+    } else {
+      const index r = cfg_.q_lora_rank;
+      std::vector<float> qa(static_cast<std::size_t>(rows * r));
+      wq_a_.apply(x, cfg_.dim, rows, qa.data(), r, threads);
+      for (index i = 0; i < rows; ++i) rms_norm(qa.data() + i * r, r, q_norm_);
+      wq_b_.apply(qa.data(), r, rows, q.data(), H * qk, threads);
+    }
+    wkv_a_.apply(x, cfg_.dim, rows, kv.data(), rank + rope, threads);
+
+    // RoPE at each token's position: q_pe of every head and the shared k_pe.
+    if (rope > 0) {
+      const index pairs = rope / 2;
+      std::vector<float> cs(static_cast<std::size_t>(2 * pairs));
+      for (index row = 0; row < rows; ++row) {
+        const double p = static_cast<double>(pos(row));
+        for (index i = 0; i < pairs; ++i) {
+          const double angle = p * inv_freq_[static_cast<std::size_t>(i)];
+          cs[static_cast<std::size_t>(i)] = static_cast<float>(std::cos(angle));
+          cs[static_cast<std::size_t>(pairs + i)] = static_cast<float>(std::sin(angle));
+        }
+        for (index h = 0; h < H; ++h)
+          detail::rope_rotate_head(q.data() + (row * H + h) * qk + nope, cs.data(),
+                                   cs.data() + pairs, pairs, rope_layout::interleaved);
+        detail::rope_rotate_head(kv.data() + row * (rank + rope) + rank, cs.data(),
+                                 cs.data() + pairs, pairs, rope_layout::interleaved);
+      }
+    }
+    for (index i = 0; i < rows; ++i) rms_norm(kv.data() + i * (rank + rope), rank, kv_norm_);
+  }
+
+  // Attention of the new tokens' queries q [total, H, qk] over the cached
+  // rows: sequence b's tokens[b] tokens from first[b] on, lengths[b] tokens
+  // in all (its new ones included), its rows at rows.of(b); o [total, H, v].
+  // Each sequence takes the absorbed or the naive path by its own number of
+  // new tokens, so its bits do not depend on the others.
+  template <class Rows>
+  void attend(const std::vector<float>& q, const Rows& rows, const std::vector<index>& lengths,
+              const std::vector<index>& first, const std::vector<index>& tokens,
+              const mla_options& opt, std::vector<float>& o) const {
+    std::vector<index> absorbed;
+    for (std::size_t b = 0; b < lengths.size(); ++b) {
+      if (tokens[b] == 0) continue;
+      if (path_for(tokens[b], opt) == mla_path::absorbed)
+        absorbed.push_back(static_cast<index>(b));
+      else
+        attend_naive(q, rows.of(static_cast<index>(b)), lengths[b], first[b], tokens[b], o,
+                     opt.num_threads);
+    }
+    if (!absorbed.empty())
+      attend_absorbed(q, rows, lengths, first, tokens, absorbed, o, opt.num_threads);
+  }
+
+  // Absorbed, for the listed sequences: their query rows gathered, q_lat =
+  // [q_nope W_UK │ q_pe] per head, latent attention over the cached rows,
+  // W_UV per head, scattered back to o.
+  template <class Rows>
+  void attend_absorbed(const std::vector<float>& q, const Rows& rows,
+                       const std::vector<index>& lengths, const std::vector<index>& first,
+                       const std::vector<index>& tokens, const std::vector<index>& seqs,
+                       std::vector<float>& o, int threads) const {
     const index H = cfg_.n_heads, qk = cfg_.qk_head_dim(), rank = cfg_.kv_lora_rank;
     const index rope = cfg_.qk_rope_head_dim, nope = cfg_.qk_nope_head_dim, vd = cfg_.v_head_dim;
-    const index rows = B * T, lat = rank + rope;
-    std::vector<float> q_lat(static_cast<std::size_t>(rows * H * lat));
-    std::vector<float> o_lat(static_cast<std::size_t>(rows * H * rank));
-    const int head_threads = core::threads_for_work(threads, 2.0 * rows * H * nope * rank);
+    const index lat = rank + rope, B = static_cast<index>(seqs.size());
+    // The listed sequences' tokens, one after another (none copied when
+    // they are all of the call's, in order: the mla_cache forward).
+    std::vector<index> at(seqs.size()), n(seqs.size()), lens(seqs.size());
+    index total = 0;
+    bool in_place = true;
+    for (index i = 0; i < B; ++i) {
+      const std::size_t b = static_cast<std::size_t>(seqs[static_cast<std::size_t>(i)]);
+      at[static_cast<std::size_t>(i)] = total;
+      n[static_cast<std::size_t>(i)] = tokens[b];
+      lens[static_cast<std::size_t>(i)] = lengths[b];
+      in_place = in_place && first[b] == total;
+      total += tokens[b];
+    }
+    std::vector<float> gathered;
+    const float* qs = q.data();
+    if (!in_place) {
+      gathered.resize(static_cast<std::size_t>(total * H * qk));
+      for (index i = 0; i < B; ++i)
+        std::copy_n(
+            q.data() + first[static_cast<std::size_t>(seqs[static_cast<std::size_t>(i)])] * H * qk,
+            n[static_cast<std::size_t>(i)] * H * qk,
+            gathered.data() + at[static_cast<std::size_t>(i)] * H * qk);
+      qs = gathered.data();
+    }
+    std::vector<float> q_lat(static_cast<std::size_t>(total * H * lat));
+    std::vector<float> o_lat(static_cast<std::size_t>(total * H * rank));
+    const int head_threads = core::threads_for_work(threads, 2.0 * total * H * nope * rank);
     core::parallel_for(H, head_threads, [&](index h) {
       float* dst = q_lat.data() + h * lat;
       if (nope > 0)
-        uk_t_[static_cast<std::size_t>(h)].apply(q.data() + h * qk, H * qk, rows, dst, H * lat, 1);
+        uk_t_[static_cast<std::size_t>(h)].apply(qs + h * qk, H * qk, total, dst, H * lat, 1);
       else
-        for (index r = 0; r < rows; ++r) std::fill_n(dst + r * H * lat, rank, 0.0f);
-      for (index r = 0; r < rows; ++r)
-        std::copy_n(q.data() + (r * H + h) * qk + nope, rope, dst + r * H * lat + rank);
+        for (index r = 0; r < total; ++r) std::fill_n(dst + r * H * lat, rank, 0.0f);
+      for (index r = 0; r < total; ++r)
+        std::copy_n(qs + (r * H + h) * qk + nope, rope, dst + r * H * lat + rank);
     });
 
-    std::vector<index> lengths(static_cast<std::size_t>(B));
-    for (index b = 0; b < B; ++b) lengths[static_cast<std::size_t>(b)] = cache.lengths()[b];
-    detail::mla::latent_problem<Storage> p{q_lat.data(), cache.rows().data, lengths.data(),
-                                           o_lat.data(), B, T, H, rank, rope, cache.capacity(),
-                                           scale_};
+    // The listed sequences' rows, renumbered 0 .. B - 1.
+    struct listed_rows {
+      using sequence = typename Rows::sequence;
+      const Rows* all;
+      const std::vector<index>* seqs;
+      sequence of(index i) const { return all->of((*seqs)[static_cast<std::size_t>(i)]); }
+    };
+    detail::mla::latent_batch<listed_rows> p{q_lat.data(), {&rows, &seqs}, lens.data(), at.data(),
+                                             n.data(),     o_lat.data(),   B,           H,
+                                             rank,         rope,           scale_};
     detail::mla::latent_attention(p, threads);
 
+    std::vector<float> o_gathered;
+    float* dst_all = o.data();
+    if (!in_place) {
+      o_gathered.resize(static_cast<std::size_t>(total * H * vd));
+      dst_all = o_gathered.data();
+    }
     core::parallel_for(H, head_threads, [&](index h) {
-      uv_[static_cast<std::size_t>(h)].apply(o_lat.data() + h * rank, H * rank, rows,
-                                             o.data() + h * vd, H * vd, 1);
+      uv_[static_cast<std::size_t>(h)].apply(o_lat.data() + h * rank, H * rank, total,
+                                             dst_all + h * vd, H * vd, 1);
     });
+    if (!in_place)
+      for (index i = 0; i < B; ++i)
+        std::copy_n(
+            o_gathered.data() + at[static_cast<std::size_t>(i)] * H * vd,
+            n[static_cast<std::size_t>(i)] * H * vd,
+            o.data() + first[static_cast<std::size_t>(seqs[static_cast<std::size_t>(i)])] * H * vd);
   }
 
-  // Naive: per sequence and group of heads, expand K = [W_UK c │ k_pe] and
-  // V = W_UV c for every cached token and run the flash kernel.
-  template <class Storage>
-  void attend_naive(const std::vector<float>& q, const mla_cache<Storage>& cache, index B, index T,
-                    std::vector<float>& o, int threads) const {
+  // Naive, for one sequence: per group of heads, expand K = [W_UK c │ k_pe]
+  // and V = W_UV c for each of its n cached tokens and run the flash kernel
+  // on its T queries from token `first` on.
+  template <class Sequence>
+  void attend_naive(const std::vector<float>& q, const Sequence& cached, index n, index first,
+                    index T, std::vector<float>& o, int threads) const {
     const index H = cfg_.n_heads, qk = cfg_.qk_head_dim(), rank = cfg_.kv_lora_rank;
     const index rope = cfg_.qk_rope_head_dim, nope = cfg_.qk_nope_head_dim, vd = cfg_.v_head_dim;
     const index lat = rank + rope;
-    const strided<const Storage, 3> rows = cache.rows();
-    for (index b = 0; b < B; ++b) {
-      const index n = cache.lengths()[static_cast<std::size_t>(b)];
-      std::vector<float> c(static_cast<std::size_t>(n * lat));  // the rows as float
-      for (index j = 0; j < n; ++j)
-        for (index i = 0; i < lat; ++i)
-          c[static_cast<std::size_t>(j * lat + i)] = static_cast<float>(*rows.at(b, j, i));
-      // Heads per group: expanded K and V of a group stay under ~64 MiB.
-      const index per_head = n * (qk + vd) * static_cast<index>(sizeof(float));
-      const index G = std::clamp<index>((index{64} << 20) / std::max<index>(per_head, 1), 1, H);
-      std::vector<float> k(static_cast<std::size_t>(n * G * qk)), v(static_cast<std::size_t>(n * G * vd));
-      for (index h0 = 0; h0 < H; h0 += G) {
-        const index g = std::min(G, H - h0);
-        for (index h = h0; h < h0 + g; ++h) {
-          float* kh = k.data() + (h - h0) * qk;
-          if (nope > 0)
-            uk_[static_cast<std::size_t>(h)].apply(c.data(), lat, n, kh, g * qk, threads);
-          for (index j = 0; j < n; ++j)
-            std::copy_n(c.data() + j * lat + rank, rope, kh + j * g * qk + nope);
-          uv_[static_cast<std::size_t>(h)].apply(c.data(), lat, n, v.data() + (h - h0) * vd,
-                                                 g * vd, threads);
-        }
-        strided<const float, 4> qv{q.data() + (b * T * H + h0) * qk, {1, T, g, qk},
-                                   {T * H * qk, H * qk, qk, 1}};
-        strided<const float, 4> kv{k.data(), {1, n, g, qk}, {n * g * qk, g * qk, qk, 1}};
-        strided<const float, 4> vv{v.data(), {1, n, g, vd}, {n * g * vd, g * vd, vd, 1}};
-        strided<float, 4> ov{o.data() + (b * T * H + h0) * vd, {1, T, g, vd},
-                             {T * H * vd, H * vd, vd, 1}};
-        sdpa_options so;
-        so.scale = scale_;
-        so.causal = causal::bottom_right;
-        so.num_threads = threads;
-        scaled_dot_product_attention(qv, kv, vv, ov, so);
+    std::vector<float> c(static_cast<std::size_t>(n * lat));  // the rows as float
+    for (index j = 0; j < n; ++j) {
+      const auto* row = cached.row(j);
+      for (index i = 0; i < lat; ++i)
+        c[static_cast<std::size_t>(j * lat + i)] = static_cast<float>(row[i]);
+    }
+    // Heads per group: expanded K and V of a group stay under ~64 MiB.
+    const index per_head = n * (qk + vd) * static_cast<index>(sizeof(float));
+    const index G = std::clamp<index>((index{64} << 20) / std::max<index>(per_head, 1), 1, H);
+    std::vector<float> k(static_cast<std::size_t>(n * G * qk)),
+        v(static_cast<std::size_t>(n * G * vd));
+    for (index h0 = 0; h0 < H; h0 += G) {
+      const index g = std::min(G, H - h0);
+      for (index h = h0; h < h0 + g; ++h) {
+        float* kh = k.data() + (h - h0) * qk;
+        if (nope > 0) uk_[static_cast<std::size_t>(h)].apply(c.data(), lat, n, kh, g * qk, threads);
+        for (index j = 0; j < n; ++j)
+          std::copy_n(c.data() + j * lat + rank, rope, kh + j * g * qk + nope);
+        uv_[static_cast<std::size_t>(h)].apply(c.data(), lat, n, v.data() + (h - h0) * vd, g * vd,
+                                               threads);
       }
+      strided<const float, 4> qv{
+          q.data() + (first * H + h0) * qk, {1, T, g, qk}, {T * H * qk, H * qk, qk, 1}};
+      strided<const float, 4> kv{k.data(), {1, n, g, qk}, {n * g * qk, g * qk, qk, 1}};
+      strided<const float, 4> vv{v.data(), {1, n, g, vd}, {n * g * vd, g * vd, vd, 1}};
+      strided<float, 4> ov{
+          o.data() + (first * H + h0) * vd, {1, T, g, vd}, {T * H * vd, H * vd, vd, 1}};
+      sdpa_options so;
+      so.scale = scale_;
+      so.causal = causal::bottom_right;
+      so.num_threads = threads;
+      scaled_dot_product_attention(qv, kv, vv, ov, so);
     }
   }
 

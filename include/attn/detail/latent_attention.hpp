@@ -20,8 +20,11 @@
 //      converted rows.
 // Long caches are cut into chunks of keys so that one sequence's decode step
 // keeps every thread busy; chunk partials (normalised output and LSE) are
-// merged in chunk order. The chunking depends only on the shapes of the
-// call, never on the thread count, so the output bits do not either. While
+// merged in chunk order. A sequence's chunking depends only on its own
+// shape (new tokens, heads, length), never on the other sequences of the
+// call or the thread count, so its output bits do not either. The rows are
+// read from an mla_cache (one sequence's rows one after another) or from a
+// block pool through block tables (paged_kv_cache). While
 // a tile is multiplied, the next tile's rows are prefetched into L2: they
 // come from memory, and without huge pages the hardware prefetcher stops at
 // every 4 KiB page (docs/performance.md, MLA).
@@ -36,6 +39,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "attn/core/abi.hpp"
@@ -82,19 +86,113 @@ struct latent_problem {
   float scale;
 };
 
+/// The cached rows of sequences stored one after another (mla_cache): row j
+/// of sequence b at base + (b · capacity + j) · width.
+template <class Storage>
+struct dense_latent_rows {
+  using storage = Storage;
+  const Storage* base;
+  index capacity, width;
+
+  /// One sequence's rows.
+  struct sequence {
+    using storage = Storage;
+    using prefetcher = core::prefetch_stream;
+    const Storage* first;
+    index width;
+    const Storage* row(index j) const { return first + j * width; }
+    /// Rows [j0, j0 + n) into L2 over `steps` calls of step().
+    prefetcher prefetch(index j0, index n, std::size_t steps) const {
+      return prefetcher(row(j0), static_cast<std::size_t>(n * width) * sizeof(Storage), steps);
+    }
+  };
+  sequence of(index b) const { return {base + b * capacity * width, width}; }
+};
+
+/// Prefetches rows [j, end) of a paged sequence a few rows per step() (the
+/// rows are contiguous only within a block).
+template <class Sequence>
+class row_prefetch {
+ public:
+  row_prefetch(const Sequence& s, index j0, index n, std::size_t steps)
+      : s_(s),
+        j_(j0),
+        end_(j0 + n),
+        per_step_(
+            std::max<index>(1, detail::ceil_div(n, static_cast<index>(steps > 0 ? steps : 1)))) {}
+  void step() {
+    for (index k = 0; k < per_step_ && j_ < end_; ++k, ++j_)
+      core::simd::prefetch_l2(
+          s_.row(j_), static_cast<std::size_t>(s_.width) * sizeof(typename Sequence::storage));
+  }
+
+ private:
+  Sequence s_;
+  index j_, end_, per_step_;
+};
+
+/// Rows in a block pool (paged_kv_cache with one head of width d_c + d_r,
+/// [blocks, block_size, width] dense): row j of sequence b is slot
+/// j % block_size of block tables[b][j / block_size].
+template <class Storage>
+struct paged_latent_rows {
+  using storage = Storage;
+  const Storage* pool;
+  const std::int32_t* const* tables;
+  int block_shift;  // log2 of the block size
+  index width;
+
+  /// One sequence's rows.
+  struct sequence {
+    using storage = Storage;
+    using prefetcher = row_prefetch<sequence>;
+    const Storage* pool;
+    const std::int32_t* table;
+    int block_shift;
+    index width;
+    const Storage* row(index j) const {
+      const index slot =
+          (index{table[j >> block_shift]} << block_shift) + (j & ((index{1} << block_shift) - 1));
+      return pool + slot * width;
+    }
+    prefetcher prefetch(index j0, index n, std::size_t steps) const {
+      return prefetcher(*this, j0, n, steps);
+    }
+  };
+  sequence of(index b) const { return {pool, tables[b], block_shift, width}; }
+};
+
+/// The general problem: B sequences, sequence b with the tokens[b] new
+/// query tokens from token first[b] on of the packed q, each of H heads.
+/// q: latent queries [total, H, d_qk] dense (d_qk = d_c + d_r).
+/// rows: the cached rows (dense_latent_rows or paged_latent_rows).
+/// lengths[b]: tokens in sequence b, its new ones included.
+/// out: [total, H, d_c] dense, written at the same tokens as q.
+template <class Rows>
+struct latent_batch {
+  const float* q;
+  Rows rows;
+  const index* lengths;
+  const index* first;
+  const index* tokens;
+  float* out;
+  index B, H, d_c, d_r;
+  float scale;
+};
+
 // A task's share of the work.
 struct latent_task {
-  index b, r0, r1;  // sequence, query rows [r0, r1) of its T·H
+  index b, r0, r1;  // sequence, query rows [r0, r1) of its T_b·H
   index j0, j1;     // keys [j0, j1)
   index slot;       // partial slot (chunked), or -1: write straight to out
   index shared_qt;  // packed Qᵀ shared by the block's chunks, or -1: pack it
 };
 
 struct latent_scratch {
-  std::vector<float> qt;      // [d_qk][cols]   scaled queries, transposed
-  std::vector<float> k;       // [kv_tile][d_qk] + slack: converted rows
-  std::vector<float> st;      // [kv_tile][cols] scores, then probabilities
-  std::vector<float> o;       // [acc_rows][d_c_pad] unnormalised output
+  std::vector<float> qt;                // [d_qk][cols]   scaled queries, transposed
+  std::vector<float> k;                 // [kv_tile][d_qk] + slack: converted rows
+  std::vector<float> st;                // [kv_tile][cols] scores, then probabilities
+  std::vector<float> o;                 // [acc_rows][d_c_pad] unnormalised output
   std::vector<float> max, sum, factor;  // [cols]
   std::vector<index> limit;             // [cols] last visible key per row
   engine::hidden_values hidden;         // non-finite V entries of keys some rows do not see
@@ -102,18 +200,19 @@ struct latent_scratch {
 
 // The engine's walk for one task: query rows [r0, r1) of a sequence against
 // its cache rows, which serve as K (all d_qk columns) and V (the first d_c).
-template <class Storage, class Score>
+template <class Sequence, class Score>
 struct latent_walk {
   using score = Score;
   using acc = core::accumulate_tile;
+  using Storage = typename Sequence::storage;
   static constexpr index key_tile = latent_tiles::kv_tile;
 
   latent_scratch& ws;
-  const Storage* cache;  // the sequence's rows, row j at cache + j·d_qk
-  const float* qt;       // packed Qᵀ [d_qk][cols]
+  Sequence cache;   // the sequence's rows, row j at cache.row(j)
+  const float* qt;  // packed Qᵀ [d_qk][cols]
   index rows, cols, acc_rows, sw, d_qk, d_c, d_c_pad;
   index lim_lo;  // the first row's causal limit: keys past it are hidden from some rows
-  core::prefetch_stream ahead{nullptr, 0, 1};
+  typename Sequence::prefetcher ahead = cache.prefetch(0, 0, 1);
 
   bool visible(index, index) const { return true; }  // the walk stops at the last row's limit
 
@@ -126,9 +225,7 @@ struct latent_walk {
     const std::size_t tiles_per_step =
         static_cast<std::size_t>((n_pad / score::rows) * (cols / score::cols) +
                                  (acc_rows / acc::rows) * (d_c_pad / acc::cols));
-    ahead = core::prefetch_stream(cache + (j0 + n) * d_qk,
-                                  static_cast<std::size_t>(next * d_qk) * sizeof(Storage),
-                                  tiles_per_step);
+    ahead = cache.prefetch(j0 + n, next, tiles_per_step);
   }
 
   // 1. The rows as float (padding rows zero), once: they serve as K and V;
@@ -140,14 +237,14 @@ struct latent_walk {
     float* const st = ws.st.data();
     const index d = d_qk, ld = sw, c_end = cols;
     for (index j = 0; j < n; ++j) {
-      const Storage* src = cache + (j0 + j) * d;
+      const Storage* src = cache.row(j0 + j);
       float* dst = k + j * d;
       index c = 0;
       for (; c + width <= d; c += width) store(dst + c, load_as_float(src + c));
       for (; c < d; ++c) dst[c] = static_cast<float>(src[c]);
     }
     std::fill(k + n * d, k + n_pad * d, 0.0f);
-    core::prefetch_stream next = ahead;
+    auto next = ahead;
     for (index k0 = 0; k0 < n_pad; k0 += score::rows)
       for (index c0 = 0; c0 < c_end; c0 += score::cols) {
         core::gemm_tile<score, false, core::softmax::score_floor>(
@@ -188,7 +285,7 @@ struct latent_walk {
     float* const o = ws.o.data();
     const index d = d_qk, ld = sw, o_ld = d_c_pad, r_end = acc_rows;
     ws.hidden.set_apart(k, d, std::max<index>(lim_lo + 1 - j0, 0), n);
-    core::prefetch_stream next = ahead;
+    auto next = ahead;
     for (index r0 = 0; r0 < r_end; r0 += acc::rows)
       for (index c0 = 0; c0 < o_ld; c0 += acc::cols) {
         core::gemm_tile<acc, true>(core::lhs{st + r0, 1, ld}, core::rhs{k + c0, d}, n,
@@ -211,76 +308,87 @@ struct latent_walk {
 // is non-finite by the NaN policy and is left alone: redoing it could not
 // make it finite, and would cost O(n · d) in double on every later step of
 // a cache that holds such a value.
-template <class Storage>
-void repair_nonfinite_rows(const latent_problem<Storage>& p) {
-  const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
+template <class Rows>
+void repair_nonfinite_rows(const latent_batch<Rows>& p) {
+  const index d_qk = p.d_c + p.d_r;
   const float scale_log2 = p.scale * core::softmax::log2e;
   std::vector<double> q_log2(static_cast<std::size_t>(d_qk));
   for (index b = 0; b < p.B; ++b) {
+    const index T = p.tokens[b], n = p.lengths[b];
+    const auto seq = p.rows.of(b);
     int cache_finite = -1;  // checked on the sequence's first non-finite row
-    for (index r = 0; r < rows_all; ++r) {
-      float* dst = p.out + (b * rows_all + r) * p.d_c;
+    for (index r = 0; r < T * p.H; ++r) {
+      float* dst = p.out + (p.first[b] * p.H + r) * p.d_c;
       if (core::softmax::all_finite(dst, p.d_c)) continue;
-      const float* q = p.q + (b * rows_all + r) * d_qk;
+      const float* q = p.q + (p.first[b] * p.H + r) * d_qk;
       if (!core::softmax::all_finite(q, d_qk)) continue;
       if (cache_finite < 0) {
-        const Storage* rows = p.rows + b * p.capacity * d_qk;
         cache_finite = 1;
-        for (index i = 0; i < p.lengths[b] * d_qk && cache_finite; ++i)
-          cache_finite = std::isfinite(static_cast<float>(rows[i])) ? 1 : 0;
+        for (index j = 0; j < n && cache_finite; ++j)
+          for (index i = 0; i < d_qk && cache_finite; ++i)
+            cache_finite = std::isfinite(static_cast<float>(seq.row(j)[i])) ? 1 : 0;
       }
       if (cache_finite == 0) continue;
       for (index d = 0; d < d_qk; ++d)  // as the kernel packs it
         q_log2[static_cast<std::size_t>(d)] = engine::scaled_query(q[d], scale_log2);
-      const index n = p.lengths[b], limit = n - p.T + r / p.H;
-      const Storage* rows = p.rows + b * p.capacity * d_qk;
+      const index limit = n - T + r / p.H;
       core::softmax::recompute_row_fp64(
           n,
           [&](index j) {
             if (j > limit) return core::softmax::fp64_key{false, 0.0};
+            const auto* row = seq.row(j);
             double s = 0;
             for (index d = 0; d < d_qk; ++d)
-              s += q_log2[static_cast<std::size_t>(d)] * static_cast<float>(rows[j * d_qk + d]);
+              s += q_log2[static_cast<std::size_t>(d)] * static_cast<float>(row[d]);
             return core::softmax::fp64_key{true, s};
           },
-          [&](index j) { return rows + j * d_qk; }, p.d_c, dst, nullptr);
+          [&](index j) { return seq.row(j); }, p.d_c, dst, nullptr);
     }
   }
 }
 
 // The kernel for one score register tile shape (see latent_attention).
-template <class Storage, class Score>
-void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
+template <class Rows, class Score>
+void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   using namespace core::simd;
   using tiles = latent_tiles;
   using score = Score;
   using acc = core::accumulate_tile;
+  using Sequence = typename Rows::sequence;
   constexpr index kv_tile = tiles::kv_tile;
-  const index d_qk = p.d_c + p.d_r, rows_all = p.T * p.H;
+  const index d_qk = p.d_c + p.d_r;
   const index d_c_pad = detail::round_up(p.d_c, acc::cols);
-  const index block_rows = std::min(tiles::max_rows, rows_all);
-  const index cols = detail::round_up(block_rows, score::cols);          // Qᵀ / Sᵀ width
-  const index acc_rows = detail::round_up(block_rows, index{acc::rows});  // O rows computed
+  auto tokens = [&](index b) { return p.tokens[b]; };
+  index max_rows = 0;  // the widest row block of the call
+  for (index b = 0; b < p.B; ++b)
+    max_rows = std::max(max_rows, std::min(tiles::max_rows, tokens(b) * p.H));
+  if (max_rows == 0) return;
+  const index max_cols = detail::round_up(max_rows, score::cols);
+  const index max_acc_rows = detail::round_up(max_rows, index{acc::rows});
   const float scale_log2 = p.scale * core::softmax::log2e;
 
-  // Work list: row blocks of each sequence, each cut into key chunks when
-  // there are few row blocks and many keys. Keys past the last row's limit
-  // (n - 1) are never visible.
-  // The number of chunks depends on the shapes (B, rows, lengths) only.
+  // Work list: each sequence's query rows in blocks of up to max_rows, each
+  // block cut into key chunks when the sequence has few blocks and many keys.
+  // Keys past the last row's limit (n - 1) are never visible. A sequence's
+  // blocks and chunks depend on its own T_b, H and length only, never on the
+  // other sequences of the call or the thread count: so do its output bits
+  // (batch invariance, docs/design.md 2.4b).
   std::vector<latent_task> tasks;
   struct shared_block {
     index b, r0, r1;
   };
   std::vector<shared_block> shared;  // blocks whose Qᵀ is packed once for all chunks
   index slots = 0;
-  const index row_blocks = detail::ceil_div(rows_all, block_rows);
-  const index max_chunks = std::max<index>(1, tiles::max_chunks / (p.B * row_blocks));
   for (index b = 0; b < p.B; ++b) {
-    const index n = p.lengths[b];
+    const index n = p.lengths[b], rows_b = tokens(b) * p.H;
+    if (rows_b == 0) continue;
+    const index block_rows = std::min(tiles::max_rows, rows_b);
+    const index row_blocks = detail::ceil_div(rows_b, block_rows);
+    const index max_chunks = std::max<index>(1, tiles::max_chunks / row_blocks);
     const index chunks = std::min(max_chunks, std::max<index>(1, n / tiles::min_chunk));
     const index chunk = detail::round_up(detail::ceil_div(n, chunks), kv_tile);
     for (index rb = 0; rb < row_blocks; ++rb) {
-      const index r0 = rb * block_rows, r1 = std::min(rows_all, r0 + block_rows);
+      const index r0 = rb * block_rows, r1 = std::min(rows_b, r0 + block_rows);
       index qt = -1;
       if (chunks > 1) {
         qt = static_cast<index>(shared.size());
@@ -292,70 +400,73 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
       }
     }
   }
-  std::vector<float> part_o(static_cast<std::size_t>(slots * block_rows * p.d_c));
-  std::vector<float> part_lse(static_cast<std::size_t>(slots * block_rows));
+  std::vector<float> part_o(static_cast<std::size_t>(slots * max_rows * p.d_c));
+  std::vector<float> part_lse(static_cast<std::size_t>(slots * max_rows));
 
   // Qᵀ of rows [r0, r1) of sequence b, pre-scaled by scale·log2 e, into
   // qt[d_qk][cols]; padding columns are zero.
+  auto cols_for = [&](index r0, index r1) { return detail::round_up(r1 - r0, score::cols); };
   auto pack_qt = [&](index b, index r0, index r1, float* qt) {
-    const float* qb = p.q + (b * rows_all + r0) * d_qk;
+    const float* qb = p.q + (p.first[b] * p.H + r0) * d_qk;
+    const index cols = cols_for(r0, r1);
     engine::pack_queries_transposed([&](index r) { return qb + r * d_qk; }, r1 - r0, cols, d_qk,
                                     scale_log2, qt, cols);
   };
-  std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * cols));
+  std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * max_cols));
 
   auto make_scratch = [&] {
     latent_scratch s;
-    s.qt.resize(static_cast<std::size_t>(d_qk * cols));
+    s.qt.resize(static_cast<std::size_t>(d_qk * max_cols));
     s.k.assign(static_cast<std::size_t>(kv_tile * d_qk + d_c_pad), 0.0f);
-    s.st.assign(static_cast<std::size_t>(kv_tile * std::max(cols, acc_rows)), 0.0f);
-    s.o.resize(static_cast<std::size_t>(acc_rows * d_c_pad));
-    s.max.resize(static_cast<std::size_t>(cols));
-    s.sum.resize(static_cast<std::size_t>(cols));
-    s.factor.resize(static_cast<std::size_t>(cols));
-    s.limit.resize(static_cast<std::size_t>(cols));
+    s.st.assign(static_cast<std::size_t>(kv_tile * std::max(max_cols, max_acc_rows)), 0.0f);
+    s.o.resize(static_cast<std::size_t>(max_acc_rows * d_c_pad));
+    s.max.resize(static_cast<std::size_t>(max_cols));
+    s.sum.resize(static_cast<std::size_t>(max_cols));
+    s.factor.resize(static_cast<std::size_t>(max_cols));
+    s.limit.resize(static_cast<std::size_t>(max_cols));
     s.hidden.reserve(kv_tile, p.d_c);
     return s;
   };
 
   auto run = [&](latent_scratch& ws, index ti) {
     const latent_task& tk = tasks[static_cast<std::size_t>(ti)];
-    const index n = p.lengths[tk.b], rows = tk.r1 - tk.r0;
+    const index n = p.lengths[tk.b], rows = tk.r1 - tk.r0, T = tokens(tk.b);
+    const index cols = cols_for(tk.r0, tk.r1), acc_rows = detail::round_up(rows, index{acc::rows});
     const index sw = std::max(cols, acc_rows);  // row stride of Sᵀ
-    const Storage* kb = p.rows + tk.b * p.capacity * d_qk;
 
     // Qᵀ and each row's causal limit; padding columns see no key.
     const float* qt = ws.qt.data();
     if (tk.shared_qt >= 0)
-      qt = shared_qt.data() + tk.shared_qt * d_qk * cols;
+      qt = shared_qt.data() + tk.shared_qt * d_qk * max_cols;
     else
       pack_qt(tk.b, tk.r0, tk.r1, ws.qt.data());
-    for (index r = 0; r < cols; ++r) ws.limit[r] = r < rows ? n - p.T + (tk.r0 + r) / p.H : -1;
-    std::fill(ws.o.begin(), ws.o.end(), 0.0f);
-    std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
-    std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
+    for (index r = 0; r < cols; ++r) ws.limit[r] = r < rows ? n - T + (tk.r0 + r) / p.H : -1;
+    std::fill_n(ws.o.begin(), acc_rows * d_c_pad, 0.0f);
+    std::fill_n(ws.max.begin(), cols, core::softmax::neg_inf);
+    std::fill_n(ws.sum.begin(), cols, 0.0f);
     const index lim_lo = ws.limit[0], lim_hi = ws.limit[rows - 1];
-    latent_walk<Storage, Score> walk{ws, kb,   qt,    rows,    cols,  acc_rows,
-                                     sw, d_qk, p.d_c, d_c_pad, lim_lo};
+    latent_walk<Sequence, Score> walk{ws,   p.rows.of(tk.b), qt,      rows,  cols, acc_rows, sw,
+                                      d_qk, p.d_c,           d_c_pad, lim_lo};
     engine::run_chunk(walk, tk.j0, std::min(tk.j1, lim_hi + 1));
 
     // Normalised rows, straight out or into this chunk's partial slot.
     for (index r = 0; r < rows; ++r) {
-      float* dst = tk.slot < 0 ? p.out + (tk.b * rows_all + tk.r0 + r) * p.d_c
-                               : part_o.data() + (tk.slot * block_rows + r) * p.d_c;
+      float* dst = tk.slot < 0 ? p.out + (p.first[tk.b] * p.H + tk.r0 + r) * p.d_c
+                               : part_o.data() + (tk.slot * max_rows + r) * p.d_c;
       const core::softmax::row_result res =
           engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_c_pad, p.d_c, dst);
-      if (tk.slot >= 0) part_lse[static_cast<std::size_t>(tk.slot * block_rows + r)] = res.lse;
+      if (tk.slot >= 0) part_lse[static_cast<std::size_t>(tk.slot * max_rows + r)] = res.lse;
     }
   };
 
-  const double flops = 2.0 * static_cast<double>(rows_all) * p.B *
-                       static_cast<double>(*std::max_element(p.lengths, p.lengths + p.B)) *
-                       static_cast<double>(d_qk + p.d_c);
+  double flops = 0;
+  for (index b = 0; b < p.B; ++b)
+    flops += 2.0 * static_cast<double>(tokens(b) * p.H) * static_cast<double>(p.lengths[b]) *
+             static_cast<double>(d_qk + p.d_c);
   const int threads = core::threads_for_work(num_threads, flops);
   core::parallel_for(static_cast<index>(shared.size()), threads, [&](index i) {
     const shared_block& sb = shared[static_cast<std::size_t>(i)];
-    pack_qt(sb.b, sb.r0, sb.r1, shared_qt.data() + i * d_qk * cols);
+    pack_qt(sb.b, sb.r0, sb.r1, shared_qt.data() + i * d_qk * max_cols);
   });
   core::parallel_for(static_cast<index>(tasks.size()), threads, make_scratch, run);
   if (slots > 0) {
@@ -370,16 +481,15 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
       const index t0 = firsts[static_cast<std::size_t>(f)];
       const latent_task& head = tasks[static_cast<std::size_t>(t0)];
       for (index r = 0; r < head.r1 - head.r0; ++r) {
-        float* dst = p.out + (head.b * rows_all + head.r0 + r) * p.d_c;
-        float lse = part_lse[static_cast<std::size_t>(head.slot * block_rows + r)];
-        std::copy_n(part_o.data() + (head.slot * block_rows + r) * p.d_c, p.d_c, dst);
-        for (index t = t0 + 1; t < static_cast<index>(tasks.size()) && tasks[t].b == head.b &&
-                               tasks[t].r0 == head.r0;
+        float* dst = p.out + (p.first[head.b] * p.H + head.r0 + r) * p.d_c;
+        float lse = part_lse[static_cast<std::size_t>(head.slot * max_rows + r)];
+        std::copy_n(part_o.data() + (head.slot * max_rows + r) * p.d_c, p.d_c, dst);
+        for (index t = t0 + 1;
+             t < static_cast<index>(tasks.size()) && tasks[t].b == head.b && tasks[t].r0 == head.r0;
              ++t) {
           const index s = tasks[static_cast<std::size_t>(t)].slot;
-          core::softmax::merge_partial(dst, lse, part_o.data() + (s * block_rows + r) * p.d_c,
-                                       part_lse[static_cast<std::size_t>(s * block_rows + r)],
-                                       p.d_c);
+          core::softmax::merge_partial(dst, lse, part_o.data() + (s * max_rows + r) * p.d_c,
+                                       part_lse[static_cast<std::size_t>(s * max_rows + r)], p.d_c);
         }
       }
     });
@@ -388,22 +498,50 @@ void latent_attention_with(const latent_problem<Storage>& p, int num_threads) {
 }
 
 /// Runs the problem on `num_threads` threads (0 = default); the output bits
-/// do not depend on it.
-template <class Storage>
-void latent_attention(const latent_problem<Storage>& p, int num_threads) {
-  // What the MLA layer has checked: every sequence holds its T new tokens
-  // within the capacity, and the scale survives pre-scaling.
-  ATTN_ASSERT(p.B >= 0 && p.T >= 0 && p.H >= 1 && p.d_c >= 1 && p.d_r >= 0);
+/// depend neither on it nor on the other sequences of the call.
+template <class Rows>
+void latent_attention(const latent_batch<Rows>& p, int num_threads) {
+  // What the MLA layer has checked: every sequence holds its new tokens,
+  // and the scale survives pre-scaling.
+  ATTN_ASSERT(p.B >= 0 && p.H >= 1 && p.d_c >= 1 && p.d_r >= 0);
   ATTN_ASSERT(std::isfinite(p.scale * core::softmax::log2e));
-  for (index b = 0; b < p.B; ++b) ATTN_ASSERT(p.T <= p.lengths[b] && p.lengths[b] <= p.capacity);
+  index most_rows = 0;
+  for (index b = 0; b < p.B; ++b) {
+    const index T = p.tokens[b];
+    ATTN_ASSERT(0 <= T && T <= p.lengths[b]);
+    most_rows = std::max(most_rows, T * p.H);
+  }
   // Few query rows (a decode step of a model with at most one packet's worth
   // of heads, V2-Lite's 16): a one-packet-wide score tile, so no column of
-  // the score product is padding.
+  // the score product is padding. Each score is the same dot product in
+  // the same order with either tile, so the choice does not change a bit.
   using narrow = core::tile_shape<core::score_tile::rows, 1>;
-  if (p.T * p.H <= narrow::cols && narrow::cols < core::score_tile::cols)
-    latent_attention_with<Storage, narrow>(p, num_threads);
+  if (most_rows <= narrow::cols && narrow::cols < core::score_tile::cols)
+    latent_attention_with<Rows, narrow>(p, num_threads);
   else
-    latent_attention_with<Storage, core::score_tile>(p, num_threads);
+    latent_attention_with<Rows, core::score_tile>(p, num_threads);
+}
+
+/// The mla_cache problem: B sequences of T new tokens each, their rows
+/// capacity apart.
+template <class Storage>
+void latent_attention(const latent_problem<Storage>& p, int num_threads) {
+  for (index b = 0; b < p.B; ++b) ATTN_ASSERT(p.T <= p.lengths[b] && p.lengths[b] <= p.capacity);
+  std::vector<index> first(static_cast<std::size_t>(p.B)), tokens(first.size(), p.T);
+  for (index b = 0; b < p.B; ++b) first[static_cast<std::size_t>(b)] = b * p.T;
+  const index width = p.d_c + p.d_r;
+  latent_attention(latent_batch<dense_latent_rows<Storage>>{p.q,
+                                                            {p.rows, p.capacity, width},
+                                                            p.lengths,
+                                                            first.data(),
+                                                            tokens.data(),
+                                                            p.out,
+                                                            p.B,
+                                                            p.H,
+                                                            p.d_c,
+                                                            p.d_r,
+                                                            p.scale},
+                   num_threads);
 }
 
 }  // namespace ATTN_ABI

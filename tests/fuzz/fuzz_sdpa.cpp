@@ -7,8 +7,9 @@
 // tensor (permuted, padded, broadcast or reversed strides); values (tame,
 // NaN, +-inf, 1e30, FLT_MAX, denormals, ...); scale, causal alignment,
 // sliding window, key lengths, bool and additive masks (broadcast in place),
-// an LSE output; and, for a quarter of inputs, one broken argument (among
-// them an output aliasing an input or the other output).
+// an LSE output, softcap, ALiBi slopes and attention sinks; and, for a
+// quarter of inputs, one broken argument (among them an output aliasing an
+// input or the other output).
 //
 // Invariants checked on every call:
 //  * a valid call gives the same output and LSE bits on one thread as on
@@ -18,7 +19,8 @@
 //    a valid call does not throw;
 //  * every output element (and LSE) is written, nothing outside the output
 //    views is;
-//  * a row that can attend to no key gives exactly 0 and LSE -inf;
+//  * a row that can attend to no key gives exactly 0 and LSE -inf (with
+//    sinks: the head's sink logit, exactly);
 //  * a row whose inputs (its query, the keys and values it can see, their
 //    additive mask values) are all finite gives a finite output and LSE:
 //    NaN and inf from elsewhere do not leak into it;
@@ -31,13 +33,16 @@
 // of d_qk terms (pre-scaled q, so one more rounding per term): |δs| <=
 // (d_qk + 4)·eps·|scale|·Σ_d |q_d|·max_j |k_jd| (worst case, no sqrt(n)
 // luck), plus the additive mask's conversion to log2 units and its addition,
-// 4·eps·(|a| + |s|), plus exp2's 1.5e-7. Softmax weights then move by at most
+// 4·eps·(|a| + |s|), plus exp2's 1.5e-7, plus the modifiers' roundings
+// (softcap: tanh's error times the cap; ALiBi: 4·eps·|slope·distance|; a
+// sink: 4·eps·|sink| in place of a score's). Softmax weights then move by at most
 // a factor e^{±2δ}, so |Δo| <= max|v|·(e^{2δ} - 1)·2, plus fp32 accumulation
 // over the visible keys, (n_keys + 8)·eps·max|v|, plus split-KV merges. (A
 // row whose fp32 accumulation overflows, with values near FLT_MAX, is redone
 // in double by the library: only the score error and one rounding remain.)
 // We allow 4x that. A real bug (a key too many or too few, a wrong row) moves
 // the output by O(1/S)·|v| and fails far above it.
+#include <attn/alibi.hpp>
 #include <attn/sdpa.hpp>
 #include <cmath>
 #include <cstdint>
@@ -175,7 +180,11 @@ ATTN_FUZZ_NO_COVERAGE void check_valid_call(const laid_out<float, 4>& out,
           if (!steer_ok) continue;
           for (index d = 0; d < Dv; ++d)
             check(o[d] == 0.0f, "fully masked row gives " + std::to_string(o[d]) + " at " + where);
-          if (!opt.lse.empty()) check(l == ninf, "fully masked row has LSE " + std::to_string(l));
+          // (with a sink: output 0 and the sink's LSE, exactly)
+          const float empty_lse = opt.sinks.empty() ? ninf : opt.sinks[std::size_t(h)];
+          if (!opt.lse.empty())
+            check(l == empty_lse, "fully masked row has LSE " + std::to_string(l) + ", want " +
+                                      std::to_string(empty_lse));
           continue;
         }
         double vmax = 0, row_delta = 0;
@@ -209,7 +218,8 @@ ATTN_FUZZ_NO_COVERAGE void check_valid_call(const laid_out<float, 4>& out,
               double sa = 0;
               for (index d = 0; d < Dqk; ++d)
                 sa += std::fabs(double(qi[d]) * double(as_float(at(kv, b, j, hk, 0)[d])) * scale);
-              poisoned = poisoned || sa * 1.4427 < 3e38;
+              // (softcap maps even that score to -softcap: the NaN counts)
+              poisoned = poisoned || sa * 1.4427 < 3e38 || opt.softcap > 0.0f;
             }
           }
           if (poisoned) {
@@ -261,6 +271,11 @@ ATTN_FUZZ_NO_COVERAGE void check_valid_call(const laid_out<float, 4>& out,
           if (!opt.lse.empty())
             check(std::isfinite(l), "finite inputs gave LSE " + std::to_string(l) + " at " + where);
         }
+        // Modifiers of tame size: the bound below covers their roundings.
+        tame = tame && opt.softcap <= 64.0f;
+        if (!opt.alibi_slopes.empty()) tame = tame && std::fabs(opt.alibi_slopes[std::size_t(h)]) <= 4.0f;
+        const double sink = opt.sinks.empty() ? 0.0 : double(opt.sinks[std::size_t(h)]);
+        tame = tame && std::fabs(sink) <= 16.0;
         if (!(small && tame && clean)) continue;
         // The error bound of the file comment.
         for (index j : visible) {
@@ -274,8 +289,21 @@ ATTN_FUZZ_NO_COVERAGE void check_valid_call(const laid_out<float, 4>& out,
           double delta = (Dqk + 4) * eps32 * std::fabs(scale) * qk + 1.5e-7 + 4 * eps32 * std::fabs(s);
           if (!opt.additive_mask.empty())
             delta += 4 * eps32 * std::fabs(double(*at(opt.additive_mask, b, h, i, j)) + s);
+          // softcap c·tanh(s/c) passes the score's error on (slope <= 1) and
+          // adds tanh's (attn::core::simd::tanh_max_abs_error, times c) and two
+          // multiplications; ALiBi's bias slope·distance adds an fma.
+          if (opt.softcap > 0.0f)
+            delta += 2 * (double(attn::core::simd::tanh_max_abs_error) + 2 * eps32) * opt.softcap +
+                     4 * eps32 * std::fabs(s);
+          if (!opt.alibi_slopes.empty()) {
+            const index diag = opt.causal == attn::causal::top_left ? i : i + S - L;
+            delta += 4 * eps32 * std::fabs(double(opt.alibi_slopes[std::size_t(h)])) *
+                     std::fabs(double(diag - j));
+          }
           row_delta = std::max(row_delta, delta);
         }
+        // A sink joins the denominator through its log2 value and one exp2.
+        if (!opt.sinks.empty()) row_delta = std::max(row_delta, 4 * eps32 * std::fabs(sink) + 1.5e-7);
         const double n_keys = static_cast<double>(visible.size());
         const double tol =
             4 * (vmax * (std::expm1(2 * row_delta) * 2 + (n_keys + 8 + 64) * eps32) + 1e-30);
@@ -513,6 +541,68 @@ void run(input& in) {
     }
   }
 
+  // --- score modifiers (issue 20): softcap, ALiBi slopes and sinks, drawn
+  // after everything else so that older corpus inputs decode as before.
+  // Valid draws keep log2-unit values finite; for a quarter of the still
+  // valid inputs that draw one, one modifier is broken instead.
+  auto per_head_values = [&](float amplitude) {
+    std::vector<float> values(static_cast<std::size_t>(Hq));
+    rng g{in.u32()};
+    for (float& x : values) x = amplitude * g.unit();  // [-amplitude, amplitude)
+    return values;
+  };
+  if (in.chance(48)) {
+    static constexpr float caps[] = {0.25f, 1.0f, 4.0f, 20.0f, 50.0f, 1e30f};
+    opt.softcap = in.pick(caps);
+  }
+  if (in.chance(48)) {
+    if (in.coin()) {
+      opt.alibi_slopes = attn::standard_alibi_slopes(Hq);
+    } else {
+      static constexpr float amplitudes[] = {0.5f, 4.0f, 1e30f};
+      opt.alibi_slopes = per_head_values(in.pick(amplitudes));  // (negative slopes too)
+    }
+  }
+  if (in.chance(48)) {
+    static constexpr float amplitudes[] = {2.0f, 16.0f, 1e30f};
+    opt.sinks = per_head_values(in.pick(amplitudes));
+  }
+  if (br.valid && in.chance(16)) {
+    static constexpr float bad[] = {std::numeric_limits<float>::quiet_NaN(),
+                                    std::numeric_limits<float>::infinity(),
+                                    -std::numeric_limits<float>::infinity(),
+                                    std::numeric_limits<float>::max()};
+    switch (in.u8() % 5) {
+      case 0: {
+        static constexpr float bad_caps[] = {-1.0f, std::numeric_limits<float>::quiet_NaN(),
+                                             std::numeric_limits<float>::infinity(),
+                                             std::numeric_limits<float>::max(),
+                                             std::numeric_limits<float>::denorm_min()};
+        opt.softcap = in.pick(bad_caps);
+        br.set("softcap", "softcap");
+        break;
+      }
+      case 1:
+        opt.alibi_slopes.assign(static_cast<std::size_t>(Hq + 1), 0.5f);
+        br.set("alibi_slopes size", "alibi_slopes");
+        break;
+      case 2:
+        opt.alibi_slopes = per_head_values(1.0f);
+        opt.alibi_slopes[static_cast<std::size_t>(in.range(0, Hq - 1))] = in.pick(bad);
+        br.set("alibi_slopes value", "alibi_slopes");
+        break;
+      case 3:
+        opt.sinks.assign(static_cast<std::size_t>(Hq > 1 && in.coin() ? Hq - 1 : Hq + 1), 0.0f);
+        br.set("sinks size", "sinks");
+        break;
+      default:
+        opt.sinks = per_head_values(1.0f);
+        opt.sinks[static_cast<std::size_t>(in.range(0, Hq - 1))] = in.pick(bad);
+        br.set("sinks value", "sinks");
+        break;
+    }
+  }
+
   // --- aliased output (issue 18 item 4): out or lse shares one element
   // with an input or with the other output. Must throw, naming both.
   alias_arena arena;
@@ -590,9 +680,11 @@ void run(input& in) {
     if (opt.window)
       std::fprintf(stderr, " window (%ld, %ld, %d)", long(opt.window->left), long(opt.window->right),
                    static_cast<int>(opt.window->align));
-    std::fprintf(stderr, " key_lengths %zu bool %d additive %d lse %d | broken: %s\n",
+    std::fprintf(stderr, " key_lengths %zu bool %d additive %d lse %d softcap %g alibi %zu sinks %zu"
+                 " | broken: %s\n",
                  opt.key_lengths.size(), int(!opt.bool_mask.empty()), int(!opt.additive_mask.empty()),
-                 int(!opt.lse.empty()), br.valid ? "nothing" : br.why.c_str());
+                 int(!opt.lse.empty()), double(opt.softcap), opt.alibi_slopes.size(), opt.sinks.size(),
+                 br.valid ? "nothing" : br.why.c_str());
     dump("q", q);
     dump("k", k);
     dump("v", v);

@@ -256,7 +256,8 @@ struct flash_call {
 
     // The first key tile starts loading while Q is packed.
     const detail::key_band span = band.rows(i0, i0 + rows);
-    const index j_begin = std::max<index>(span.first, 0), j_end = span.last + 1;
+    index j_begin = std::max<index>(span.first, 0), j_end = span.last + 1;
+    policy.narrow_keys(b, h, i0, i0 + rows, kv_tile, j_begin, j_end);
     if (j_begin < j_end) {
       const index n_first = std::min(kv_tile, j_end - j_begin);
       prefetch_rows(k, b, hk, j_begin, n_first, d_qk);

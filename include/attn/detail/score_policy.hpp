@@ -266,6 +266,28 @@ class score_policy {
     }
   }
 
+  /// Narrows keys [j_begin, j_end) for queries [i0, i1) of head h by
+  /// dropping the leading and trailing tiles (of `tile` keys, on the grid
+  /// from j_begin) that the block predicate calls empty, so that a walk
+  /// over them neither visits nor prefetches them. The tiles that remain
+  /// are the same tiles, so no sum changes its order. Without a block
+  /// predicate (classify would evaluate every pair) the range stays.
+  void narrow_keys(index b, index h, index i0, index i1, index tile, index& j_begin,
+                   index& j_end) const {
+    if constexpr (has_block_predicate<MaskMod>::value) {
+      auto empty = [&](index j0) {
+        return classify(b, h, i0, i1, j0, std::min(j0 + tile, j_end)) == block_kind::empty;
+      };
+      while (j_begin < j_end && empty(j_begin)) j_begin += tile;
+      if (j_begin >= j_end) return;  // every tile hidden: the walk sees none
+      for (index last = j_begin + (j_end - 1 - j_begin) / tile * tile;
+           last > j_begin && empty(last); last -= tile)
+        j_end = last;
+    } else {
+      (void)b, (void)h, (void)i0, (void)i1, (void)tile, (void)j_begin, (void)j_end;
+    }
+  }
+
   /// Whether the mask_mod lets query row i see key j in head h (true
   /// without one).
   bool allows(index b, index h, index i, index j) const {

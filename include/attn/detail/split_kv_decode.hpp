@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "attn/core/abi.hpp"
@@ -106,6 +107,54 @@ inline void axpy_rows4(float* o, index ldo, const float* p, index ldp, const KV*
     for (int r = 0; r < 4; ++r) o[r * ldo + i] += p[r * ldp] * static_cast<float>(v[i]);
 }
 
+// out[u] = q · k[u] for 4 key rows that share one query row: each query
+// packet is loaded once for all four, and the eight accumulators are eight
+// independent FMA chains (a single dot has two). Every key's sum is formed
+// exactly as core::dot forms it (even and odd packets in two chains, the
+// lone packet into the first, reduce_add, the scalar tail), so the scores
+// equal core::dot's bit for bit. Floored at -FLT_MAX like dot_rows4.
+template <class KV>
+inline void dot_keys4(const float* q, const KV* const k[4], index d, float* out) {
+  using namespace core::simd;
+  packet even[4] = {zero(), zero(), zero(), zero()};
+  packet odd[4] = {zero(), zero(), zero(), zero()};
+  index i = 0;
+  for (; i + 2 * width <= d; i += 2 * width) {
+    const packet q0 = load(q + i), q1 = load(q + i + width);
+    for (int u = 0; u < 4; ++u) {
+      even[u] = fma(q0, load_as_float(k[u] + i), even[u]);
+      odd[u] = fma(q1, load_as_float(k[u] + i + width), odd[u]);
+    }
+  }
+  if (i + width <= d) {
+    const packet q0 = load(q + i);
+    for (int u = 0; u < 4; ++u) even[u] = fma(q0, load_as_float(k[u] + i), even[u]);
+    i += width;
+  }
+  for (int u = 0; u < 4; ++u) {
+    float s = reduce_add(add(even[u], odd[u]));
+    for (index j = i; j < d; ++j) s += q[j] * static_cast<float>(k[u][j]);
+    out[u] = core::softmax::floor_score(s);
+  }
+}
+
+// o[d] += p[u] * v[u][d] for 4 value rows in order u = 0..3, one load and
+// store of o per packet instead of four: the same chain of fused
+// multiply-adds per element as four axpy_row calls, so the same bits.
+template <class KV>
+inline void axpy_keys4(float* o, const float p[4], const KV* const v[4], index n) {
+  using namespace core::simd;
+  const packet pp[4] = {broadcast(p[0]), broadcast(p[1]), broadcast(p[2]), broadcast(p[3])};
+  index i = 0;
+  for (; i + width <= n; i += width) {
+    packet acc = load(o + i);
+    for (int u = 0; u < 4; ++u) acc = fma(pp[u], load_as_float(v[u] + i), acc);
+    store(o + i, acc);
+  }
+  for (; i < n; ++i)
+    for (int u = 0; u < 4; ++u) o[i] += p[u] * static_cast<float>(v[u][i]);
+}
+
 // o[d] += p * v[d] for d < n.
 template <class KV>
 inline void axpy_row(float* o, float p, const KV* v, index n) {
@@ -122,6 +171,8 @@ inline void axpy_row(float* o, float p, const KV* v, index n) {
 template <class Rows, class Policy>
 struct split_kv_walk {
   static constexpr index key_tile = split_kv_policy::key_block;
+  // Pointer to one K or V row (const float*, const Eigen::bfloat16*, ...).
+  using row_ptr = decltype(std::declval<const Rows&>().at(index{}, index{}, index{}, index{}));
 
   const Rows& k;
   const Rows& v;
@@ -153,7 +204,19 @@ struct split_kv_walk {
   // 1. Scores, walking the tile in memory order (key j: every head's row,
   // then key j + 1); each K row serves every query row of its GQA group.
   void scores(index j0, index n) {
-    for (index jj = 0; jj < n; ++jj)
+    index jj = 0;
+    if (rows_per_kv < 4)  // few rows per K row: four keys per query load instead
+      for (; jj + 4 <= n; jj += 4)
+        for (index hk = 0; hk < Hkv; ++hk) {
+          const row_ptr kr[4] = {k.at(b, j0 + jj, hk, 0), k.at(b, j0 + jj + 1, hk, 0),
+                                     k.at(b, j0 + jj + 2, hk, 0), k.at(b, j0 + jj + 3, hk, 0)};
+          float s4[4];
+          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
+            dot_keys4(q + r * d_qk, kr, d_qk, s4);
+            for (int u = 0; u < 4; ++u) s[r * key_tile + jj + u] = s4[u];
+          }
+        }
+    for (; jj < n; ++jj)
       for (index hk = 0; hk < Hkv; ++hk) {
         const auto* kr = k.at(b, j0 + jj, hk, 0);
         index r = hk * rows_per_kv;
@@ -208,7 +271,24 @@ struct split_kv_walk {
   // GQA group. A key with P = 0 for a row (masked) is never read for it, so
   // a non-finite V of a hidden key cannot reach that row.
   void accumulate(index j0, index n) {
-    for (index jj = 0; jj < n; ++jj)
+    index jj = 0;
+    if (rows_per_kv < 4)  // as in scores: four V rows per load and store of O
+      for (; jj + 4 <= n; jj += 4)
+        for (index hk = 0; hk < Hkv; ++hk) {
+          const row_ptr vr[4] = {v.at(b, j0 + jj, hk, 0), v.at(b, j0 + jj + 1, hk, 0),
+                                     v.at(b, j0 + jj + 2, hk, 0), v.at(b, j0 + jj + 3, hk, 0)};
+          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
+            const float* pr = s + r * key_tile + jj;
+            const float p4[4] = {pr[0], pr[1], pr[2], pr[3]};
+            if (p4[0] != 0.0f && p4[1] != 0.0f && p4[2] != 0.0f && p4[3] != 0.0f) {
+              axpy_keys4(o + r * d_v, p4, vr, d_v);
+            } else {  // a key masked for this row: never read it for the row
+              for (int u = 0; u < 4; ++u)
+                if (p4[u] != 0.0f) axpy_row(o + r * d_v, p4[u], vr[u], d_v);
+            }
+          }
+        }
+    for (; jj < n; ++jj)
       for (index hk = 0; hk < Hkv; ++hk) {
         const auto* vr = v.at(b, j0 + jj, hk, 0);
         index r = hk * rows_per_kv;

@@ -209,7 +209,7 @@ struct split_kv_walk {
       for (; jj + 4 <= n; jj += 4)
         for (index hk = 0; hk < Hkv; ++hk) {
           const row_ptr kr[4] = {k.at(b, j0 + jj, hk, 0), k.at(b, j0 + jj + 1, hk, 0),
-                                     k.at(b, j0 + jj + 2, hk, 0), k.at(b, j0 + jj + 3, hk, 0)};
+                                 k.at(b, j0 + jj + 2, hk, 0), k.at(b, j0 + jj + 3, hk, 0)};
           float s4[4];
           for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
             dot_keys4(q + r * d_qk, kr, d_qk, s4);
@@ -276,7 +276,7 @@ struct split_kv_walk {
       for (; jj + 4 <= n; jj += 4)
         for (index hk = 0; hk < Hkv; ++hk) {
           const row_ptr vr[4] = {v.at(b, j0 + jj, hk, 0), v.at(b, j0 + jj + 1, hk, 0),
-                                     v.at(b, j0 + jj + 2, hk, 0), v.at(b, j0 + jj + 3, hk, 0)};
+                                 v.at(b, j0 + jj + 2, hk, 0), v.at(b, j0 + jj + 3, hk, 0)};
           for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
             const float* pr = s + r * key_tile + jj;
             const float p4[4] = {pr[0], pr[1], pr[2], pr[3]};

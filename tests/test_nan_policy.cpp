@@ -266,6 +266,40 @@ TEST(NanPolicy, ValueNaNReachesOnlyRowsThatSeeItDecodePath) {
     value_nan_reaches_only_rows_that_see_it<Eigen::bfloat16>(decode_path, how);
   }
 }
+// Fewer than 4 query rows per KV head (L = 1, group 2) walks keys 4 at a
+// time (split_kv_decode.hpp, axpy_keys4): a group holding a masked key falls
+// back to one key at a time, so the masked key's NaN value is never read,
+// while a visible key's NaN in the same group still reaches its rows.
+TEST(NanPolicy, ValueNaNOfAMaskedKeyInAFourKeyGroupIsNeverRead) {
+  for (bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "float");
+    problem pr(1, 11);  // keys 0-3 and 4-7 in groups of 4, keys 8-10 one by one
+    const index hidden = 5, seen = 6, c = 3;
+    tensor2b allow(1, pr.S);
+    allow.setConstant(true);
+    allow(0, hidden) = false;
+    attn::sdpa_options opt;
+    opt.bool_mask = attn::broadcast_mask(allow, pr.B, pr.Hq, 1, pr.S);
+    auto run = [&] { return bf16 ? pr.run<Eigen::bfloat16>(opt) : pr.run<float>(opt); };
+    const tensor4 clean = run();
+    pr.v(0, hidden, 1, c) = nan_f;  // kv head 1 = query heads 2 and 3
+    const tensor4 masked_nan = run();
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h)
+        for (index d = 0; d < pr.D; ++d)
+          ASSERT_EQ(masked_nan(b, 0, h, d), clean(b, 0, h, d)) << b << " " << h << " " << d;
+    pr.v(0, seen, 1, c) = nan_f;
+    const tensor4 seen_nan = run();
+    for (index b = 0; b < pr.B; ++b)
+      for (index h = 0; h < pr.Hq; ++h)
+        for (index d = 0; d < pr.D; ++d) {
+          if (b == 0 && h >= 2 && d == c)
+            EXPECT_TRUE(std::isnan(seen_nan(b, 0, h, d))) << h;
+          else
+            ASSERT_EQ(seen_nan(b, 0, h, d), clean(b, 0, h, d)) << b << " " << h << " " << d;
+        }
+  }
+}
 // F2: the tiled path computes O += P·V over whole blocks of rows and keys, so
 // a hidden key's NaN value reaches rows through 0 · NaN = NaN.
 TEST(NanPolicy, ValueNaNReachesOnlyRowsThatSeeItTiledPath) {

@@ -18,6 +18,8 @@ inline namespace ATTN_ABI {
 /// sum_d x[d] · y[d] over n elements, y widened from its storage type (float,
 /// bf16 or half). Two packet chains hide the FMA latency, then one packet,
 /// then the scalar tail; the order depends only on n, never on the caller.
+/// split_kv_decode's dot_keys4 (4 keys per query row) forms each key's sum
+/// in this same order, so that both give the same bits: change both together.
 template <class Y>
 inline float dot(const float* x, const Y* y, index n) {
   using namespace simd;

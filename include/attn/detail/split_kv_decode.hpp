@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <utility>
 #include <vector>
 
 #include "attn/core/abi.hpp"
@@ -171,8 +170,8 @@ inline void axpy_row(float* o, float p, const KV* v, index n) {
 template <class Rows, class Policy>
 struct split_kv_walk {
   static constexpr index key_tile = split_kv_policy::key_block;
-  // Pointer to one K or V row (const float*, const Eigen::bfloat16*, ...).
-  using row_ptr = decltype(std::declval<const Rows&>().at(index{}, index{}, index{}, index{}));
+  // Pointer to one K or V row: what Rows::at returns (const float*, ...).
+  using row_ptr = typename Rows::value_type*;
 
   const Rows& k;
   const Rows& v;
@@ -201,6 +200,11 @@ struct split_kv_walk {
   }
   void prefetch(index, index, index) const {}        // keys are read in memory order
 
+  // Rows j .. j + 3 of KV head hk (of K or of V) in batch entry b.
+  void rows4(const Rows& x, index j, index hk, row_ptr out[4]) const {
+    for (int u = 0; u < 4; ++u) out[u] = x.at(b, j + u, hk, 0);
+  }
+
   // 1. Scores, walking the tile in memory order (key j: every head's row,
   // then key j + 1); each K row serves every query row of its GQA group.
   void scores(index j0, index n) {
@@ -208,8 +212,8 @@ struct split_kv_walk {
     if (rows_per_kv < 4)  // few rows per K row: four keys per query load instead
       for (; jj + 4 <= n; jj += 4)
         for (index hk = 0; hk < Hkv; ++hk) {
-          const row_ptr kr[4] = {k.at(b, j0 + jj, hk, 0), k.at(b, j0 + jj + 1, hk, 0),
-                                 k.at(b, j0 + jj + 2, hk, 0), k.at(b, j0 + jj + 3, hk, 0)};
+          row_ptr kr[4];
+          rows4(k, j0 + jj, hk, kr);
           float s4[4];
           for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
             dot_keys4(q + r * d_qk, kr, d_qk, s4);
@@ -275,8 +279,8 @@ struct split_kv_walk {
     if (rows_per_kv < 4)  // as in scores: four V rows per load and store of O
       for (; jj + 4 <= n; jj += 4)
         for (index hk = 0; hk < Hkv; ++hk) {
-          const row_ptr vr[4] = {v.at(b, j0 + jj, hk, 0), v.at(b, j0 + jj + 1, hk, 0),
-                                 v.at(b, j0 + jj + 2, hk, 0), v.at(b, j0 + jj + 3, hk, 0)};
+          row_ptr vr[4];
+          rows4(v, j0 + jj, hk, vr);
           for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
             const float* pr = s + r * key_tile + jj;
             const float p4[4] = {pr[0], pr[1], pr[2], pr[3]};

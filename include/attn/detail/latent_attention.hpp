@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "attn/core/abi.hpp"
@@ -69,6 +70,36 @@ struct latent_tiles {
   /// at most max_chunks x max_rows x d_c floats, 4 MiB at d_c = 512; packed
   /// Qᵀ shared by a block's chunks: at most max_chunks / 2 blocks).
   static constexpr index max_chunks = 16;
+
+  /// How the two products of a key tile walk their operands through L1 on
+  /// the 16-register ISAs (AVX2, SSE), where the score tile's Qᵀ panel
+  /// (d_qk x 16 floats, 36 KiB) and the V rows (96 KiB) exceed the 32 KiB
+  /// L1 (docs/performance.md, "MLA on AVX2"). The AVX-512 walk (Zen 5: 48
+  /// KiB L1, 77-80% of the FMA peak) is kept as it was tuned: one pass of
+  /// the whole depth, key rows outer; query rows outer.
+  static constexpr bool l1_blocked = core::simd::registers < 32;
+  /// Depth steps of Sᵀ = K · Qᵀ per pass: the Qᵀ micro-panel of one column
+  /// tile (4 KiB) and the key tile's K slice (12 KiB) stay in L1 while the
+  /// column tile meets every key row. A pass stores its partial sums into
+  /// Sᵀ and the next loads them on, so each score is the same FMA chain in
+  /// the same order as in one pass: the bits do not depend on it.
+  static constexpr index score_depth_block = 64;
+  /// Accumulate register tiles (of 6 query rows) per pass over V in
+  /// O += P · V: the pass's P columns (9 KiB) and one V column panel (3 KiB)
+  /// stay in L1, and V is read 3 times per key tile instead of 22.
+  static constexpr index acc_row_tiles = 8;
+
+  /// A row stride for the scratch tiles: on the blocked ISAs an odd number
+  /// of cache lines, so that the rows of a panel spread over all of L1's
+  /// sets (a stride of 512 or 2048 bytes, Qᵀ with 128 columns or O with
+  /// 512, puts every row of a panel into 8 or 2 of its 64 sets).
+  static constexpr index scratch_stride(index floats) {
+    if (!l1_blocked) return floats;
+    index lines = detail::ceil_div(floats, line_floats);
+    if (lines % 2 == 0) ++lines;
+    return lines * line_floats;
+  }
+  static constexpr index line_floats = 64 / static_cast<index>(sizeof(float));
 };
 
 /// The problem: B sequences, each with T new query tokens of H heads.
@@ -189,10 +220,10 @@ struct latent_task {
 };
 
 struct latent_scratch {
-  std::vector<float> qt;                // [d_qk][cols]   scaled queries, transposed
+  std::vector<float> qt;                // [d_qk][qt_ld]  scaled queries, transposed
   std::vector<float> k;                 // [kv_tile][d_qk] + slack: converted rows
-  std::vector<float> st;                // [kv_tile][cols] scores, then probabilities
-  std::vector<float> o;                 // [acc_rows][d_c_pad] unnormalised output
+  std::vector<float> st;                // [kv_tile][sw]  scores, then probabilities
+  std::vector<float> o;                 // [acc_rows][o_ld] unnormalised output
   std::vector<float> max, sum, factor;  // [cols]
   std::vector<index> limit;             // [cols] last visible key per row
   engine::hidden_values hidden;         // non-finite V entries of keys some rows do not see
@@ -209,9 +240,10 @@ struct latent_walk {
 
   latent_scratch& ws;
   Sequence cache;   // the sequence's rows, row j at cache.row(j)
-  const float* qt;  // packed Qᵀ [d_qk][cols]
+  const float* qt;  // packed Qᵀ [d_qk][qt_ld]
   index rows, cols, acc_rows, sw, d_qk, d_c, d_c_pad;
-  index lim_lo;  // the first row's causal limit: keys past it are hidden from some rows
+  index qt_ld, o_ld;  // row strides of Qᵀ and O
+  index lim_lo;       // the first row's causal limit: keys past it are hidden from some rows
   typename Sequence::prefetcher ahead = cache.prefetch(0, 0, 1);
 
   bool visible(index, index) const { return true; }  // the walk stops at the last row's limit
@@ -222,14 +254,17 @@ struct latent_walk {
   ATTN_ALWAYS_INLINE void prefetch(index j0, index n, index j_end) {
     const index n_pad = detail::round_up(n, index{score::rows});
     const index next = std::max<index>(0, std::min(key_tile, j_end - j0 - n));
+    const index score_passes =
+        latent_tiles::l1_blocked ? detail::ceil_div(d_qk, latent_tiles::score_depth_block) : 1;
     const std::size_t tiles_per_step =
-        static_cast<std::size_t>((n_pad / score::rows) * (cols / score::cols) +
+        static_cast<std::size_t>((n_pad / score::rows) * (cols / score::cols) * score_passes +
                                  (acc_rows / acc::rows) * (d_c_pad / acc::cols));
     ahead = cache.prefetch(j0 + n, next, tiles_per_step);
   }
 
   // 1. The rows as float (padding rows zero), once: they serve as K and V;
-  // then Sᵀ = K · Qᵀ.
+  // then Sᵀ = K · Qᵀ (blocked by depth on the 16-register ISAs; see
+  // latent_tiles::score_depth_block).
   ATTN_ALWAYS_INLINE void scores(index j0, index n) {
     using namespace core::simd;
     const index n_pad = detail::round_up(n, index{score::rows});
@@ -245,12 +280,39 @@ struct latent_walk {
     }
     std::fill(k + n * d, k + n_pad * d, 0.0f);
     auto next = ahead;
-    for (index k0 = 0; k0 < n_pad; k0 += score::rows)
-      for (index c0 = 0; c0 < c_end; c0 += score::cols) {
-        core::gemm_tile<score, false, core::softmax::score_floor>(
-            core::lhs{k + k0 * d, d, 1}, core::rhs{qt + c0, c_end}, d, st + k0 * ld + c0, ld);
-        next.step();
+    if constexpr (!latent_tiles::l1_blocked) {
+      for (index k0 = 0; k0 < n_pad; k0 += score::rows)
+        for (index c0 = 0; c0 < c_end; c0 += score::cols) {
+          core::gemm_tile<score, false, core::softmax::score_floor>(
+              core::lhs{k + k0 * d, d, 1}, core::rhs{qt + c0, qt_ld}, d, st + k0 * ld + c0, ld);
+          next.step();
+        }
+    } else {
+      // Passes over depth [d0, d0 + depth): the first stores, the later ones
+      // add on, the last floors the scores on their way out.
+      auto pass = [&](auto first, auto last, index d0, index depth) {
+        using epilogue = std::conditional_t<decltype(last)::value, core::softmax::score_floor,
+                                            core::store_as_is>;
+        for (index c0 = 0; c0 < c_end; c0 += score::cols)
+          for (index k0 = 0; k0 < n_pad; k0 += score::rows) {
+            core::gemm_tile<score, !decltype(first)::value, epilogue>(
+                core::lhs{k + k0 * d + d0, d, 1}, core::rhs{qt + d0 * qt_ld + c0, qt_ld}, depth,
+                st + k0 * ld + c0, ld);
+            next.step();
+          }
+      };
+      constexpr index block = latent_tiles::score_depth_block;
+      using yes = std::true_type;
+      using no = std::false_type;
+      if (d <= block) {
+        pass(yes{}, yes{}, 0, d);
+      } else {
+        pass(yes{}, no{}, 0, block);
+        index d0 = block;
+        for (; d0 + block < d; d0 += block) pass(no{}, no{}, d0, block);
+        pass(no{}, yes{}, d0, d - d0);
       }
+    }
     ahead = next;
   }
 
@@ -272,7 +334,7 @@ struct latent_walk {
     const index n_pad = detail::round_up(n, index{score::rows});
     engine::softmax_columns(ws.st.data(), sw, n, n_pad, cols,
                             {ws.max.data(), ws.sum.data(), ws.factor.data()});
-    engine::rescale_rows(ws.o.data(), d_c_pad, d_c_pad, ws.factor.data(), rows);
+    engine::rescale_rows(ws.o.data(), o_ld, d_c_pad, ws.factor.data(), rows);
   }
 
   // 4. O += P · V, V the first d_c (padded: d_c_pad) columns of the rows.
@@ -283,15 +345,23 @@ struct latent_walk {
     float* const k = ws.k.data();
     float* const st = ws.st.data();
     float* const o = ws.o.data();
-    const index d = d_qk, ld = sw, o_ld = d_c_pad, r_end = acc_rows;
+    const index d = d_qk, ld = sw, r_end = acc_rows;
     ws.hidden.set_apart(k, d, std::max<index>(lim_lo + 1 - j0, 0), n);
     auto next = ahead;
-    for (index r0 = 0; r0 < r_end; r0 += acc::rows)
-      for (index c0 = 0; c0 < o_ld; c0 += acc::cols) {
-        core::gemm_tile<acc, true>(core::lhs{st + r0, 1, ld}, core::rhs{k + c0, d}, n,
-                                   o + r0 * o_ld + c0, o_ld);
-        next.step();
-      }
+    auto tile = [&](index r0, index c0) {
+      core::gemm_tile<acc, true>(core::lhs{st + r0, 1, ld}, core::rhs{k + c0, d}, n,
+                                 o + r0 * o_ld + c0, o_ld);
+      next.step();
+    };
+    if constexpr (!latent_tiles::l1_blocked) {
+      for (index r0 = 0; r0 < r_end; r0 += acc::rows)
+        for (index c0 = 0; c0 < d_c_pad; c0 += acc::cols) tile(r0, c0);
+    } else {
+      constexpr index block = latent_tiles::acc_row_tiles * acc::rows;
+      for (index b0 = 0; b0 < r_end; b0 += block)
+        for (index c0 = 0; c0 < d_c_pad; c0 += acc::cols)
+          for (index r0 = b0; r0 < std::min(r_end, b0 + block); r0 += acc::rows) tile(r0, c0);
+    }
     ahead = next;
     const index* limit = ws.limit.data();
     ws.hidden.add_back([limit, j0](index r, index j) { return limit[r] >= j0 + j; }, st, ld, o,
@@ -358,6 +428,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   constexpr index kv_tile = tiles::kv_tile;
   const index d_qk = p.d_c + p.d_r;
   const index d_c_pad = detail::round_up(p.d_c, acc::cols);
+  const index o_ld = tiles::scratch_stride(d_c_pad);
   auto tokens = [&](index b) { return p.tokens[b]; };
   index max_rows = 0;  // the widest row block of the call
   for (index b = 0; b < p.B; ++b)
@@ -365,6 +436,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   if (max_rows == 0) return;
   const index max_cols = detail::round_up(max_rows, score::cols);
   const index max_acc_rows = detail::round_up(max_rows, index{acc::rows});
+  const index max_ld = tiles::scratch_stride(std::max(max_cols, max_acc_rows));  // Qᵀ, Sᵀ
   const float scale_log2 = p.scale * core::softmax::log2e;
 
   // Work list: each sequence's query rows in blocks of up to max_rows, each
@@ -404,22 +476,23 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   std::vector<float> part_lse(static_cast<std::size_t>(slots * max_rows));
 
   // Qᵀ of rows [r0, r1) of sequence b, pre-scaled by scale·log2 e, into
-  // qt[d_qk][cols]; padding columns are zero.
+  // qt[d_qk][qt_ld]; padding columns are zero.
   auto cols_for = [&](index r0, index r1) { return detail::round_up(r1 - r0, score::cols); };
+  auto qt_ld_for = [&](index cols) { return tiles::scratch_stride(cols); };
   auto pack_qt = [&](index b, index r0, index r1, float* qt) {
     const float* qb = p.q + (p.first[b] * p.H + r0) * d_qk;
     const index cols = cols_for(r0, r1);
     engine::pack_queries_transposed([&](index r) { return qb + r * d_qk; }, r1 - r0, cols, d_qk,
-                                    scale_log2, qt, cols);
+                                    scale_log2, qt, qt_ld_for(cols));
   };
-  std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * max_cols));
+  std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * max_ld));
 
   auto make_scratch = [&] {
     latent_scratch s;
-    s.qt.resize(static_cast<std::size_t>(d_qk * max_cols));
+    s.qt.resize(static_cast<std::size_t>(d_qk * max_ld));
     s.k.assign(static_cast<std::size_t>(kv_tile * d_qk + d_c_pad), 0.0f);
-    s.st.assign(static_cast<std::size_t>(kv_tile * std::max(max_cols, max_acc_rows)), 0.0f);
-    s.o.resize(static_cast<std::size_t>(max_acc_rows * d_c_pad));
+    s.st.assign(static_cast<std::size_t>(kv_tile * max_ld), 0.0f);
+    s.o.resize(static_cast<std::size_t>(max_acc_rows * o_ld));
     s.max.resize(static_cast<std::size_t>(max_cols));
     s.sum.resize(static_cast<std::size_t>(max_cols));
     s.factor.resize(static_cast<std::size_t>(max_cols));
@@ -432,21 +505,22 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
     const latent_task& tk = tasks[static_cast<std::size_t>(ti)];
     const index n = p.lengths[tk.b], rows = tk.r1 - tk.r0, T = tokens(tk.b);
     const index cols = cols_for(tk.r0, tk.r1), acc_rows = detail::round_up(rows, index{acc::rows});
-    const index sw = std::max(cols, acc_rows);  // row stride of Sᵀ
+    const index sw = tiles::scratch_stride(std::max(cols, acc_rows));  // row stride of Sᵀ
 
     // Qᵀ and each row's causal limit; padding columns see no key.
     const float* qt = ws.qt.data();
     if (tk.shared_qt >= 0)
-      qt = shared_qt.data() + tk.shared_qt * d_qk * max_cols;
+      qt = shared_qt.data() + tk.shared_qt * d_qk * max_ld;
     else
       pack_qt(tk.b, tk.r0, tk.r1, ws.qt.data());
     for (index r = 0; r < cols; ++r) ws.limit[r] = r < rows ? n - T + (tk.r0 + r) / p.H : -1;
-    std::fill_n(ws.o.begin(), acc_rows * d_c_pad, 0.0f);
+    std::fill_n(ws.o.begin(), acc_rows * o_ld, 0.0f);
     std::fill_n(ws.max.begin(), cols, core::softmax::neg_inf);
     std::fill_n(ws.sum.begin(), cols, 0.0f);
     const index lim_lo = ws.limit[0], lim_hi = ws.limit[rows - 1];
+    const index qt_ld = qt_ld_for(cols);
     latent_walk<Sequence, Score> walk{ws,   p.rows.of(tk.b), qt,      rows,  cols, acc_rows, sw,
-                                      d_qk, p.d_c,           d_c_pad, lim_lo};
+                                      d_qk, p.d_c,           d_c_pad, qt_ld, o_ld, lim_lo};
     engine::run_chunk(walk, tk.j0, std::min(tk.j1, lim_hi + 1));
 
     // Normalised rows, straight out or into this chunk's partial slot.
@@ -454,7 +528,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
       float* dst = tk.slot < 0 ? p.out + (p.first[tk.b] * p.H + tk.r0 + r) * p.d_c
                                : part_o.data() + (tk.slot * max_rows + r) * p.d_c;
       const core::softmax::row_result res =
-          engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * d_c_pad, p.d_c, dst);
+          engine::finish_row(ws.max[r], ws.sum[r], ws.o.data() + r * o_ld, p.d_c, dst);
       if (tk.slot >= 0) part_lse[static_cast<std::size_t>(tk.slot * max_rows + r)] = res.lse;
     }
   };

@@ -737,6 +737,39 @@ TEST(MlaLayer, BatchOfThreeEqualsEachAloneBitwise) {
   }
 }
 
+TEST(MlaLayer, ChunkedBatchWithPaddedQueryStridesEqualsEachAloneBitwise) {
+  // 32 heads: a row block of 32 query columns, whose packed Qᵀ rows the
+  // 16-register ISAs pad to an odd number of cache lines (48 floats). Both
+  // sequences are long enough to be cut into key chunks, so each block's Qᵀ
+  // is packed once into the call's shared buffer: the second block's must be
+  // found where it was packed (it was not, when the packing used the
+  // unpadded stride and the walk the padded one).
+  const mla_case c = make_case(32, 32, 0, 24, 8, 8, 8);
+  const auto layer = c.make();
+  const std::vector<index> keep{1100, 1300};
+  const tensor3 x = random_x(2, 1301, 32);
+  auto batch = layer.make_cache<float>(2, 1301);
+  layer.forward(slice(x, 0, 1300), batch, with_path(attn::mla_path::naive, 2));
+  batch.truncate(0, keep[0]);
+  tensor3 step(2, 1, 32);
+  for (index b = 0; b < 2; ++b)
+    for (index d = 0; d < 32; ++d) step(b, 0, d) = x(b, keep[static_cast<std::size_t>(b)], d);
+  const tensor3 y = layer.forward(step, batch, with_path(attn::mla_path::absorbed, 2));
+  for (index b = 0; b < 2; ++b) {
+    const index n = keep[static_cast<std::size_t>(b)];
+    auto one = layer.make_cache<float>(1, 1301);
+    tensor3 xb(1, n + 1, 32);
+    for (index t = 0; t <= n; ++t)
+      for (index d = 0; d < 32; ++d) xb(0, t, d) = x(b, t, d);
+    layer.forward(slice(xb, 0, n), one, with_path(attn::mla_path::naive, 1));
+    const tensor3 want =
+        layer.forward(slice(xb, n, 1), one, with_path(attn::mla_path::absorbed, 1));
+    tensor3 got(1, 1, 32);
+    for (index d = 0; d < 32; ++d) got(0, 0, d) = y(b, 0, d);
+    EXPECT_TRUE(same_bits(got, want)) << "sequence " << b;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Errors
 

@@ -540,7 +540,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   const int threads = core::threads_for_work(num_threads, flops);
   core::parallel_for(static_cast<index>(shared.size()), threads, [&](index i) {
     const shared_block& sb = shared[static_cast<std::size_t>(i)];
-    pack_qt(sb.b, sb.r0, sb.r1, shared_qt.data() + i * d_qk * max_cols);
+    pack_qt(sb.b, sb.r0, sb.r1, shared_qt.data() + i * d_qk * max_ld);
   });
   core::parallel_for(static_cast<index>(tasks.size()), threads, make_scratch, run);
   if (slots > 0) {

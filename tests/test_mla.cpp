@@ -709,32 +709,43 @@ TEST(MlaPaged, BatchInvariance) {
 // The mla_cache forward: a sequence of a batch of 3 gets the bits it gets in
 // a batch of one. At 4200 tokens its absorbed step is cut into 8 key chunks
 // alone; a chunking that followed the batch size would cut it into 5.
-TEST(MlaLayer, BatchOfThreeEqualsEachAloneBitwise) {
-  const mla_case c = make_case(32, 2, 16, 24, 8, 8, 8);
+// One decode step of a batch whose sequence b holds keep[b] tokens (each
+// after a naive prefill over the batch, truncated) equals, bit for bit, the
+// same step of each sequence alone, on every path given.
+template <class Storage>
+void expect_step_equals_each_alone(const mla_case& c, const std::vector<index>& keep,
+                                   const std::vector<attn::mla_path>& paths) {
   const auto layer = c.make();
-  const tensor3 x = random_x(3, 4201, 32);
-  const std::vector<index> keep{4200, 40, 700};
-  for (attn::mla_path path : {attn::mla_path::naive, attn::mla_path::absorbed}) {
-    auto batch = layer.make_cache<Eigen::bfloat16>(3, 4201);
-    layer.forward(slice(x, 0, 4200), batch, with_path(attn::mla_path::naive, 2));
-    for (index b = 0; b < 3; ++b) batch.truncate(b, keep[static_cast<std::size_t>(b)]);
-    tensor3 step(3, 1, 32);
-    for (index b = 0; b < 3; ++b)
-      for (index d = 0; d < 32; ++d) step(b, 0, d) = x(b, keep[static_cast<std::size_t>(b)], d);
+  const index B = static_cast<index>(keep.size()), dim = c.cfg.dim;
+  const index len = *std::max_element(keep.begin(), keep.end()) + 1;
+  const tensor3 x = random_x(B, len, dim);
+  for (attn::mla_path path : paths) {
+    auto batch = layer.make_cache<Storage>(B, len);
+    layer.forward(slice(x, 0, len - 1), batch, with_path(attn::mla_path::naive, 2));
+    for (index b = 0; b < B; ++b) batch.truncate(b, keep[static_cast<std::size_t>(b)]);
+    tensor3 step(B, 1, dim);
+    for (index b = 0; b < B; ++b)
+      for (index d = 0; d < dim; ++d) step(b, 0, d) = x(b, keep[static_cast<std::size_t>(b)], d);
     const tensor3 y = layer.forward(step, batch, with_path(path, 2));
-    for (index b = 0; b < 3; ++b) {
+    for (index b = 0; b < B; ++b) {
       const index n = keep[static_cast<std::size_t>(b)];
-      auto one = layer.make_cache<Eigen::bfloat16>(1, 4201);
-      tensor3 xb(1, n + 1, 32);
+      auto one = layer.make_cache<Storage>(1, len);
+      tensor3 xb(1, n + 1, dim);
       for (index t = 0; t <= n; ++t)
-        for (index d = 0; d < 32; ++d) xb(0, t, d) = x(b, t, d);
+        for (index d = 0; d < dim; ++d) xb(0, t, d) = x(b, t, d);
       layer.forward(slice(xb, 0, n), one, with_path(attn::mla_path::naive, 1));
       const tensor3 want = layer.forward(slice(xb, n, 1), one, with_path(path, 1));
-      tensor3 got(1, 1, 32);
-      for (index d = 0; d < 32; ++d) got(0, 0, d) = y(b, 0, d);
+      tensor3 got(1, 1, dim);
+      for (index d = 0; d < dim; ++d) got(0, 0, d) = y(b, 0, d);
       EXPECT_TRUE(same_bits(got, want)) << "sequence " << b << " path " << static_cast<int>(path);
     }
   }
+}
+
+TEST(MlaLayer, BatchOfThreeEqualsEachAloneBitwise) {
+  expect_step_equals_each_alone<Eigen::bfloat16>(
+      make_case(32, 2, 16, 24, 8, 8, 8), {4200, 40, 700},
+      {attn::mla_path::naive, attn::mla_path::absorbed});
 }
 
 TEST(MlaLayer, ChunkedBatchWithPaddedQueryStridesEqualsEachAloneBitwise) {
@@ -744,30 +755,8 @@ TEST(MlaLayer, ChunkedBatchWithPaddedQueryStridesEqualsEachAloneBitwise) {
   // is packed once into the call's shared buffer: the second block's must be
   // found where it was packed (it was not, when the packing used the
   // unpadded stride and the walk the padded one).
-  const mla_case c = make_case(32, 32, 0, 24, 8, 8, 8);
-  const auto layer = c.make();
-  const std::vector<index> keep{1100, 1300};
-  const tensor3 x = random_x(2, 1301, 32);
-  auto batch = layer.make_cache<float>(2, 1301);
-  layer.forward(slice(x, 0, 1300), batch, with_path(attn::mla_path::naive, 2));
-  batch.truncate(0, keep[0]);
-  tensor3 step(2, 1, 32);
-  for (index b = 0; b < 2; ++b)
-    for (index d = 0; d < 32; ++d) step(b, 0, d) = x(b, keep[static_cast<std::size_t>(b)], d);
-  const tensor3 y = layer.forward(step, batch, with_path(attn::mla_path::absorbed, 2));
-  for (index b = 0; b < 2; ++b) {
-    const index n = keep[static_cast<std::size_t>(b)];
-    auto one = layer.make_cache<float>(1, 1301);
-    tensor3 xb(1, n + 1, 32);
-    for (index t = 0; t <= n; ++t)
-      for (index d = 0; d < 32; ++d) xb(0, t, d) = x(b, t, d);
-    layer.forward(slice(xb, 0, n), one, with_path(attn::mla_path::naive, 1));
-    const tensor3 want =
-        layer.forward(slice(xb, n, 1), one, with_path(attn::mla_path::absorbed, 1));
-    tensor3 got(1, 1, 32);
-    for (index d = 0; d < 32; ++d) got(0, 0, d) = y(b, 0, d);
-    EXPECT_TRUE(same_bits(got, want)) << "sequence " << b;
-  }
+  expect_step_equals_each_alone<float>(make_case(32, 32, 0, 24, 8, 8, 8), {1100, 1300},
+                                       {attn::mla_path::absorbed});
 }
 
 // ---------------------------------------------------------------------------

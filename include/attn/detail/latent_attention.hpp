@@ -437,6 +437,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   const index max_cols = detail::round_up(max_rows, score::cols);
   const index max_acc_rows = detail::round_up(max_rows, index{acc::rows});
   const index max_ld = tiles::scratch_stride(std::max(max_cols, max_acc_rows));  // Qᵀ, Sᵀ
+  const index qt_floats = d_qk * max_ld;  // room for one row block's packed Qᵀ
   const float scale_log2 = p.scale * core::softmax::log2e;
 
   // Work list: each sequence's query rows in blocks of up to max_rows, each
@@ -485,11 +486,11 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
     engine::pack_queries_transposed([&](index r) { return qb + r * d_qk; }, r1 - r0, cols, d_qk,
                                     scale_log2, qt, qt_ld_for(cols));
   };
-  std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(d_qk * max_ld));
+  std::vector<float> shared_qt(shared.size() * static_cast<std::size_t>(qt_floats));
 
   auto make_scratch = [&] {
     latent_scratch s;
-    s.qt.resize(static_cast<std::size_t>(d_qk * max_ld));
+    s.qt.resize(static_cast<std::size_t>(qt_floats));
     s.k.assign(static_cast<std::size_t>(kv_tile * d_qk + d_c_pad), 0.0f);
     s.st.assign(static_cast<std::size_t>(kv_tile * max_ld), 0.0f);
     s.o.resize(static_cast<std::size_t>(max_acc_rows * o_ld));
@@ -510,7 +511,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
     // Qᵀ and each row's causal limit; padding columns see no key.
     const float* qt = ws.qt.data();
     if (tk.shared_qt >= 0)
-      qt = shared_qt.data() + tk.shared_qt * d_qk * max_ld;
+      qt = shared_qt.data() + tk.shared_qt * qt_floats;
     else
       pack_qt(tk.b, tk.r0, tk.r1, ws.qt.data());
     for (index r = 0; r < cols; ++r) ws.limit[r] = r < rows ? n - T + (tk.r0 + r) / p.H : -1;
@@ -540,7 +541,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   const int threads = core::threads_for_work(num_threads, flops);
   core::parallel_for(static_cast<index>(shared.size()), threads, [&](index i) {
     const shared_block& sb = shared[static_cast<std::size_t>(i)];
-    pack_qt(sb.b, sb.r0, sb.r1, shared_qt.data() + i * d_qk * max_ld);
+    pack_qt(sb.b, sb.r0, sb.r1, shared_qt.data() + i * qt_floats);
   });
   core::parallel_for(static_cast<index>(tasks.size()), threads, make_scratch, run);
   if (slots > 0) {

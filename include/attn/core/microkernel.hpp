@@ -44,6 +44,23 @@ using score_tile = tile_shape<simd::registers >= 32 ? 8 : 6, 2>;
 /// 4 x 2 tile it replaces left the FMA ports idle on latency.
 using accumulate_tile = tile_shape<6, simd::registers >= 32 ? 4 : 2>;
 
+/// Whether the attention kernels block their tile products for a 32 KiB L1
+/// (the 16-register ISAs, AVX2 and SSE; docs/performance.md, "L1 blocking on
+/// AVX2"). The AVX-512 kernels keep the walks they were tuned with on Zen 5.
+constexpr bool l1_blocked = simd::registers < 32;
+
+/// A row stride for a scratch tile of rows `floats` long: on the L1-blocked
+/// ISAs an odd number of 64-byte lines, so that a panel's rows spread over
+/// all of L1's sets (a stride of 512 or 2048 bytes puts every row of a panel
+/// into 8 or 2 of a 32 KiB 8-way L1's 64 sets); elsewhere `floats`.
+constexpr index scratch_stride(index floats) {
+  constexpr index line = 64 / static_cast<index>(sizeof(float));
+  if (!l1_blocked) return floats;
+  index lines = (floats + line - 1) / line;
+  if (lines % 2 == 0) ++lines;
+  return lines * line;
+}
+
 /// Left operand: element (r, d) at data[r * row_stride + d * depth_stride].
 struct lhs {
   const float* data;   ///< element (0, 0)

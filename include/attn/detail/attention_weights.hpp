@@ -135,7 +135,7 @@ void attention_weights(const strided<const float, 4>& q, const strided<const KV,
     const index j_end = std::max(j_begin, std::min(span.last + 1, S));
 
     engine::pack_queries_transposed([&](index r) { return q.at(b, i0 + r, h, 0); }, rows, cols,
-                                    d_qk, scale_log2, ws.tiles.qt.data(), q_tile);
+                                    d_qk, scale_log2, ws.tiles.qt.data(), flash_tiles::qt_ld);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
     flash_scores<strided<const KV, 4>, engine::score_policy<>> s{k,    opt,  band, policy,   ws.tiles,

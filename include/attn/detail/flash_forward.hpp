@@ -55,7 +55,8 @@ inline namespace ATTN_ABI {
 /// One thread's working memory; sized once per call, reused by every task.
 struct flash_scratch {
   flash_score_buffers tiles;  // Qᵀ, converted keys, scores (flash_scores.hpp)
-  std::vector<float> v;       // [kv_tile][d_v_pad] converted / padded values
+  index v_ld;                 // row stride of v: core::scratch_stride(d_v_pad)
+  std::vector<float> v;       // [kv_tile][v_ld]    converted / padded values
   std::vector<float> o;       // [q_tile][d_v_pad]  unnormalised output rows
   std::vector<float> max;     // [q_tile]           running max per query
   std::vector<float> sum;     // [q_tile]           running sum per query
@@ -64,7 +65,8 @@ struct flash_scratch {
 
   flash_scratch(index d_qk, index d_v_pad)
       : tiles(d_qk),
-        v(flash_tiles::kv_tile * d_v_pad),
+        v_ld(core::scratch_stride(d_v_pad)),
+        v(flash_tiles::kv_tile * v_ld),
         o(flash_tiles::q_tile * d_v_pad),
         max(flash_tiles::q_tile),
         sum(flash_tiles::q_tile),
@@ -165,15 +167,27 @@ struct flash_walk {
   void accumulate(index j0, index n) {
     const float* st = ws.tiles.st.data();
     const core::rhs vt =
-        tile_rows_operand(v, s.b, s.hk, j0, n, n, d_v, d_v_pad, ws.v.data(), false);
+        tile_rows_operand(v, s.b, s.hk, j0, n, n, d_v, ws.v_ld, ws.v.data(), false);
     if (s.full)
-      ws.hidden.set_apart(ws.v.data(), d_v_pad, n, n);  // every row sees every key: none
+      ws.hidden.set_apart(ws.v.data(), ws.v_ld, n, n);  // every row sees every key: none
     else
-      ws.hidden.set_apart(ws.v.data(), d_v_pad, 0, n);
+      ws.hidden.set_apart(ws.v.data(), ws.v_ld, 0, n);
     bool whole_tile = s.in_band;  // (the plain kernels' code stays as it was)
     if constexpr (flash_scores<Rows, Policy>::sub_tiles_possible)
       whole_tile = whole_tile && !s.by_sub_tiles;
-    if (whole_tile) {
+    if (whole_tile && core::l1_blocked) {
+      // Blocks of 48 query rows, V column panel outer: the block's P columns
+      // (18 KiB) and one V panel (6 KiB) stay in L1, and V (48 KiB) is read
+      // 4 times per key tile instead of once per 6 query rows.
+      using shape = core::accumulate_tile;
+      constexpr index block = 8 * shape::rows;
+      for (index b0 = 0; b0 < s.cols; b0 += block)
+        for (index c0 = 0; c0 < d_v_pad; c0 += shape::cols)
+          for (index r0 = b0; r0 < std::min(s.cols, b0 + block); r0 += shape::rows)
+            core::gemm_tile<shape, true>(core::lhs{st + r0, 1, q_tile},
+                                         core::rhs{vt.data + c0, vt.row_stride}, n,
+                                         ws.o.data() + r0 * d_v_pad + c0, d_v_pad);
+    } else if (whole_tile) {
       core::gemm_block<core::accumulate_tile, true>(core::lhs{st, 1, q_tile}, vt, n, ws.o.data(),
                                                     d_v_pad, s.cols, d_v_pad);
     } else {
@@ -264,7 +278,7 @@ struct flash_call {
       prefetch_rows(v, b, hk, j_begin, n_first, d_v);
     }
     engine::pack_queries_transposed([&](index r) { return q.at(b, i0 + r, h, 0); }, rows, cols,
-                                    d_qk, scale_log2, ws.tiles.qt.data(), q_tile);
+                                    d_qk, scale_log2, ws.tiles.qt.data(), flash_tiles::qt_ld);
     std::fill(ws.o.begin(), ws.o.begin() + cols * d_v_pad, 0.0f);
     std::fill(ws.max.begin(), ws.max.end(), core::softmax::neg_inf);
     std::fill(ws.sum.begin(), ws.sum.end(), 0.0f);
@@ -290,8 +304,8 @@ struct flash_call {
       // FLT_MAX (then inf, or NaN once a later key rescales it): such a row,
       // and only such a row, is redone in double (recompute_sdpa_row).
       if (!core::softmax::all_finite(dst, d_v))
-        recompute_sdpa_row(ws.tiles.qt.data() + r, q_tile, k, v, opt, band, policy, b, i0 + r, h,
-                           hk, dst, lse);
+        recompute_sdpa_row(ws.tiles.qt.data() + r, flash_tiles::qt_ld, k, v, opt, band, policy, b,
+                           i0 + r, h, hk, dst, lse);
     }
   }
 };

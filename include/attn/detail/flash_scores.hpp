@@ -51,16 +51,19 @@ struct flash_tiles {
       std::lcm(core::score_tile::cols, static_cast<index>(core::accumulate_tile::rows));
   static constexpr index q_tile = detail::round_up(192, q_step);
   static constexpr index kv_tile = 16 * core::score_tile::rows;
+  // Row stride of the packed Qᵀ (core::scratch_stride: 208 on AVX2, where
+  // 192 floats would put a column panel's rows into 16 of L1's 64 sets).
+  static constexpr index qt_ld = core::scratch_stride(q_tile);
 };
 
 /// The score step's working memory for one thread.
 struct flash_score_buffers {
-  std::vector<float> qt;  // [d_qk][q_tile]     scaled queries, transposed
+  std::vector<float> qt;  // [d_qk][qt_ld]      scaled queries, transposed
   std::vector<float> k;   // [kv_tile][d_qk]    converted / padded keys
   std::vector<float> st;  // [kv_tile][q_tile]  scores, then probabilities
 
   explicit flash_score_buffers(index d_qk)
-      : qt(d_qk * flash_tiles::q_tile),
+      : qt(d_qk * flash_tiles::qt_ld),
         k(flash_tiles::kv_tile * d_qk),
         st(flash_tiles::kv_tile * flash_tiles::q_tile) {}
 };
@@ -188,9 +191,22 @@ struct flash_scores {
       }
     }
     if (in_band && !by_sub_tiles) {
-      core::gemm_block<core::score_tile, false, core::softmax::score_floor>(
-          core::lhs{kt.data, kt.row_stride, 1}, core::rhs{buf.qt.data(), q_tile}, d_qk,
-          buf.st.data(), q_tile, n_pad, cols);
+      if constexpr (core::l1_blocked) {
+        // Column tile outer: its Qᵀ panel (d_qk x 16 floats, 8 KiB at d_qk =
+        // 128) meets every key row while it is in L1, where key rows outer
+        // streamed all of Qᵀ (96 KiB) from L2 once per 6 keys.
+        using shape = core::score_tile;
+        for (index c0 = 0; c0 < cols; c0 += shape::cols)
+          for (index kb = 0; kb < n_pad; kb += shape::rows)
+            core::gemm_tile<shape, false, core::softmax::score_floor>(
+                core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
+                core::rhs{buf.qt.data() + c0, flash_tiles::qt_ld}, d_qk,
+                buf.st.data() + kb * q_tile + c0, q_tile);
+      } else {
+        core::gemm_block<core::score_tile, false, core::softmax::score_floor>(
+            core::lhs{kt.data, kt.row_stride, 1}, core::rhs{buf.qt.data(), flash_tiles::qt_ld},
+            d_qk, buf.st.data(), q_tile, n_pad, cols);
+      }
       return;
     }
     // An edge tile: skip register tiles whose keys no query of theirs can
@@ -205,7 +221,8 @@ struct flash_scores {
           if (by_sub_tiles && sub(kb, c0) == block_kind::empty) continue;
         core::gemm_tile<shape, false, core::softmax::score_floor>(
             core::lhs{kt.data + kb * kt.row_stride, kt.row_stride, 1},
-            core::rhs{buf.qt.data() + c0, q_tile}, d_qk, buf.st.data() + kb * q_tile + c0, q_tile);
+            core::rhs{buf.qt.data() + c0, flash_tiles::qt_ld}, d_qk,
+            buf.st.data() + kb * q_tile + c0, q_tile);
       }
   }
 

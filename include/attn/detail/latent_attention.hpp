@@ -77,7 +77,7 @@ struct latent_tiles {
   /// L1 (docs/performance.md, "MLA on AVX2"). The AVX-512 walk (Zen 5: 48
   /// KiB L1, 77-80% of the FMA peak) is kept as it was tuned: one pass of
   /// the whole depth, key rows outer; query rows outer.
-  static constexpr bool l1_blocked = core::simd::registers < 32;
+  static constexpr bool l1_blocked = core::l1_blocked;
   /// Depth steps of Sᵀ = K · Qᵀ per pass: the Qᵀ micro-panel of one column
   /// tile (4 KiB) and the key tile's K slice (12 KiB) stay in L1 while the
   /// column tile meets every key row. A pass stores its partial sums into
@@ -89,17 +89,9 @@ struct latent_tiles {
   /// stay in L1, and V is read 3 times per key tile instead of 22.
   static constexpr index acc_row_tiles = 8;
 
-  /// A row stride for the scratch tiles: on the blocked ISAs an odd number
-  /// of cache lines, so that the rows of a panel spread over all of L1's
-  /// sets (a stride of 512 or 2048 bytes, Qᵀ with 128 columns or O with
-  /// 512, puts every row of a panel into 8 or 2 of its 64 sets).
-  static constexpr index scratch_stride(index floats) {
-    if (!l1_blocked) return floats;
-    index lines = detail::ceil_div(floats, line_floats);
-    if (lines % 2 == 0) ++lines;
-    return lines * line_floats;
-  }
-  static constexpr index line_floats = 64 / static_cast<index>(sizeof(float));
+  /// Row stride of the scratch tiles Qᵀ, Sᵀ and O (Qᵀ with 128 columns and O
+  /// with 512 would put a panel's rows into 8 or 2 of L1's 64 sets).
+  static constexpr index scratch_stride(index floats) { return core::scratch_stride(floats); }
 };
 
 /// The problem: B sequences, each with T new query tokens of H heads.

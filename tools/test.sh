@@ -15,8 +15,9 @@ build="${BUILD_DIR:-$root/build/test}"
 jobs="${JOBS:-$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}"
 
 # --- dependencies -----------------------------------------------------------
+# (libomp-dev: OpenMP for clang++, which CI's sanitizer run uses: CXX=clang++)
 packages=(cmake g++ make libeigen3-dev libgtest-dev libbenchmark-dev python3 python3-pip
-          clang pkg-config doxygen)
+          clang libomp-dev pkg-config doxygen)
 if command -v dpkg >/dev/null 2>&1; then
   missing=()
   for p in "${packages[@]}"; do

@@ -47,6 +47,15 @@ inline bool all_finite(const float* p, index n) {
   return s == 0.0f;
 }
 
+/// Whether a finished fp32 row (output o[0..n), log-sum-exp lse) must be
+/// redone in double: its output is not all finite, or its LSE is NaN or +inf.
+/// A row that saw no key has LSE -inf and is fine. The LSE test matters on
+/// its own: scores of a query near FLT_MAX can overflow to inf - inf = NaN
+/// while the output they weight stays finite (found by fuzz_paged_cache).
+inline bool needs_fp64_repair(const float* o, index n, float lse) {
+  return !all_finite(o, n) || std::isnan(lse) || lse == std::numeric_limits<float>::infinity();
+}
+
 /// One key of a row as recompute_row_fp64 sees it.
 struct fp64_key {
   bool visible;  ///< false: masked (its value is never read, its score ignored)

@@ -433,9 +433,10 @@ struct split_kv_call {
     float* lse_out = opt.lse.empty() ? nullptr : opt.lse.at(b, h, i);
     if (lse_out) *lse_out = lse;
     // A chunk's unnormalised O overflows fp32 when its visible |v| sum past
-    // FLT_MAX (inf, or NaN once rescaled), and the merged row inherits it:
-    // such a row, and only such a row, is redone in double.
-    if (!core::softmax::all_finite(dst, d_v)) {
+    // FLT_MAX (inf, or NaN once rescaled), and the merged row inherits it;
+    // overflowing scores can leave a NaN LSE beside a finite O: such a row,
+    // and only such a row, is redone in double.
+    if (core::softmax::needs_fp64_repair(dst, d_v, lse)) {
       std::vector<float> q_log2(static_cast<std::size_t>(d_qk));
       engine::pack_query_row(q.at(b, i, h, 0), d_qk, scale_log2, q_log2.data());
       const index key_len = opt.key_lengths.empty() ? S : opt.key_lengths[b];

@@ -56,6 +56,16 @@ inline bool needs_fp64_repair(const float* o, index n, float lse) {
   return !all_finite(o, n) || std::isnan(lse) || lse == std::numeric_limits<float>::infinity();
 }
 
+/// A score in double (log2 units) floored at -FLT_MAX, as the fast kernels
+/// floor every computed score (core::softmax::floor_score): a row whose
+/// scores all lie below -FLT_MAX averages its values there, so the repair
+/// must see them equal too (unfloored, such a row's LSE fell below -FLT_MAX
+/// and stayed NaN: a fuzz_paged_cache finding). NaN stays NaN.
+inline double floor_score_fp64(double s) {
+  constexpr double floor = -static_cast<double>(std::numeric_limits<float>::max());
+  return s < floor ? floor : s;
+}
+
 /// One key of a row as recompute_row_fp64 sees it.
 struct fp64_key {
   bool visible;  ///< false: masked (its value is never read, its score ignored)

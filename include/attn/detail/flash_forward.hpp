@@ -105,22 +105,17 @@ bool recompute_sdpa_row(const float* q_log2, index q_log2_stride, const Rows& k,
       if (a == core::softmax::neg_inf) return {false, 0.0};
     }
     const auto* kr = k.at(b, j, hk, 0);
-    // Floored at -FLT_MAX where the fast path floors (core::softmax::
-    // floor_score: after the dot and after the additive mask), so that a
-    // row whose scores all lie below -FLT_MAX averages its values as there;
-    // unfloored, its LSE came out below -FLT_MAX and the repair kept a NaN
-    // LSE (found by fuzz_paged_cache). NaN stays NaN.
-    constexpr double floor = -static_cast<double>(core::softmax::max_finite);
+    // Floored where the fast path floors: after the dot and after the
+    // additive mask (core::softmax::floor_score_fp64).
     double s = 0.0;
     for (index d = 0; d < d_qk; ++d)
       s += static_cast<double>(q_log2[d * q_log2_stride]) *
            static_cast<double>(static_cast<float>(kr[d]));
-    if (s < floor) s = floor;
+    s = core::softmax::floor_score_fp64(s);
     if (policy.modifies() && !std::isnan(s)) s = policy.score_fp64(s, b, h, i, j);
-    if (!opt.additive_mask.empty() && s != -std::numeric_limits<double>::infinity()) {
-      s += static_cast<double>(core::softmax::additive_to_log2(a));
-      if (s < floor) s = floor;
-    }
+    if (!opt.additive_mask.empty() && s != -std::numeric_limits<double>::infinity())
+      s = core::softmax::floor_score_fp64(
+          s + static_cast<double>(core::softmax::additive_to_log2(a)));
     return {true, s};
   };
   auto value = [&](index jj) { return v.at(b, first + jj, hk, 0); };

@@ -88,10 +88,6 @@ struct latent_tiles {
   /// O += P · V: the pass's P columns (9 KiB) and one V column panel (3 KiB)
   /// stay in L1, and V is read 3 times per key tile instead of 22.
   static constexpr index acc_row_tiles = 8;
-
-  /// Row stride of the scratch tiles Qᵀ, Sᵀ and O (Qᵀ with 128 columns and O
-  /// with 512 would put a panel's rows into 8 or 2 of L1's 64 sets).
-  static constexpr index scratch_stride(index floats) { return core::scratch_stride(floats); }
 };
 
 /// The problem: B sequences, each with T new query tokens of H heads.
@@ -420,7 +416,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   constexpr index kv_tile = tiles::kv_tile;
   const index d_qk = p.d_c + p.d_r;
   const index d_c_pad = detail::round_up(p.d_c, acc::cols);
-  const index o_ld = tiles::scratch_stride(d_c_pad);
+  const index o_ld = core::scratch_stride(d_c_pad);
   auto tokens = [&](index b) { return p.tokens[b]; };
   index max_rows = 0;  // the widest row block of the call
   for (index b = 0; b < p.B; ++b)
@@ -428,7 +424,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   if (max_rows == 0) return;
   const index max_cols = detail::round_up(max_rows, score::cols);
   const index max_acc_rows = detail::round_up(max_rows, index{acc::rows});
-  const index max_ld = tiles::scratch_stride(std::max(max_cols, max_acc_rows));  // Qᵀ, Sᵀ
+  const index max_ld = core::scratch_stride(std::max(max_cols, max_acc_rows));  // Qᵀ, Sᵀ
   const index qt_floats = d_qk * max_ld;  // room for one row block's packed Qᵀ
   const float scale_log2 = p.scale * core::softmax::log2e;
 
@@ -471,7 +467,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
   // Qᵀ of rows [r0, r1) of sequence b, pre-scaled by scale·log2 e, into
   // qt[d_qk][qt_ld]; padding columns are zero.
   auto cols_for = [&](index r0, index r1) { return detail::round_up(r1 - r0, score::cols); };
-  auto qt_ld_for = [&](index cols) { return tiles::scratch_stride(cols); };
+  auto qt_ld_for = [&](index cols) { return core::scratch_stride(cols); };
   auto pack_qt = [&](index b, index r0, index r1, float* qt) {
     const float* qb = p.q + (p.first[b] * p.H + r0) * d_qk;
     const index cols = cols_for(r0, r1);
@@ -498,7 +494,7 @@ void latent_attention_with(const latent_batch<Rows>& p, int num_threads) {
     const latent_task& tk = tasks[static_cast<std::size_t>(ti)];
     const index n = p.lengths[tk.b], rows = tk.r1 - tk.r0, T = tokens(tk.b);
     const index cols = cols_for(tk.r0, tk.r1), acc_rows = detail::round_up(rows, index{acc::rows});
-    const index sw = tiles::scratch_stride(std::max(cols, acc_rows));  // row stride of Sᵀ
+    const index sw = core::scratch_stride(std::max(cols, acc_rows));  // row stride of Sᵀ
 
     // Qᵀ and each row's causal limit; padding columns see no key.
     const float* qt = ws.qt.data();

@@ -907,6 +907,27 @@ TEST(NanPolicy, AllScoresOverflowingToMinusInfInDecomposableAttention) {
   }
 }
 
+// The latent kernel's output when every visible key weighs the same: row t
+// of T (each of H heads) is the mean of the latent parts (d_c of d_c + d_r)
+// of cached rows [0, n - T + t], within rel_tol(visible) · |mean|.
+template <class RelTol>
+void expect_mean_of_visible_latents(const std::vector<float>& rows, const std::vector<float>& out,
+                                    attn::index n, attn::index T, attn::index H, attn::index d_c,
+                                    attn::index d_r, const RelTol& rel_tol) {
+  using attn::index;
+  const index d_qk = d_c + d_r;
+  for (index t = 0; t < T; ++t)
+    for (index h = 0; h < H; ++h)
+      for (index d = 0; d < d_c; ++d) {
+        const index visible = n - T + t + 1;
+        double want = 0;
+        for (index j = 0; j < visible; ++j)
+          want += rows[static_cast<std::size_t>(j * d_qk + d)] / static_cast<double>(visible);
+        const double got = out[static_cast<std::size_t>((t * H + h) * d_c + d)];
+        ASSERT_NEAR(got, want, rel_tol(visible) * std::fabs(want)) << t << " " << h << " " << d;
+      }
+}
+
 TEST(NanPolicy, AllScoresOverflowingToMinusInfInLatentAttention) {
   // MLA's absorbed kernel: latent queries 1e19, cached latent rows -1e19
   // (scale 1: terms of -1.44e38 in log2 units, d_c = 20 of them), RoPE
@@ -927,16 +948,8 @@ TEST(NanPolicy, AllScoresOverflowingToMinusInfInLatentAttention) {
                                               H,        d_c,         d_r,     n,          1.0f};
   attn::detail::mla::latent_attention(pr, 0);
   const double eps = 5.9604644775390625e-8;
-  for (index t = 0; t < T; ++t)
-    for (index h = 0; h < H; ++h)
-      for (index d = 0; d < d_c; ++d) {
-        const index visible = n - T + t + 1;
-        double want = 0;
-        for (index j = 0; j < visible; ++j)
-          want += rows[static_cast<std::size_t>(j * d_qk + d)] / static_cast<double>(visible);
-        const double got = out[static_cast<std::size_t>((t * H + h) * d_c + d)];
-        ASSERT_NEAR(got, want, 4 * (visible + 8) * eps * std::fabs(want)) << t << " " << h << " " << d;
-      }
+  expect_mean_of_visible_latents(rows, out, n, T, H, d_c, d_r,
+                                 [&](index visible) { return 4 * (visible + 8) * eps; });
 }
 
 // --- additive attention ---------------------------------------------------------------
@@ -1421,6 +1434,39 @@ TEST(NanPolicy, HugeValuesThroughLatentAttention) {
   latent_huge_values<float>(1300);
   latent_huge_values<Eigen::bfloat16>(1300);
   latent_huge_values<float>(40);
+}
+
+// Both corners at once: every score lies below -FLT_MAX (latent query -1,
+// cached latent parts near 3e38: d_c = 20 terms of -4.3e38 in log2 units)
+// and the values are huge, so the fast path floors every score to the same
+// -FLT_MAX, weighs each key 1 and overflows Σ ĉ to inf. The fp64 repair
+// must floor its scores as the fast path does (core::softmax::
+// floor_score_fp64): unfloored, the key with the least negative score
+// would take all the weight and the row would be that key's value, not the
+// mean of its visible keys' values that the floor rule gives.
+void latent_huge_values_below_the_score_floor(attn::index n) {
+  using attn::index;
+  const index B = 1, T = 2, H = 3, d_c = 20, d_r = 4, d_qk = d_c + d_r;
+  std::vector<float> rows(static_cast<std::size_t>(n * d_qk), 0.0f);
+  for (index j = 0; j < n; ++j)
+    for (index d = 0; d < d_c; ++d)
+      rows[static_cast<std::size_t>(j * d_qk + d)] =
+          3e38f * (1.0f - 0.0001f * static_cast<float>((j * 7 + d) % 1000));
+  std::vector<float> q(static_cast<std::size_t>(B * T * H * d_qk), 0.0f);
+  for (index r = 0; r < T * H; ++r)
+    for (index d = 0; d < d_c; ++d) q[static_cast<std::size_t>(r * d_qk + d)] = -1.0f;
+  std::vector<float> out(static_cast<std::size_t>(B * T * H * d_c), 0.0f);
+  const index lengths[1] = {n};
+  attn::detail::mla::latent_problem<float> pr{q.data(), rows.data(), lengths, out.data(), B, T,
+                                              H,        d_c,         d_r,     n,          1.0f};
+  attn::detail::mla::latent_attention(pr, 0);
+  // the double recomputation rounds once to float: |got - want| <= 1 ulp
+  expect_mean_of_visible_latents(rows, out, n, T, H, d_c, d_r, [](index) { return 1.2e-7; });
+}
+
+TEST(NanPolicy, HugeValuesWithScoresBelowTheFloorThroughLatentAttention) {
+  latent_huge_values_below_the_score_floor(40);
+  latent_huge_values_below_the_score_floor(1300);
 }
 
 }  // namespace

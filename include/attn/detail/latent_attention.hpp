@@ -361,7 +361,8 @@ struct latent_walk {
 // when its visible values sum past FLT_MAX (the exact output, a convex
 // combination, is at most max|v|). Such rows, and only they, are redone in
 // double by core::softmax::recompute_row_fp64 with the kernel's own scores (the
-// clamped pre-scaled query, the causal limit); finite rows keep their bits.
+// clamped pre-scaled query, the causal limit, the floor at -FLT_MAX of
+// core::softmax::floor_score_fp64); finite rows keep their bits.
 // A row whose query, or whose sequence's cached rows, hold a NaN or an inf
 // is non-finite by the NaN policy and is left alone: redoing it could not
 // make it finite, and would cost O(n · d) in double on every later step of
@@ -398,7 +399,7 @@ void repair_nonfinite_rows(const latent_batch<Rows>& p) {
             double s = 0;
             for (index d = 0; d < d_qk; ++d)
               s += q_log2[static_cast<std::size_t>(d)] * static_cast<float>(row[d]);
-            return core::softmax::fp64_key{true, s};
+            return core::softmax::fp64_key{true, core::softmax::floor_score_fp64(s)};
           },
           [&](index j) { return seq.row(j); }, p.d_c, dst, nullptr);
     }

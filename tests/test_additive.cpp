@@ -46,7 +46,7 @@
 #include "expect_error.hpp"
 #include "reference/additive_reference.hpp"
 
-namespace {
+namespace test_additive {
 
 using attn::index;
 using tensor2b = Eigen::Tensor<bool, 2, Eigen::RowMajor>;
@@ -1140,4 +1140,4 @@ TEST(AdditiveReport, WorstErrorRatios) {
   EXPECT_LE(g_worst_out, 1.0);
 }
 
-}  // namespace
+}  // namespace test_additive

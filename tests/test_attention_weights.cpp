@@ -45,7 +45,7 @@
 
 #include "reference/attention_weights_reference.hpp"
 
-namespace {
+namespace test_attention_weights {
 
 using attn::index;
 using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
@@ -299,4 +299,4 @@ TEST(AttentionWeights, WorstErrorIsReported) {
   EXPECT_LE(worst_sums, 1.0);
 }
 
-}  // namespace
+}  // namespace test_attention_weights

@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-namespace {
+namespace test_concurrency {
 
 using attn::index;
 using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
@@ -196,4 +196,4 @@ TEST(Concurrency, CacheHandedBetweenThreads) {
   EXPECT_EQ(0, std::memcmp(serial.data(), handed.data(), serial.size() * sizeof(float)));
 }
 
-}  // namespace
+}  // namespace test_concurrency

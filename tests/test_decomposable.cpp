@@ -62,7 +62,7 @@
 // that no La x Lb matrix is ever allocated (see DecomposableMemory).
 #include "counting_allocator.hpp"
 
-namespace {
+namespace test_decomposable {
 
 using attn::index;
 using tensor2 = Eigen::Tensor<float, 2, Eigen::RowMajor>;
@@ -938,4 +938,4 @@ TEST(DecomposableReport, WorstErrorRatios) {
   EXPECT_LE(g_worst_lse, 1.0);
 }
 
-}  // namespace
+}  // namespace test_decomposable

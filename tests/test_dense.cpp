@@ -19,7 +19,7 @@
 #include "expect_error.hpp"
 #include "reference/dense_reference.hpp"
 
-namespace {
+namespace test_dense {
 
 using attn::index;
 using attn_test::expect_error;
@@ -173,4 +173,4 @@ TEST(Dense, RejectsBadArgumentsBeforeWriting) {
   expect_error("bias size", [&] { attn::dense_layer{l}; }, {"bias", "size 0 or 4"});
 }
 
-}  // namespace
+}  // namespace test_dense

@@ -19,7 +19,7 @@
 #include "dispatch/problems.hpp"
 #include "dispatch/run_problem.hpp"
 
-namespace {
+namespace test_dispatch {
 
 using attn::dispatch::isa_level;
 
@@ -117,4 +117,4 @@ TEST_F(Dispatch, BadArgumentsThrowAttnError) {
   EXPECT_THROW(attn::dispatch::force_isa_level(static_cast<isa_level>(7)), attn::error);
 }
 
-}  // namespace
+}  // namespace test_dispatch

@@ -24,7 +24,7 @@
 
 #include "expect_error.hpp"
 
-namespace {
+namespace test_errors {
 
 using attn::index;
 using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
@@ -944,4 +944,4 @@ TEST(Errors, ImpossibleWorkingSizes) {
       {"attn::multi_head_attention::forward: opt.weights: expected"});
 }
 
-}  // namespace
+}  // namespace test_errors

@@ -26,7 +26,7 @@
 
 #include "expect_error.hpp"
 
-namespace {
+namespace test_fuzz_regressions {
 
 using attn::index;
 using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
@@ -303,4 +303,4 @@ TEST(FuzzRegressions, PagedAppendNullZeroWidthValues) {
   EXPECT_EQ(c.length(s), 2);
 }
 
-}  // namespace
+}  // namespace test_fuzz_regressions

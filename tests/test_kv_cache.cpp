@@ -20,7 +20,7 @@
 
 #include "expect_error.hpp"
 
-namespace {
+namespace test_kv_cache {
 
 using attn::index;
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
@@ -286,4 +286,4 @@ TEST(KvCache, ArgumentErrors) {
                           {"counts"});
 }
 
-}  // namespace
+}  // namespace test_kv_cache

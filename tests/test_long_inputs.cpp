@@ -62,7 +62,7 @@
 
 #include "counting_allocator.hpp"
 
-namespace {
+namespace test_long_inputs {
 
 using attn::index;
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
@@ -222,4 +222,4 @@ TEST(LongInputs, PrefillSixtyFourKTokens) {
               magnitude, peak);
 }
 
-}  // namespace
+}  // namespace test_long_inputs

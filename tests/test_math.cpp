@@ -20,7 +20,7 @@
 #include <limits>
 #include <vector>
 
-namespace {
+namespace test_math {
 
 namespace simd = attn::core::simd;
 
@@ -327,4 +327,4 @@ TEST(MathTanh, LanesAreIndependent) {
   }
 }
 
-}  // namespace
+}  // namespace test_math

@@ -15,7 +15,7 @@
 
 #include "counting_allocator.hpp"
 
-namespace {
+namespace test_memory {
 
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
 constexpr long long mib = 1 << 20;
@@ -90,4 +90,4 @@ TEST(KernelMemory, DecodeIsIndependentOfTheKeyLength) {
   }
 }
 
-}  // namespace
+}  // namespace test_memory

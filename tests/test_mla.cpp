@@ -35,7 +35,7 @@
 #include "expect_error.hpp"
 #include "reference/mla_reference.hpp"
 
-namespace {
+namespace test_mla {
 
 using attn::index;
 using attn::tensor3;
@@ -988,4 +988,4 @@ TEST(MlaRegressions, RmsNormWithZeroEpsOfATinyOrZeroLatent) {
   }
 }
 
-}  // namespace
+}  // namespace test_mla

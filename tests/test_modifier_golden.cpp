@@ -66,7 +66,7 @@
 
 #include "golden.hpp"
 
-namespace {
+namespace test_modifier_golden {
 
 using attn::index;
 using tensor3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
@@ -397,4 +397,4 @@ TEST(ModifierGoldenSanity, DocumentMaskMatters) {
   expect_miss(r, "mod_document without the document mask");
 }
 
-}  // namespace
+}  // namespace test_modifier_golden

@@ -22,7 +22,7 @@
 #include "expect_error.hpp"
 #include "reference/sdpa_reference.hpp"
 
-namespace {
+namespace test_multi_head {
 
 using attn::index;
 using attn::tensor3;
@@ -313,4 +313,4 @@ TEST(MhaErrors, BadConfigAndWeights) {
                           {"cache"});
 }
 
-}  // namespace
+}  // namespace test_multi_head

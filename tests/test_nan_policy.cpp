@@ -40,7 +40,7 @@
 
 #include "reference/sdpa_reference.hpp"
 
-namespace {
+namespace test_nan_policy {
 
 using attn::index;
 using tensor2 = Eigen::Tensor<float, 2, Eigen::RowMajor>;
@@ -1469,4 +1469,4 @@ TEST(NanPolicy, HugeValuesWithScoresBelowTheFloorThroughLatentAttention) {
   latent_huge_values_below_the_score_floor(1300);
 }
 
-}  // namespace
+}  // namespace test_nan_policy

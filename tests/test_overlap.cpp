@@ -13,7 +13,7 @@
 #include <set>
 #include <vector>
 
-namespace {
+namespace test_overlap {
 
 using attn::index;
 using attn::strided;
@@ -186,4 +186,4 @@ TEST(Overlap, DisjointSlicesOfOneBufferAreAccepted) {
         for (index d = 0; d < D; ++d) ASSERT_EQ(*slot(3).at(b, i, h, d), tout(b, i, h, d));
 }
 
-}  // namespace
+}  // namespace test_overlap

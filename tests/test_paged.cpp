@@ -44,7 +44,7 @@
 #include "expect_error.hpp"
 #include "sdpa_check.hpp"
 
-namespace {
+namespace test_paged {
 
 using attn::index;
 using sdpa_check::tensor3;
@@ -906,4 +906,4 @@ TEST(MergeStates, BadInput) {
   }, {"v_out", "v"});
 }
 
-}  // namespace
+}  // namespace test_paged

@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-namespace {
+namespace test_rope {
 
 using attn::index;
 using attn::rope_layout;
@@ -543,4 +543,4 @@ TEST(RopeErrors, ApplyArguments) {
   EXPECT_EQ(std::memcmp(x.data(), in.data(), sizeof(float) * std::size_t(x.size())), 0);
 }
 
-}  // namespace
+}  // namespace test_rope

@@ -37,7 +37,7 @@
 #include "expect_error.hpp"
 #include "sdpa_check.hpp"
 
-namespace {
+namespace test_score_modifiers {
 
 using namespace sdpa_check;
 using attn::index;
@@ -530,9 +530,9 @@ TEST(KvCacheModifiers, DecodeAndChunkedPrefillEqualAFullForward) {
   }
 }
 
-}  // namespace
+}  // namespace test_score_modifiers
 
-namespace {
+namespace test_score_modifiers {
 
 TEST(LayerModifiers, MultiHeadCacheDecodeEqualsFullForward) {
   // The layer passes softcap, ALiBi slopes and sinks to the attention of
@@ -589,4 +589,4 @@ TEST(LayerModifiers, MultiHeadCacheDecodeEqualsFullForward) {
   EXPECT_GT(moved, 1e-3) << "the modifiers did not reach the layer's attention";
 }
 
-}  // namespace
+}  // namespace test_score_modifiers

@@ -28,7 +28,7 @@
 #include "reference/sdpa_reference.hpp"
 #include "sdpa_check.hpp"
 
-namespace {
+namespace test_sdpa {
 
 using namespace sdpa_check;
 using attn::index;
@@ -1263,4 +1263,4 @@ class ReportMargins : public ::testing::Environment {
 };
 const auto* const g_env = ::testing::AddGlobalTestEnvironment(new ReportMargins);
 
-}  // namespace
+}  // namespace test_sdpa

@@ -48,7 +48,7 @@
 
 #include "golden.hpp"
 
-namespace {
+namespace test_sdpa_golden {
 
 using attn::index;
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
@@ -479,4 +479,4 @@ TEST_P(MhaGolden, ShapesConventionsAndOutput) {
 INSTANTIATE_TEST_SUITE_P(Torch, MhaGolden, ::testing::ValuesIn(kMhaCases),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
-}  // namespace
+}  // namespace test_sdpa_golden

@@ -10,7 +10,7 @@
 #include <limits>
 #include <string>
 
-namespace {
+namespace test_sdpa_robustness {
 
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
 constexpr float flt_max = std::numeric_limits<float>::max();
@@ -154,4 +154,4 @@ TEST(SdpaThreads, MoreThreadsThanTasks) {
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), sizeof(float) * a.size()));
 }
 
-}  // namespace
+}  // namespace test_sdpa_robustness

@@ -15,7 +15,7 @@
 
 #include "../examples/smollm/gguf.hpp"
 
-namespace {
+namespace test_smollm_gguf {
 
 using smollm::gguf_file;
 
@@ -229,4 +229,4 @@ TEST(SmollmGguf, BlockDequantisers) {
   EXPECT_THROW(smollm::dequantize(12, q4.b.data(), 32, x), std::runtime_error);
 }
 
-}  // namespace
+}  // namespace test_smollm_gguf

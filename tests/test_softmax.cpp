@@ -22,7 +22,7 @@
 #include <random>
 #include <vector>
 
-namespace {
+namespace test_softmax {
 
 using attn::index;
 namespace softmax = attn::core::softmax;
@@ -381,4 +381,4 @@ TEST(OnlineStep, PerLaneFactorsAndPivots) {
   }
 }
 
-}  // namespace
+}  // namespace test_softmax

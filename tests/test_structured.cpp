@@ -57,7 +57,7 @@
 #include "expect_error.hpp"
 #include "reference/structured_reference.hpp"
 
-namespace {
+namespace test_structured {
 
 using attn::index;
 using tensor1 = Eigen::Tensor<float, 1, Eigen::RowMajor>;
@@ -915,4 +915,4 @@ TEST(StructuredReport, WorstErrorRatios) {
   EXPECT_LE(g_worst_grad, 1.0);
 }
 
-}  // namespace
+}  // namespace test_structured

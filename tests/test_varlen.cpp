@@ -31,7 +31,7 @@
 #include "expect_error.hpp"
 #include "sdpa_check.hpp"
 
-namespace {
+namespace test_varlen {
 
 using attn::index;
 using sdpa_check::tensor3;
@@ -381,4 +381,4 @@ TEST(Varlen, OutputOverlappingAnInputIsRejected) {
   c.expect_untouched();
 }
 
-}  // namespace
+}  // namespace test_varlen

@@ -12,7 +12,7 @@
 #include <type_traits>
 #include <vector>
 
-namespace {
+namespace test_view {
 
 using attn::index;
 template <class T, int R>
@@ -228,4 +228,4 @@ TEST(Error, IsInvalidArgument) {
   }
 }
 
-}  // namespace
+}  // namespace test_view

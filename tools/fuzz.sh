@@ -125,8 +125,51 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"  # thousands of tiny parallel calls
 
-failed=()
+# One harness: replay its committed corpus, then fuzz a copy of it. Prints
+# its report when done and returns non-zero on a finding.
+fuzz_one() {
+  local name="$1" binary="$2" corpus="$3"
+  local work="$build/corpus/$name" findings="$build/findings/$name"
+  rm -rf "$work" "$findings"
+  mkdir -p "$work" "$findings"
+  shopt -s nullglob
+  local seeds=("$corpus"/*)
+  shopt -u nullglob
+  if ((${#seeds[@]})); then
+    cp "${seeds[@]}" "$work/"
+    # The committed inputs are regression tests: every one must pass.
+    if ! "$binary" "${seeds[@]}" >"$findings/replay.log" 2>&1; then
+      {
+        echo "fuzz.sh: $name: a committed corpus input fails (log: $findings/replay.log)"
+        tail -n 30 "$findings/replay.log"
+      } >&2
+      return 1
+    fi
+  fi
+  # -len_control=0: inputs may use all max_len bytes from the start (the
+  # decoders read specials and layouts from bytes past the first few dozen).
+  if "$binary" "$work" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
+      -max_len=1024 -len_control=0 -print_final_stats=1 -artifact_prefix="$findings/" \
+      >"$findings/fuzz.log" 2>&1; then
+    {
+      echo "fuzz.sh: $name: fuzzed for ${seconds}s"
+      grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' \
+        "$findings/fuzz.log" | sed "s/^/fuzz.sh: $name: /" || true
+    }
+  else
+    {
+      echo "fuzz.sh: $name: FINDING (log: $findings/fuzz.log, input: $findings/)"
+      grep -E 'attn fuzz invariant|ERROR: |runtime error|SUMMARY' "$findings/fuzz.log" | head -n 10 || true
+    } >&2
+    return 1
+  fi
+}
+
+# The harnesses run JOBS at a time: a harness keeps about one core busy (its
+# calls are small), so on 2 cores two side by side take the time of one.
+names=()
 ran=0
+running=0
 while IFS=$'\t' read -r name binary corpus; do
   [ -n "$name" ] || continue
   if (($#)); then
@@ -134,38 +177,28 @@ while IFS=$'\t' read -r name binary corpus; do
     for w in "$@"; do [ "$w" = "$name" ] && wanted=1; done
     ((wanted)) || continue
   fi
+  if ((running >= jobs)); then
+    wait -n || true
+    running=$((running - 1))
+  fi
   ran=$((ran + 1))
-  work="$build/corpus/$name"
-  findings="$build/findings/$name"
-  rm -rf "$work" "$findings"
-  mkdir -p "$work" "$findings"
-  shopt -s nullglob
-  seeds=("$corpus"/*)
-  shopt -u nullglob
-  if ((${#seeds[@]})); then
-    cp "${seeds[@]}" "$work/"
-    # The committed inputs are regression tests: every one must pass.
-    if ! "$binary" "${seeds[@]}" >"$findings/replay.log" 2>&1; then
-      echo "fuzz.sh: $name: a committed corpus input fails (log: $findings/replay.log)" >&2
-      tail -n 30 "$findings/replay.log" >&2
-      failed+=("$name")
-      continue
-    fi
-  fi
-  echo "fuzz.sh: $name: fuzzing for ${seconds}s"
-  # -len_control=0: inputs may use all max_len bytes from the start (the
-  # decoders read specials and layouts from bytes past the first few dozen).
-  if "$binary" "$work" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
-      -max_len=1024 -len_control=0 -print_final_stats=1 -artifact_prefix="$findings/" \
-      >"$findings/fuzz.log" 2>&1; then
-    grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' \
-      "$findings/fuzz.log" | sed "s/^/fuzz.sh: $name: /" || true
-  else
-    echo "fuzz.sh: $name: FINDING (log: $findings/fuzz.log, input: $findings/)" >&2
-    grep -E 'attn fuzz invariant|ERROR: |runtime error|SUMMARY' "$findings/fuzz.log" | head -n 10 >&2 || true
-    failed+=("$name")
-  fi
+  names+=("$name")
+  echo "fuzz.sh: $name: replaying its corpus, then fuzzing for ${seconds}s"
+  (
+    rc=0
+    fuzz_one "$name" "$binary" "$corpus" || rc=1
+    echo "$rc" >"$build/findings.$name.rc"
+  ) &
+  running=$((running + 1))
 done <"$list"
+wait
+
+failed=()
+for name in "${names[@]}"; do
+  rc="$(cat "$build/findings.$name.rc" 2>/dev/null || echo 1)"
+  rm -f "$build/findings.$name.rc"
+  [ "$rc" = 0 ] || failed+=("$name")
+done
 
 if ((ran == 0)); then
   echo "fuzz.sh: no harness matched: $*" >&2

@@ -151,11 +151,9 @@ fuzz_one() {
   if "$binary" "$work" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
       -max_len=1024 -len_control=0 -print_final_stats=1 -artifact_prefix="$findings/" \
       >"$findings/fuzz.log" 2>&1; then
-    {
-      echo "fuzz.sh: $name: fuzzed for ${seconds}s"
-      grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' \
-        "$findings/fuzz.log" | sed "s/^/fuzz.sh: $name: /" || true
-    }
+    echo "fuzz.sh: $name: fuzzed for ${seconds}s"
+    grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' \
+      "$findings/fuzz.log" | sed "s/^/fuzz.sh: $name: /" || true
   else
     {
       echo "fuzz.sh: $name: FINDING (log: $findings/fuzz.log, input: $findings/)"
@@ -168,7 +166,6 @@ fuzz_one() {
 # The harnesses run JOBS at a time: a harness keeps about one core busy (its
 # calls are small), so on 2 cores two side by side take the time of one.
 names=()
-ran=0
 running=0
 while IFS=$'\t' read -r name binary corpus; do
   [ -n "$name" ] || continue
@@ -181,7 +178,6 @@ while IFS=$'\t' read -r name binary corpus; do
     wait -n || true
     running=$((running - 1))
   fi
-  ran=$((ran + 1))
   names+=("$name")
   echo "fuzz.sh: $name: replaying its corpus, then fuzzing for ${seconds}s"
   (
@@ -200,7 +196,7 @@ for name in "${names[@]}"; do
   [ "$rc" = 0 ] || failed+=("$name")
 done
 
-if ((ran == 0)); then
+if ((${#names[@]} == 0)); then
   echo "fuzz.sh: no harness matched: $*" >&2
   exit 1
 fi
@@ -208,4 +204,4 @@ if ((${#failed[@]})); then
   echo "fuzz.sh: findings in: ${failed[*]}" >&2
   exit 1
 fi
-echo "fuzz.sh: $ran harnesses, no findings"
+echo "fuzz.sh: ${#names[@]} harnesses, no findings"

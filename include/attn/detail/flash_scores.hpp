@@ -180,7 +180,13 @@ struct flash_scores {
   /// floored at -FLT_MAX (core::softmax::floor_score).
   void scores(index j0, index n) {
     const index n_pad = detail::round_up(n, core::score_tile::rows);
-    const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, buf.k.data(), true);
+    // The L1-blocked order (16 registers) meets each Qᵀ panel with all the
+    // tile's key rows while the panel sits in L1. Read in place, K rows lie
+    // heads·d_qk floats apart (4 KiB at 8 x 128) and map to one L1 set with
+    // the panel's lines, so there K is packed into contiguous rows (-13% L1
+    // misses; docs/performance.md, "L1 blocking on AVX2"). Same sums.
+    const core::rhs kt = tile_rows_operand(k, b, hk, j0, n, n_pad, d_qk, d_qk, buf.k.data(),
+                                           !core::l1_blocked);
     in_band = band.tile_full(i0, i0 + rows, j0, j0 + n);
     full = !has_bool && !has_add && in_band && mod_kind == block_kind::full;
     by_sub_tiles = false;

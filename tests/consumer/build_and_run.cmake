@@ -54,7 +54,13 @@ set(args -S "${ATTN_SOURCE_DIR}/tests/consumer/subdirectory" -B "${build}"
   "-DCMAKE_CXX_STANDARD=${ATTN_CXX_STANDARD}"
   -DCMAKE_CXX_STANDARD_REQUIRED=ON
   -DCMAKE_CXX_EXTENSIONS=OFF
-  "-DCMAKE_BUILD_TYPE=${ATTN_BUILD_TYPE}")
+  "-DCMAKE_BUILD_TYPE=${ATTN_BUILD_TYPE}"
+  # These checks are about the compiler, the language standard and the
+  # packaging, not the optimiser (the main builds run -O2 and -O3): -O1
+  # keeps the flow-based warnings (-Wmaybe-uninitialized) and compiles the
+  # whole API faster than CMake's -O3 (all_families.cpp, C++20: g++ 12
+  # 38 -> 19 s, clang++ 14 -march=native 50 -> 37 s, Zen 3).
+  "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG")
 if(ATTN_GENERATOR)
   list(APPEND args -G "${ATTN_GENERATOR}")
 endif()

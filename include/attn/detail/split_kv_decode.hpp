@@ -6,8 +6,8 @@
 // it is bound by memory bandwidth, and one (batch, head) is too little work
 // to share between threads. So:
 //  * the key axis is split into chunks; one task = (batch entry, chunk) over
-//    all heads, visiting keys in memory order (in [batch, seq, heads, dim]
-//    one head's consecutive keys sit heads·dim apart, a page or more: per-
+//    all heads, key by key, every head of a key at once (in [batch, seq,
+//    heads, dim] one head's consecutive keys sit heads·dim apart, a page or more: per-
 //    head walks are TLB- and prefetch-bound, docs/performance.md). Each K/V row
 //    serves every query head of its GQA group, so it is loaded once;
 //  * K and V stay where they are: bf16/half values are widened to float in
@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "attn/core/abi.hpp"
@@ -61,6 +62,17 @@ struct split_kv_policy {
 
   static constexpr index max_partial_floats = 1 << 21;  // 8 MiB of partial results
 
+  // The order a tile's keys are visited in (split_kv_walk::key_at). In key
+  // order, the 4-key groups of MHA (keys j .. j + 3, heads·d apart) are four
+  // streams through one stretch of memory that move on every few KiB, and
+  // the one-key walk of GQA is a single stream. With 16 registers (AVX2) the
+  // keys are taken a quarter tile apart (j, j + n/4, j + n/2, j + 3n/4):
+  // four long streams, as the read probe walks them (Zen 3, 32k cached keys:
+  // bf16 MHA 12% faster on one thread, 22% on two; docs/performance.md,
+  // "Decode on AVX2"). The AVX-512 path keeps the key order its figures were
+  // measured with.
+  static constexpr bool quarter_tile_order = core::simd::registers < 32;
+
   // Chunks per batch entry: enough tasks overall, each chunk not tiny, and
   // the partial results (B · chunks · row_floats) bounded.
   static index chunks(index B, index S, index row_floats) {
@@ -71,39 +83,61 @@ struct split_kv_policy {
   }
 };
 
-// out[r] = sum_d q[r][d] * k[d] for 4 query rows (row stride ldq) that share
-// one key row: each key packet is loaded and widened once for all four.
-// Scores are floored at -FLT_MAX (core::softmax::floor_score).
-template <class KV>
-inline void dot_rows4(const float* q, index ldq, const KV* k, index d, float* out, index ldo) {
+// out[u][r · ldo] = sum_d q[r][d] · k[u][d] for 4 query rows (row stride
+// ldq) that share Keys key rows (1 or 2): each key packet is loaded and
+// widened once for all four rows, and the 4 · Keys sums are independent FMA
+// chains (4 chains, one key at a time, keep the FMA units half idle). Each
+// sum is one chain over the packets, then reduce_add and the scalar tail,
+// whatever Keys is, so the bits do not depend on it. Scores are floored at
+// -FLT_MAX (core::softmax::floor_score).
+template <int Keys, class KV>
+inline void dot_rows4(const float* q, index ldq, const KV* const k[Keys], index d,
+                      float* const out[Keys], index ldo) {
   using namespace core::simd;
-  packet acc[4] = {zero(), zero(), zero(), zero()};
+  packet acc[Keys][4];
+  for (int u = 0; u < Keys; ++u)
+    for (int r = 0; r < 4; ++r) acc[u][r] = zero();
   index i = 0;
   for (; i + width <= d; i += width) {
-    const packet kp = load_as_float(k + i);
-    for (int r = 0; r < 4; ++r) acc[r] = fma(load(q + r * ldq + i), kp, acc[r]);
+    packet kp[Keys];
+    for (int u = 0; u < Keys; ++u) kp[u] = load_as_float(k[u] + i);
+    for (int r = 0; r < 4; ++r) {
+      const packet qp = load(q + r * ldq + i);
+      for (int u = 0; u < Keys; ++u) acc[u][r] = fma(qp, kp[u], acc[u][r]);
+    }
   }
-  for (int r = 0; r < 4; ++r) {
-    float s = reduce_add(acc[r]);
-    for (index j = i; j < d; ++j) s += q[r * ldq + j] * static_cast<float>(k[j]);
-    out[r * ldo] = core::softmax::floor_score(s);
-  }
+  for (int u = 0; u < Keys; ++u)
+    for (int r = 0; r < 4; ++r) {
+      float s = reduce_add(acc[u][r]);
+      for (index j = i; j < d; ++j) s += q[r * ldq + j] * static_cast<float>(k[u][j]);
+      out[u][r * ldo] = core::softmax::floor_score(s);
+    }
 }
 
-// o[r][d] += p[r] * v[d] for 4 output rows (row stride ldo) sharing one
-// value row, loaded and widened once.
-template <class KV>
-inline void axpy_rows4(float* o, index ldo, const float* p, index ldp, const KV* v, index n) {
+// o[r][d] += p[u][r · ldp] · v[u][d] for 4 output rows (row stride ldo) and
+// Keys value rows (1 or 2), keys in order u = 0, 1: the same chain of fused
+// multiply-adds per element as 4 · Keys axpy_row calls, so the same bits,
+// with one load and store of each o packet for all Keys keys.
+template <int Keys, class KV>
+inline void axpy_rows4(float* o, index ldo, const float* const p[Keys], index ldp,
+                       const KV* const v[Keys], index n) {
   using namespace core::simd;
-  const packet pp[4] = {broadcast(p[0]), broadcast(p[ldp]), broadcast(p[2 * ldp]),
-                        broadcast(p[3 * ldp])};
+  packet pp[Keys][4];
+  for (int u = 0; u < Keys; ++u)
+    for (int r = 0; r < 4; ++r) pp[u][r] = broadcast(p[u][r * ldp]);
   index i = 0;
   for (; i + width <= n; i += width) {
-    const packet vp = load_as_float(v + i);
-    for (int r = 0; r < 4; ++r) store(o + r * ldo + i, fma(pp[r], vp, load(o + r * ldo + i)));
+    packet vp[Keys];
+    for (int u = 0; u < Keys; ++u) vp[u] = load_as_float(v[u] + i);
+    for (int r = 0; r < 4; ++r) {
+      packet acc = load(o + r * ldo + i);
+      for (int u = 0; u < Keys; ++u) acc = fma(pp[u][r], vp[u], acc);
+      store(o + r * ldo + i, acc);
+    }
   }
   for (; i < n; ++i)
-    for (int r = 0; r < 4; ++r) o[r * ldo + i] += p[r * ldp] * static_cast<float>(v[i]);
+    for (int r = 0; r < 4; ++r)
+      for (int u = 0; u < Keys; ++u) o[r * ldo + i] += p[u][r * ldp] * static_cast<float>(v[u][i]);
 }
 
 // out[u] = q · k[u] for 4 key rows that share one query row: each query
@@ -198,38 +232,80 @@ struct split_kv_walk {
     }
     return true;
   }
-  void prefetch(index, index, index) const {}        // keys are read in memory order
+  void prefetch(index, index, index) const {}  // keys are read key by key (key_at)
 
-  // Rows j .. j + 3 of KV head hk (of K or of V) in batch entry b.
-  void rows4(const Rows& x, index j, index hk, row_ptr out[4]) const {
-    for (int u = 0; u < 4; ++u) out[u] = x.at(b, j + u, hk, 0);
+  // The t-th key the walk visits in a tile of n keys: in order, or (with
+  // split_kv_policy::quarter_tile_order) the first 4 · (n / 4) as 4-key groups
+  // t / 4 + {0, 1, 2, 3} · (n / 4), four streams a quarter tile apart. Both
+  // the 4-key groups and the one-key walk (GQA) take keys in this order.
+  static index key_at(index t, index n) {
+    const index quarter = n / 4;
+    if (!split_kv_policy::quarter_tile_order || t >= 4 * quarter) return t;
+    return t / 4 + (t % 4) * quarter;
   }
 
-  // 1. Scores, walking the tile in memory order (key j: every head's row,
-  // then key j + 1); each K row serves every query row of its GQA group.
+  // The rows of 4-key group g (keys key_at(4g .. 4g + 3)), of KV head hk (of
+  // K or of V) in batch entry b.
+  void rows4(const Rows& x, index j0, index g, index n, index hk, row_ptr out[4]) const {
+    for (int u = 0; u < 4; ++u) out[u] = x.at(b, j0 + key_at(4 * g + u, n), hk, 0);
+  }
+
+  // 1. Scores, walking the tile key by key in key_at order (a key: every
+  // head's row); each K row serves every query row of its GQA group.
   void scores(index j0, index n) {
-    index jj = 0;
-    if (rows_per_kv < 4)  // few rows per K row: four keys per query load instead
-      for (; jj + 4 <= n; jj += 4)
-        for (index hk = 0; hk < Hkv; ++hk) {
-          row_ptr kr[4];
-          rows4(k, j0 + jj, hk, kr);
-          float s4[4];
-          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
-            dot_keys4(q + r * d_qk, kr, d_qk, s4);
-            for (int u = 0; u < 4; ++u) s[r * key_tile + jj + u] = s4[u];
-          }
-        }
-    for (; jj < n; ++jj)
+    // Few rows per K row: four keys per query load.
+    const index groups = rows_per_kv < 4 ? n / 4 : 0;
+    for (index g = 0; g < groups; ++g)
       for (index hk = 0; hk < Hkv; ++hk) {
-        const auto* kr = k.at(b, j0 + jj, hk, 0);
-        index r = hk * rows_per_kv;
-        const index r_end = r + rows_per_kv;
-        for (; r + 4 <= r_end; r += 4)  // GQA: four query rows per key load
-          dot_rows4(q + r * d_qk, d_qk, kr, d_qk, s + r * key_tile + jj, key_tile);
-        for (; r < r_end; ++r)
-          s[r * key_tile + jj] = core::softmax::floor_score(core::dot(q + r * d_qk, kr, d_qk));
+        row_ptr kr[4];
+        rows4(k, j0, g, n, hk, kr);
+        float s4[4];
+        for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
+          dot_keys4(q + r * d_qk, kr, d_qk, s4);
+          for (int u = 0; u < 4; ++u) s[r * key_tile + key_at(4 * g + u, n)] = s4[u];
+        }
       }
+    // The rest (all of GQA's keys), two at a time.
+    in_pairs(4 * groups, n, [&](const index* jj, auto keys) {
+      score_keys<decltype(keys)::value>(j0, jj);
+    });
+  }
+
+  // f(jj, keys) for the keys key_at(t0 .. n - 1), two at a time and the last
+  // alone if one is left: jj holds their offsets in the tile, keys is
+  // std::integral_constant<int, 2 or 1>.
+  template <class F>
+  static void in_pairs(index t0, index n, F f) {
+    index t = t0;
+    for (; t + 2 <= n; t += 2) {
+      const index jj[2] = {key_at(t, n), key_at(t + 1, n)};
+      f(jj, std::integral_constant<int, 2>{});
+    }
+    if (t < n) {
+      const index jj[1] = {key_at(t, n)};
+      f(jj, std::integral_constant<int, 1>{});
+    }
+  }
+
+  // Scores of keys j0 + jj[u] for every query row; each K row serves the
+  // query rows of its GQA group, four at a time.
+  template <int Keys>
+  void score_keys(index j0, const index jj[Keys]) {
+    for (index hk = 0; hk < Hkv; ++hk) {
+      row_ptr kr[Keys];
+      for (int u = 0; u < Keys; ++u) kr[u] = k.at(b, j0 + jj[u], hk, 0);
+      index r = hk * rows_per_kv;
+      const index r_end = r + rows_per_kv;
+      for (; r + 4 <= r_end; r += 4) {
+        float* out[Keys];
+        for (int u = 0; u < Keys; ++u) out[u] = s + r * key_tile + jj[u];
+        dot_rows4<Keys>(q + r * d_qk, d_qk, kr, d_qk, out, key_tile);
+      }
+      for (; r < r_end; ++r)
+        for (int u = 0; u < Keys; ++u)
+          s[r * key_tile + jj[u]] =
+              core::softmax::floor_score(core::dot(q + r * d_qk, kr[u], d_qk));
+    }
   }
 
   // 2. The score modifiers, then the masks; rows are padded with -inf to
@@ -271,49 +347,64 @@ struct split_kv_walk {
       engine::softmax_row(s + r * key_tile, n, n_vec, max[r], sum[r], o + r * d_v, d_v);
   }
 
-  // 4. O += P · V in memory order; each V row serves every query row of its
-  // GQA group. A key with P = 0 for a row (masked) is never read for it, so
-  // a non-finite V of a hidden key cannot reach that row.
+  // 4. O += P · V in the order of scores; each V row serves every query row
+  // of its GQA group. A key with P = 0 for a row (masked) is never read for
+  // it, so a non-finite V of a hidden key cannot reach that row.
   void accumulate(index j0, index n) {
-    index jj = 0;
-    if (rows_per_kv < 4)  // as in scores: four V rows per load and store of O
-      for (; jj + 4 <= n; jj += 4)
-        for (index hk = 0; hk < Hkv; ++hk) {
-          row_ptr vr[4];
-          rows4(v, j0 + jj, hk, vr);
-          for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
-            const float* pr = s + r * key_tile + jj;
-            const float p4[4] = {pr[0], pr[1], pr[2], pr[3]};
-            if (p4[0] != 0.0f && p4[1] != 0.0f && p4[2] != 0.0f && p4[3] != 0.0f) {
-              axpy_keys4(o + r * d_v, p4, vr, d_v);
-            } else {  // a key masked for this row: never read it for the row
-              for (int u = 0; u < 4; ++u)
-                if (p4[u] != 0.0f) axpy_row(o + r * d_v, p4[u], vr[u], d_v);
-            }
-          }
-        }
-    for (; jj < n; ++jj)
+    // As in scores: four V rows per load and store of O.
+    const index groups = rows_per_kv < 4 ? n / 4 : 0;
+    for (index g = 0; g < groups; ++g)
       for (index hk = 0; hk < Hkv; ++hk) {
-        const auto* vr = v.at(b, j0 + jj, hk, 0);
-        index r = hk * rows_per_kv;
-        const index r_end = r + rows_per_kv;
-        for (; r + 4 <= r_end; r += 4) {
-          const float* p4 = s + r * key_tile + jj;
-          const int zeros = (p4[0] == 0.0f) + (p4[key_tile] == 0.0f) + (p4[2 * key_tile] == 0.0f) +
-                            (p4[3 * key_tile] == 0.0f);
-          if (zeros == 0) {
-            axpy_rows4(o + r * d_v, d_v, p4, key_tile, vr, d_v);
-          } else if (zeros < 4) {  // a key masked for some rows: never read it for them
-            for (index q4 = 0; q4 < 4; ++q4)
-              if (p4[q4 * key_tile] != 0.0f)
-                axpy_row(o + (r + q4) * d_v, p4[q4 * key_tile], vr, d_v);
+        row_ptr vr[4];
+        rows4(v, j0, g, n, hk, vr);
+        for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
+          const float* pr = s + r * key_tile;
+          const float p4[4] = {pr[key_at(4 * g, n)], pr[key_at(4 * g + 1, n)],
+                               pr[key_at(4 * g + 2, n)], pr[key_at(4 * g + 3, n)]};
+          if (p4[0] != 0.0f && p4[1] != 0.0f && p4[2] != 0.0f && p4[3] != 0.0f) {
+            axpy_keys4(o + r * d_v, p4, vr, d_v);
+          } else {  // a key masked for this row: never read it for the row
+            for (int u = 0; u < 4; ++u)
+              if (p4[u] != 0.0f) axpy_row(o + r * d_v, p4[u], vr[u], d_v);
           }
-        }
-        for (; r < r_end; ++r) {
-          const float p = s[r * key_tile + jj];
-          if (p != 0.0f) axpy_row(o + r * d_v, p, vr, d_v);
         }
       }
+    in_pairs(4 * groups, n, [&](const index* jj, auto keys) {  // as in scores
+      accumulate_keys<decltype(keys)::value>(j0, jj);
+    });
+  }
+
+  // O += P · V for keys j0 + jj[u], in order u = 0, 1; each V row serves the
+  // query rows of its GQA group, four at a time.
+  template <int Keys>
+  void accumulate_keys(index j0, const index jj[Keys]) {
+    for (index hk = 0; hk < Hkv; ++hk) {
+      row_ptr vr[Keys];
+      for (int u = 0; u < Keys; ++u) vr[u] = v.at(b, j0 + jj[u], hk, 0);
+      index r = hk * rows_per_kv;
+      const index r_end = r + rows_per_kv;
+      for (; r + 4 <= r_end; r += 4) {
+        const float* p[Keys];
+        bool visible = true;
+        for (int u = 0; u < Keys; ++u) {
+          p[u] = s + r * key_tile + jj[u];
+          for (index q4 = 0; q4 < 4; ++q4) visible = visible && p[u][q4 * key_tile] != 0.0f;
+        }
+        if (visible) {
+          axpy_rows4<Keys>(o + r * d_v, d_v, p, key_tile, vr, d_v);
+        } else {  // a key masked for some rows: never read it for them
+          for (int u = 0; u < Keys; ++u)
+            for (index q4 = 0; q4 < 4; ++q4)
+              if (p[u][q4 * key_tile] != 0.0f)
+                axpy_row(o + (r + q4) * d_v, p[u][q4 * key_tile], vr[u], d_v);
+        }
+      }
+      for (; r < r_end; ++r)
+        for (int u = 0; u < Keys; ++u) {
+          const float pr = s[r * key_tile + jj[u]];
+          if (pr != 0.0f) axpy_row(o + r * d_v, pr, vr[u], d_v);
+        }
+    }
   }
 };
 

@@ -244,10 +244,16 @@ struct split_kv_walk {
     return t / 4 + (t % 4) * quarter;
   }
 
-  // The rows of 4-key group g (keys key_at(4g .. 4g + 3)), of KV head hk (of
-  // K or of V) in batch entry b.
-  void rows4(const Rows& x, index j0, index g, index n, index hk, row_ptr out[4]) const {
-    for (int u = 0; u < 4; ++u) out[u] = x.at(b, j0 + key_at(4 * g + u, n), hk, 0);
+  // The keys of 4-key group g: their offsets key_at(4g .. 4g + 3) in the tile.
+  static void group_keys(index g, index n, index jj[4]) {
+    for (int u = 0; u < 4; ++u) jj[u] = key_at(4 * g + u, n);
+  }
+
+  // The rows of keys j0 + jj[u], u < Keys, of KV head hk (of K or of V) in
+  // batch entry b.
+  template <int Keys>
+  void rows(const Rows& x, index j0, const index jj[Keys], index hk, row_ptr out[Keys]) const {
+    for (int u = 0; u < Keys; ++u) out[u] = x.at(b, j0 + jj[u], hk, 0);
   }
 
   // 1. Scores, walking the tile key by key in key_at order (a key: every
@@ -255,16 +261,19 @@ struct split_kv_walk {
   void scores(index j0, index n) {
     // Few rows per K row: four keys per query load.
     const index groups = rows_per_kv < 4 ? n / 4 : 0;
-    for (index g = 0; g < groups; ++g)
+    for (index g = 0; g < groups; ++g) {
+      index jj[4];
+      group_keys(g, n, jj);
       for (index hk = 0; hk < Hkv; ++hk) {
         row_ptr kr[4];
-        rows4(k, j0, g, n, hk, kr);
+        rows<4>(k, j0, jj, hk, kr);
         float s4[4];
         for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
           dot_keys4(q + r * d_qk, kr, d_qk, s4);
-          for (int u = 0; u < 4; ++u) s[r * key_tile + key_at(4 * g + u, n)] = s4[u];
+          for (int u = 0; u < 4; ++u) s[r * key_tile + jj[u]] = s4[u];
         }
       }
+    }
     // The rest (all of GQA's keys), two at a time.
     in_pairs(4 * groups, n, [&](const index* jj, auto keys) {
       score_keys<decltype(keys)::value>(j0, jj);
@@ -293,7 +302,7 @@ struct split_kv_walk {
   void score_keys(index j0, const index jj[Keys]) {
     for (index hk = 0; hk < Hkv; ++hk) {
       row_ptr kr[Keys];
-      for (int u = 0; u < Keys; ++u) kr[u] = k.at(b, j0 + jj[u], hk, 0);
+      rows<Keys>(k, j0, jj, hk, kr);
       index r = hk * rows_per_kv;
       const index r_end = r + rows_per_kv;
       for (; r + 4 <= r_end; r += 4) {
@@ -353,14 +362,15 @@ struct split_kv_walk {
   void accumulate(index j0, index n) {
     // As in scores: four V rows per load and store of O.
     const index groups = rows_per_kv < 4 ? n / 4 : 0;
-    for (index g = 0; g < groups; ++g)
+    for (index g = 0; g < groups; ++g) {
+      index jj[4];
+      group_keys(g, n, jj);
       for (index hk = 0; hk < Hkv; ++hk) {
         row_ptr vr[4];
-        rows4(v, j0, g, n, hk, vr);
+        rows<4>(v, j0, jj, hk, vr);
         for (index r = hk * rows_per_kv; r < (hk + 1) * rows_per_kv; ++r) {
           const float* pr = s + r * key_tile;
-          const float p4[4] = {pr[key_at(4 * g, n)], pr[key_at(4 * g + 1, n)],
-                               pr[key_at(4 * g + 2, n)], pr[key_at(4 * g + 3, n)]};
+          const float p4[4] = {pr[jj[0]], pr[jj[1]], pr[jj[2]], pr[jj[3]]};
           if (p4[0] != 0.0f && p4[1] != 0.0f && p4[2] != 0.0f && p4[3] != 0.0f) {
             axpy_keys4(o + r * d_v, p4, vr, d_v);
           } else {  // a key masked for this row: never read it for the row
@@ -369,6 +379,7 @@ struct split_kv_walk {
           }
         }
       }
+    }
     in_pairs(4 * groups, n, [&](const index* jj, auto keys) {  // as in scores
       accumulate_keys<decltype(keys)::value>(j0, jj);
     });
@@ -380,7 +391,7 @@ struct split_kv_walk {
   void accumulate_keys(index j0, const index jj[Keys]) {
     for (index hk = 0; hk < Hkv; ++hk) {
       row_ptr vr[Keys];
-      for (int u = 0; u < Keys; ++u) vr[u] = v.at(b, j0 + jj[u], hk, 0);
+      rows<Keys>(v, j0, jj, hk, vr);
       index r = hk * rows_per_kv;
       const index r_end = r + rows_per_kv;
       for (; r + 4 <= r_end; r += 4) {

@@ -51,6 +51,21 @@ constexpr int registers = 16;
 inline packet load(const float* p) { return ei::ploadu<packet>(p); }
 /// Writes the `width` lanes of a to p (no alignment needed).
 inline void store(float* p, const packet& a) { ei::pstoreu(p, a); }
+/// Keeps `a` in a register from here on, unchanged: an empty asm statement
+/// that the compiler must assume reads and rewrites it. Without it g++ folds
+/// the load of a packet that several FMAs share into each of them (one
+/// memory operand per use), and a register tile that should load one packet
+/// per several FMAs becomes load-bound (the GQA decode score tile ran 1.5x
+/// slower on Zen 4; docs/performance.md, "Decode: register reuse").
+inline void keep_in_register(packet& a) {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__SSE__)
+  __asm__("" : "+v"(a));  // any SSE/AVX register, zmm16-31 included
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+  __asm__("" : "+w"(a));  // any SIMD/FP register
+#else
+  (void)a;
+#endif
+}
 /// x in every lane.
 inline packet broadcast(float x) { return ei::pset1<packet>(x); }
 /// 0 in every lane.

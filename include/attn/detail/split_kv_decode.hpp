@@ -36,6 +36,7 @@
 #include "attn/core/abi.hpp"
 #include "attn/core/assert.hpp"
 #include "attn/core/dot.hpp"
+#include "attn/core/inline.hpp"
 #include "attn/core/math.hpp"
 #include "attn/core/parallel.hpp"
 #include "attn/core/simd.hpp"
@@ -65,13 +66,16 @@ struct split_kv_policy {
   // The order a tile's keys are visited in (split_kv_walk::key_at). In key
   // order, the 4-key groups of MHA (keys j .. j + 3, heads·d apart) are four
   // streams through one stretch of memory that move on every few KiB, and
-  // the one-key walk of GQA is a single stream. With 16 registers (AVX2) the
-  // keys are taken a quarter tile apart (j, j + n/4, j + n/2, j + 3n/4):
-  // four long streams, as the read probe walks them (Zen 3, 32k cached keys:
-  // bf16 MHA 12% faster on one thread, 22% on two; docs/performance.md,
-  // "Decode on AVX2"). The AVX-512 path keeps the key order its figures were
-  // measured with.
-  static constexpr bool quarter_tile_order = core::simd::registers < 32;
+  // the walk of GQA is a single stream. Taken a quarter tile apart (j,
+  // j + n/4, j + n/2, j + 3n/4) they are four long streams, as the read probe
+  // walks them: bf16 MHA at 32k cached keys 12% faster on Zen 3 (AVX2), 3-15%
+  // on Zen 4 (AVX-512) for f32 and bf16 (docs/performance.md, "Decode: the
+  // key order").
+  static constexpr bool quarter_tile_order = true;
+
+  // Keys per pass of the GQA walk (4 query rows per K/V row): 4 · gqa_keys
+  // accumulators plus gqa_keys key packets must stay in registers.
+  static constexpr int gqa_keys = core::simd::registers >= 32 ? 4 : 2;
 
   // Chunks per batch entry: enough tasks overall, each chunk not tiny, and
   // the partial results (B · chunks · row_floats) bounded.
@@ -84,7 +88,7 @@ struct split_kv_policy {
 };
 
 // out[u][r · ldo] = sum_d q[r][d] · k[u][d] for 4 query rows (row stride
-// ldq) that share Keys key rows (1 or 2): each key packet is loaded and
+// ldq) that share Keys key rows (1, 2 or 4): each key packet is loaded and
 // widened once for all four rows, and the 4 · Keys sums are independent FMA
 // chains (4 chains, one key at a time, keep the FMA units half idle). Each
 // sum is one chain over the packets, then reduce_add and the scalar tail,
@@ -99,23 +103,33 @@ inline void dot_rows4(const float* q, index ldq, const KV* const k[Keys], index 
     for (int r = 0; r < 4; ++r) acc[u][r] = zero();
   index i = 0;
   for (; i + width <= d; i += width) {
+    // One load per packet, kept in a register for its Keys (or 4) FMAs.
     packet kp[Keys];
-    for (int u = 0; u < Keys; ++u) kp[u] = load_as_float(k[u] + i);
+    for (int u = 0; u < Keys; ++u) {
+      kp[u] = load_as_float(k[u] + i);
+      keep_in_register(kp[u]);
+    }
     for (int r = 0; r < 4; ++r) {
-      const packet qp = load(q + r * ldq + i);
+      packet qp = load(q + r * ldq + i);
+      keep_in_register(qp);
       for (int u = 0; u < Keys; ++u) acc[u][r] = fma(qp, kp[u], acc[u][r]);
     }
   }
+  // Reduced in unrolled loops of their own: with the scalar tail in the
+  // same loop, g++ indexed acc in memory and spilled every accumulator.
+  float sums[Keys][4];
+  ATTN_UNROLL for (int u = 0; u < Keys; ++u)
+    ATTN_UNROLL for (int r = 0; r < 4; ++r) sums[u][r] = reduce_add(acc[u][r]);
   for (int u = 0; u < Keys; ++u)
     for (int r = 0; r < 4; ++r) {
-      float s = reduce_add(acc[u][r]);
+      float s = sums[u][r];
       for (index j = i; j < d; ++j) s += q[r * ldq + j] * static_cast<float>(k[u][j]);
       out[u][r * ldo] = core::softmax::floor_score(s);
     }
 }
 
 // o[r][d] += p[u][r · ldp] · v[u][d] for 4 output rows (row stride ldo) and
-// Keys value rows (1 or 2), keys in order u = 0, 1: the same chain of fused
+// Keys value rows (1, 2 or 4), keys in order u = 0, 1, ...: the same chain of fused
 // multiply-adds per element as 4 · Keys axpy_row calls, so the same bits,
 // with one load and store of each o packet for all Keys keys.
 template <int Keys, class KV>
@@ -128,7 +142,10 @@ inline void axpy_rows4(float* o, index ldo, const float* const p[Keys], index ld
   index i = 0;
   for (; i + width <= n; i += width) {
     packet vp[Keys];
-    for (int u = 0; u < Keys; ++u) vp[u] = load_as_float(v[u] + i);
+    for (int u = 0; u < Keys; ++u) {
+      vp[u] = load_as_float(v[u] + i);
+      keep_in_register(vp[u]);  // one load for its 4 FMAs
+    }
     for (int r = 0; r < 4; ++r) {
       packet acc = load(o + r * ldo + i);
       for (int u = 0; u < Keys; ++u) acc = fma(pp[u][r], vp[u], acc);
@@ -153,7 +170,9 @@ inline void dot_keys4(const float* q, const KV* const k[4], index d, float* out)
   packet odd[4] = {zero(), zero(), zero(), zero()};
   index i = 0;
   for (; i + 2 * width <= d; i += 2 * width) {
-    const packet q0 = load(q + i), q1 = load(q + i + width);
+    packet q0 = load(q + i), q1 = load(q + i + width);
+    keep_in_register(q0);  // one load for its 4 FMAs
+    keep_in_register(q1);
     for (int u = 0; u < 4; ++u) {
       even[u] = fma(q0, load_as_float(k[u] + i), even[u]);
       odd[u] = fma(q1, load_as_float(k[u] + i + width), odd[u]);
@@ -164,8 +183,10 @@ inline void dot_keys4(const float* q, const KV* const k[4], index d, float* out)
     for (int u = 0; u < 4; ++u) even[u] = fma(q0, load_as_float(k[u] + i), even[u]);
     i += width;
   }
+  float sums[4];  // unrolled, as in dot_rows4: the accumulators stay in registers
+  ATTN_UNROLL for (int u = 0; u < 4; ++u) sums[u] = reduce_add(add(even[u], odd[u]));
   for (int u = 0; u < 4; ++u) {
-    float s = reduce_add(add(even[u], odd[u]));
+    float s = sums[u];
     for (index j = i; j < d; ++j) s += q[j] * static_cast<float>(k[u][j]);
     out[u] = core::softmax::floor_score(s);
   }
@@ -274,26 +295,24 @@ struct split_kv_walk {
         }
       }
     }
-    // The rest (all of GQA's keys), two at a time.
-    in_pairs(4 * groups, n, [&](const index* jj, auto keys) {
+    // The rest (all of GQA's keys), split_kv_policy::gqa_keys at a time.
+    in_runs(4 * groups, n, [&](const index* jj, auto keys) {
       score_keys<decltype(keys)::value>(j0, jj);
     });
   }
 
-  // f(jj, keys) for the keys key_at(t0 .. n - 1), two at a time and the last
-  // alone if one is left: jj holds their offsets in the tile, keys is
-  // std::integral_constant<int, 2 or 1>.
-  template <class F>
-  static void in_pairs(index t0, index n, F f) {
+  // f(jj, keys) for the keys key_at(t0 .. n - 1), Keys at a time, then what
+  // is left in runs of Keys / 2, Keys / 4, ..., 1: jj holds a run's offsets
+  // in the tile, keys is std::integral_constant<int, run length>.
+  template <int Keys = split_kv_policy::gqa_keys, class F>
+  static void in_runs(index t0, index n, F f) {
     index t = t0;
-    for (; t + 2 <= n; t += 2) {
-      const index jj[2] = {key_at(t, n), key_at(t + 1, n)};
-      f(jj, std::integral_constant<int, 2>{});
+    for (; t + Keys <= n; t += Keys) {
+      index jj[Keys];
+      for (int u = 0; u < Keys; ++u) jj[u] = key_at(t + u, n);
+      f(static_cast<const index*>(jj), std::integral_constant<int, Keys>{});
     }
-    if (t < n) {
-      const index jj[1] = {key_at(t, n)};
-      f(jj, std::integral_constant<int, 1>{});
-    }
+    if constexpr (Keys > 1) in_runs<Keys / 2>(t, n, f);
   }
 
   // Scores of keys j0 + jj[u] for every query row; each K row serves the
@@ -380,12 +399,12 @@ struct split_kv_walk {
         }
       }
     }
-    in_pairs(4 * groups, n, [&](const index* jj, auto keys) {  // as in scores
+    in_runs(4 * groups, n, [&](const index* jj, auto keys) {  // as in scores
       accumulate_keys<decltype(keys)::value>(j0, jj);
     });
   }
 
-  // O += P · V for keys j0 + jj[u], in order u = 0, 1; each V row serves the
+  // O += P · V for keys j0 + jj[u], in order u = 0, 1, ...; each V row serves the
   // query rows of its GQA group, four at a time.
   template <int Keys>
   void accumulate_keys(index j0, const index jj[Keys]) {

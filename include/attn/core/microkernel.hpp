@@ -39,6 +39,15 @@ struct tile_shape {
 /// (docs/performance.md, "Register tiles").
 using score_tile = tile_shape<simd::registers >= 32 ? 8 : 6, 2>;
 
+/// Shape for the flash kernel's Sᵀ = K · Qᵀ (rows = keys, columns = a task's
+/// queries). AVX-512: 8 x 3, 24 accumulators and 11 loads per 24 FMAs where
+/// 8 x 2 has 10 per 16 (Zen 4: N = 512 1.16x, the rest 1.00-1.04x; the
+/// MLA latent product, which keeps score_tile, ran 6% slower with it). The
+/// rows, and so the key tile and the bits, are score_tile's. Elsewhere
+/// score_tile.
+using flash_score_tile =
+    tile_shape<score_tile::rows, simd::registers >= 32 ? 3 : score_tile::packets>;
+
 /// Shape for O += P · V (rows = queries, columns = d_v). AVX-512: 6 x 4, 24
 /// accumulators and 10 loads per 24 FMAs. AVX2: 6 x 2, 12 accumulators; the
 /// 4 x 2 tile it replaces left the FMA ports idle on latency.

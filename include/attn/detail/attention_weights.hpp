@@ -83,7 +83,7 @@ struct row_normaliser_walk {
   void mask(index j0, index n) { s.mask(j0, n); }
   void online_softmax(index, index n) {
     engine::softmax_columns(ws.tiles.st.data(), q_tile, n,
-                            detail::round_up(n, core::score_tile::rows), s.cols,
+                            detail::round_up(n, core::flash_score_tile::rows), s.cols,
                             {ws.max.data(), ws.sum.data(), ws.factor.data()});
   }
   void accumulate(index, index) {}

@@ -154,7 +154,7 @@ struct flash_walk {
 
   // 3. Online softmax down each column.
   void online_softmax(index j0, index n) {
-    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    const index n_pad = detail::round_up(n, core::flash_score_tile::rows);
     const engine::column_state state{ws.max.data(), ws.sum.data(), ws.factor.data()};
     if (s.fuse_builtins)
       engine::softmax_columns(ws.tiles.st.data(), q_tile, n, n_pad, s.cols, state,

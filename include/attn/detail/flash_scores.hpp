@@ -48,9 +48,9 @@ struct flash_tiles {
   // Queries computed together: a whole number of score-tile columns and of
   // accumulate-tile rows.
   static constexpr index q_step =
-      std::lcm(core::score_tile::cols, static_cast<index>(core::accumulate_tile::rows));
+      std::lcm(core::flash_score_tile::cols, static_cast<index>(core::accumulate_tile::rows));
   static constexpr index q_tile = detail::round_up(192, q_step);
-  static constexpr index kv_tile = 16 * core::score_tile::rows;
+  static constexpr index kv_tile = 16 * core::flash_score_tile::rows;
   // Row stride of the packed Qᵀ (core::scratch_stride: 208 on AVX2, where
   // 192 floats would put a column panel's rows into 16 of L1's 64 sets).
   static constexpr index qt_ld = core::scratch_stride(q_tile);
@@ -145,8 +145,8 @@ struct flash_scores {
   // Per partial tile, when the mask_mod has a block predicate: what it says
   // about each register tile (key rows kb, query columns c0), so that
   // hidden register tiles are neither computed nor evaluated element-wise.
-  static constexpr index sub_rows = flash_tiles::kv_tile / core::score_tile::rows;
-  static constexpr index sub_cols = flash_tiles::q_tile / core::score_tile::cols;
+  static constexpr index sub_rows = flash_tiles::kv_tile / core::flash_score_tile::rows;
+  static constexpr index sub_cols = flash_tiles::q_tile / core::flash_score_tile::cols;
   // Whether by_sub_tiles can ever be true: the code and the kinds exist
   // only then, so that the plain kernels stay exactly as they were.
   static constexpr bool sub_tiles_possible =
@@ -179,7 +179,7 @@ struct flash_scores {
   /// Sᵀ = K · Qᵀ for keys [j0, j0 + n) into buf.st (row stride q_tile),
   /// floored at -FLT_MAX (core::softmax::floor_score).
   void scores(index j0, index n) {
-    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    const index n_pad = detail::round_up(n, core::flash_score_tile::rows);
     // The L1-blocked order (16 registers) meets each Qᵀ panel with all the
     // tile's key rows while the panel sits in L1. Read in place, K rows lie
     // heads·d_qk floats apart (4 KiB at 8 x 128) and map to one L1 set with
@@ -201,7 +201,7 @@ struct flash_scores {
         // Column tile outer: its Qᵀ panel (d_qk x 16 floats, 8 KiB at d_qk =
         // 128) meets every key row while it is in L1, where key rows outer
         // streamed all of Qᵀ (96 KiB) from L2 once per 6 keys.
-        using shape = core::score_tile;
+        using shape = core::flash_score_tile;
         for (index c0 = 0; c0 < cols; c0 += shape::cols)
           for (index kb = 0; kb < n_pad; kb += shape::rows)
             core::gemm_tile<shape, false, core::softmax::score_floor>(
@@ -209,7 +209,7 @@ struct flash_scores {
                 core::rhs{buf.qt.data() + c0, flash_tiles::qt_ld}, d_qk,
                 buf.st.data() + kb * q_tile + c0, q_tile);
       } else {
-        core::gemm_block<core::score_tile, false, core::softmax::score_floor>(
+        core::gemm_block<core::flash_score_tile, false, core::softmax::score_floor>(
             core::lhs{kt.data, kt.row_stride, 1}, core::rhs{buf.qt.data(), flash_tiles::qt_ld},
             d_qk, buf.st.data(), q_tile, n_pad, cols);
       }
@@ -217,7 +217,7 @@ struct flash_scores {
     }
     // An edge tile: skip register tiles whose keys no query of theirs can
     // see (the mask step writes -inf there).
-    using shape = core::score_tile;
+    using shape = core::flash_score_tile;
     for (index kb = 0; kb < n_pad; kb += shape::rows)
       for (index c0 = 0; c0 < cols; c0 += shape::cols) {
         if (!band.block_visible(i0 + c0, std::min(c0 + shape::cols, rows) - c0, j0 + kb,
@@ -236,7 +236,7 @@ struct flash_scores {
   /// then the dense masks and the mask_mod. Padding key rows (n..n_pad)
   /// never count.
   void mask(index j0, index n) {
-    const index n_pad = detail::round_up(n, core::score_tile::rows);
+    const index n_pad = detail::round_up(n, core::flash_score_tile::rows);
     if (policy.modifies() && !fuse_builtins) policy.columns(buf.st.data(), q_tile, n, rows, cols, b, h, i0, j0);
     for (index j = n; j < n_pad; ++j)
       std::fill(buf.st.begin() + j * q_tile, buf.st.begin() + (j + 1) * q_tile,
@@ -271,14 +271,14 @@ struct flash_scores {
 
   /// The kind of register tile (key rows kb.., query columns c0..).
   block_kind& sub(index kb, index c0) {
-    return sub_kind[static_cast<std::size_t>((kb / core::score_tile::rows) * sub_cols +
-                                             c0 / core::score_tile::cols)];
+    return sub_kind[static_cast<std::size_t>((kb / core::flash_score_tile::rows) * sub_cols +
+                                             c0 / core::flash_score_tile::cols)];
   }
 
   /// sub_kind of every register tile of keys [j0, j0 + n): padding columns
   /// and rows are empty (their results are dropped).
   void classify_sub_tiles(index j0, index n) {
-    using shape = core::score_tile;
+    using shape = core::flash_score_tile;
     for (index kb = 0; kb < sub_rows * shape::rows; kb += shape::rows)
       for (index c0 = 0; c0 < sub_cols * shape::cols; c0 += shape::cols)
         sub(kb, c0) = kb >= n || c0 >= rows
@@ -290,7 +290,7 @@ struct flash_scores {
   /// Narrows the keys [lo, hi) (tile-relative) of query rows [r0, r1]
   /// (tile-relative, inclusive) to the register tiles some of them see.
   void clip_to_sub_tiles(index r0, index r1, index n, index& lo, index& hi) {
-    using shape = core::score_tile;
+    using shape = core::flash_score_tile;
     index first = n, last = 0;
     for (index c0 = (r0 / shape::cols) * shape::cols; c0 <= r1; c0 += shape::cols)
       for (index kb = 0; kb < n; kb += shape::rows)
@@ -305,7 +305,7 @@ struct flash_scores {
   /// The mask_mod by register tiles: hidden ones -inf, partial ones per
   /// element, full ones untouched.
   void mask_sub_tiles(index j0, index n) {
-    using shape = core::score_tile;
+    using shape = core::flash_score_tile;
     for (index kb = 0; kb < n; kb += shape::rows)
       for (index c0 = 0; c0 < cols; c0 += shape::cols) {
         const block_kind kind = sub(kb, c0);

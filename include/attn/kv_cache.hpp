@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/aligned.hpp"
 #include "attn/error.hpp"
 #include "attn/overlap.hpp"
 #include "attn/score_mod.hpp"
@@ -312,7 +313,7 @@ class kv_cache {
   }
 
   index batch_, capacity_, kv_heads_, head_dim_, v_head_dim_;
-  std::vector<Storage> keys_, values_;
+  core::huge_page_vector<Storage> keys_, values_;  // streamed whole by every step
   std::vector<index> lengths_;
 };
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/aligned.hpp"
 #include "attn/core/index.hpp"
 #include "attn/error.hpp"
 #include "attn/size_checks.hpp"
@@ -157,7 +158,7 @@ class mla_cache {
 
  private:
   index batch_, capacity_, rank_, rope_;
-  std::vector<Storage> rows_;
+  core::huge_page_vector<Storage> rows_;  // streamed whole by every step
   std::vector<index> lengths_;
 };
 

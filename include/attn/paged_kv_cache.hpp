@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "attn/core/abi.hpp"
+#include "attn/core/aligned.hpp"
 #include "attn/error.hpp"
 #include "attn/overlap.hpp"
 #include "attn/paged_attention.hpp"
@@ -360,8 +361,8 @@ class paged_kv_cache {
     --refs_[static_cast<std::size_t>(old_block)];
     s.blocks[at] = new_block;
   }
-  void copy_slots(std::vector<Storage>& pool, std::int32_t from, std::int32_t to, index slots,
-                  index dim) {
+  void copy_slots(core::huge_page_vector<Storage>& pool, std::int32_t from, std::int32_t to,
+                  index slots, index dim) {
     const index per_block = block_size_ * kv_heads_ * dim;
     std::copy_n(pool.begin() + from * per_block, slots * kv_heads_ * dim,
                 pool.begin() + to * per_block);
@@ -382,7 +383,8 @@ class paged_kv_cache {
     }
   }
 
-  Storage* slot(std::vector<Storage>& pool, const sequence& s, index j, index h, index dim) {
+  Storage* slot(core::huge_page_vector<Storage>& pool, const sequence& s, index j, index h,
+                index dim) {
     const index block = s.blocks[static_cast<std::size_t>(j / block_size_)];
     return pool.data() + ((block * block_size_ + j % block_size_) * kv_heads_ + h) * dim;
   }
@@ -391,7 +393,7 @@ class paged_kv_cache {
   }
 
   index num_blocks_, block_size_, kv_heads_, head_dim_, v_head_dim_;
-  std::vector<Storage> keys_, values_;
+  core::huge_page_vector<Storage> keys_, values_;  // streamed by every step
   std::vector<index> refs_;            // sequences holding each block
   std::vector<std::int32_t> free_;     // free blocks, a stack
   std::map<sequence_id, sequence> seqs_;

@@ -63,16 +63,6 @@ struct split_kv_policy {
 
   static constexpr index max_partial_floats = 1 << 21;  // 8 MiB of partial results
 
-  // The order a tile's keys are visited in (split_kv_walk::key_at). In key
-  // order, the 4-key groups of MHA (keys j .. j + 3, heads·d apart) are four
-  // streams through one stretch of memory that move on every few KiB, and
-  // the walk of GQA is a single stream. Taken a quarter tile apart (j,
-  // j + n/4, j + n/2, j + 3n/4) they are four long streams, as the read probe
-  // walks them: bf16 MHA at 32k cached keys 12% faster on Zen 3 (AVX2), 3-15%
-  // on Zen 4 (AVX-512) for f32 and bf16 (docs/performance.md, "Decode: the
-  // key order").
-  static constexpr bool quarter_tile_order = true;
-
   // Keys per pass of the GQA walk (4 query rows per K/V row): 4 · gqa_keys
   // accumulators plus gqa_keys key packets must stay in registers.
   static constexpr int gqa_keys = core::simd::registers >= 32 ? 4 : 2;
@@ -255,13 +245,17 @@ struct split_kv_walk {
   }
   void prefetch(index, index, index) const {}  // keys are read key by key (key_at)
 
-  // The t-th key the walk visits in a tile of n keys: in order, or (with
-  // split_kv_policy::quarter_tile_order) the first 4 · (n / 4) as 4-key groups
-  // t / 4 + {0, 1, 2, 3} · (n / 4), four streams a quarter tile apart. Both
-  // the 4-key groups and the one-key walk (GQA) take keys in this order.
+  // The t-th key the walk visits in a tile of n keys: the first 4 · (n / 4)
+  // as 4-key groups t / 4 + {0, 1, 2, 3} · (n / 4), the rest in order. In key
+  // order, the 4-key groups of MHA (keys j .. j + 3, heads·d apart) are four
+  // streams through one stretch of memory that move on every few KiB, and
+  // the walk of GQA is a single stream; a quarter tile apart they are four
+  // long streams, as the read probe walks them (bf16 MHA at 32k cached keys
+  // 12% faster on Zen 3, 3-15% on Zen 4 for f32 and bf16; docs/performance.md,
+  // "Decode: the key order"). MHA's groups and GQA's runs both use it.
   static index key_at(index t, index n) {
     const index quarter = n / 4;
-    if (!split_kv_policy::quarter_tile_order || t >= 4 * quarter) return t;
+    if (t >= 4 * quarter) return t;
     return t / 4 + (t % 4) * quarter;
   }
 
@@ -315,25 +309,38 @@ struct split_kv_walk {
     if constexpr (Keys > 1) in_runs<Keys / 2>(t, n, f);
   }
 
+  // For each KV head hk, the rows x (K or V) holds for keys j0 + jj[u], then
+  // its GQA group's query rows: block4(r, rows) for each 4 rows from r,
+  // row(r, rows) for the 1-3 left.
+  template <int Keys, class Block4, class Row>
+  void for_group_rows(const Rows& x, index j0, const index jj[Keys], Block4 block4,
+                      Row row) const {
+    for (index hk = 0; hk < Hkv; ++hk) {
+      row_ptr xr[Keys];
+      rows<Keys>(x, j0, jj, hk, xr);
+      index r = hk * rows_per_kv;
+      const index r_end = r + rows_per_kv;
+      for (; r + 4 <= r_end; r += 4) block4(r, xr);
+      for (; r < r_end; ++r) row(r, xr);
+    }
+  }
+
   // Scores of keys j0 + jj[u] for every query row; each K row serves the
   // query rows of its GQA group, four at a time.
   template <int Keys>
   void score_keys(index j0, const index jj[Keys]) {
-    for (index hk = 0; hk < Hkv; ++hk) {
-      row_ptr kr[Keys];
-      rows<Keys>(k, j0, jj, hk, kr);
-      index r = hk * rows_per_kv;
-      const index r_end = r + rows_per_kv;
-      for (; r + 4 <= r_end; r += 4) {
-        float* out[Keys];
-        for (int u = 0; u < Keys; ++u) out[u] = s + r * key_tile + jj[u];
-        dot_rows4<Keys>(q + r * d_qk, d_qk, kr, d_qk, out, key_tile);
-      }
-      for (; r < r_end; ++r)
-        for (int u = 0; u < Keys; ++u)
-          s[r * key_tile + jj[u]] =
-              core::softmax::floor_score(core::dot(q + r * d_qk, kr[u], d_qk));
-    }
+    for_group_rows<Keys>(
+        k, j0, jj,
+        [&](index r, const row_ptr* kr) {
+          float* out[Keys];
+          for (int u = 0; u < Keys; ++u) out[u] = s + r * key_tile + jj[u];
+          dot_rows4<Keys>(q + r * d_qk, d_qk, kr, d_qk, out, key_tile);
+        },
+        [&](index r, const row_ptr* kr) {
+          for (int u = 0; u < Keys; ++u)
+            s[r * key_tile + jj[u]] =
+                core::softmax::floor_score(core::dot(q + r * d_qk, kr[u], d_qk));
+        });
   }
 
   // 2. The score modifiers, then the masks; rows are padded with -inf to
@@ -408,33 +415,30 @@ struct split_kv_walk {
   // query rows of its GQA group, four at a time.
   template <int Keys>
   void accumulate_keys(index j0, const index jj[Keys]) {
-    for (index hk = 0; hk < Hkv; ++hk) {
-      row_ptr vr[Keys];
-      rows<Keys>(v, j0, jj, hk, vr);
-      index r = hk * rows_per_kv;
-      const index r_end = r + rows_per_kv;
-      for (; r + 4 <= r_end; r += 4) {
-        const float* p[Keys];
-        bool visible = true;
-        for (int u = 0; u < Keys; ++u) {
-          p[u] = s + r * key_tile + jj[u];
-          for (index q4 = 0; q4 < 4; ++q4) visible = visible && p[u][q4 * key_tile] != 0.0f;
-        }
-        if (visible) {
-          axpy_rows4<Keys>(o + r * d_v, d_v, p, key_tile, vr, d_v);
-        } else {  // a key masked for some rows: never read it for them
-          for (int u = 0; u < Keys; ++u)
-            for (index q4 = 0; q4 < 4; ++q4)
-              if (p[u][q4 * key_tile] != 0.0f)
-                axpy_row(o + (r + q4) * d_v, p[u][q4 * key_tile], vr[u], d_v);
-        }
-      }
-      for (; r < r_end; ++r)
-        for (int u = 0; u < Keys; ++u) {
-          const float pr = s[r * key_tile + jj[u]];
-          if (pr != 0.0f) axpy_row(o + r * d_v, pr, vr[u], d_v);
-        }
-    }
+    for_group_rows<Keys>(
+        v, j0, jj,
+        [&](index r, const row_ptr* vr) {
+          const float* p[Keys];
+          bool visible = true;
+          for (int u = 0; u < Keys; ++u) {
+            p[u] = s + r * key_tile + jj[u];
+            for (index q4 = 0; q4 < 4; ++q4) visible = visible && p[u][q4 * key_tile] != 0.0f;
+          }
+          if (visible) {
+            axpy_rows4<Keys>(o + r * d_v, d_v, p, key_tile, vr, d_v);
+          } else {  // a key masked for some rows: never read it for them
+            for (int u = 0; u < Keys; ++u)
+              for (index q4 = 0; q4 < 4; ++q4)
+                if (p[u][q4 * key_tile] != 0.0f)
+                  axpy_row(o + (r + q4) * d_v, p[u][q4 * key_tile], vr[u], d_v);
+          }
+        },
+        [&](index r, const row_ptr* vr) {
+          for (int u = 0; u < Keys; ++u) {
+            const float pr = s[r * key_tile + jj[u]];
+            if (pr != 0.0f) axpy_row(o + r * d_v, pr, vr[u], d_v);
+          }
+        });
   }
 };
 
